@@ -1,9 +1,10 @@
 """Project paths and parameters, anchored on the package location (never the cwd).
 
-All paths hang off ``WORKSPACE``: the repository root by default. Set the environment
-variable ``PMED_WORKSPACE`` to run the whole study in another folder (the test suite does
-this to run the notebooks on the small CI data set without touching ``data/`` or
-``reports/``). ``params.yaml`` is always read from the repository root.
+The study's folders are declared once, in params.yaml ``paths:`` (dvc.yaml reads the same
+keys), relative to the *workspace*: the repository root by default. Set the environment
+variable ``PMED_WORKSPACE`` to run the whole study in another folder (the test suite runs the
+notebooks on the small CI data set that way, leaving ``data/`` and ``reports/`` alone).
+params.yaml itself is always read from the repository root.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ PARAMS_FILE = ROOT / "params.yaml"
 NOTEBOOKS = ROOT / "notebooks"
 
 
+def load_params(file: Path | None = None) -> dict:
+    """The parsed params.yaml (the study's single source of truth)."""
+    with open(file or PARAMS_FILE) as fh:
+        return yaml.safe_load(fh)
+
+
 def workspace() -> Path:
     """Folder holding data/ and reports/: $PMED_WORKSPACE if set, else the repo root."""
     env = os.environ.get("PMED_WORKSPACE")
@@ -25,31 +32,14 @@ def workspace() -> Path:
 
 
 def paths() -> dict[str, Path]:
-    """Every data and report location of the study, keyed by a short name."""
+    """Every data and report folder of the study (params.yaml ``paths:``), absolute."""
     ws = workspace()
-    data = ws / "data"
-    reports = ws / "reports"
-    return {
-        "raw": data / "raw",
-        "omop": data / "raw" / "omop",
-        "imaging": data / "raw" / "imaging",
-        "ground_truth": data / "raw" / "ground_truth.json",
-        "interim": data / "interim",
-        "processed": data / "processed",
-        "reports": reports,
-        "executed": reports / "executed",
-        "metrics": reports / "metrics",
-        "plots": reports / "plots",
-        "figures": reports / "figures",
-    }
+    return {name: ws / rel for name, rel in load_params()["paths"].items()}
 
 
 def path(name: str) -> Path:
-    """One location from :func:`paths`, e.g. ``path("processed") / "cohort.parquet"``."""
-    return paths()[name]
-
-
-def load_params(file: Path | None = None) -> dict:
-    """The parsed params.yaml (the study's single source of truth)."""
-    with open(file or PARAMS_FILE) as fh:
-        return yaml.safe_load(fh)
+    """One folder from :func:`paths`, e.g. ``path("processed") / "cohort.parquet"``."""
+    known = paths()
+    if name not in known:
+        raise KeyError(f"unknown path {name!r}; params.yaml paths: has {sorted(known)}")
+    return known[name]

@@ -1,0 +1,85 @@
+# pmed: two commands for a researcher (`make repro`, `make test`), a few for developers.
+# Every target prints what it does and is safe to run again.
+
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.pmed-installed
+CI_WS    := build/ci
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+DEMO_SRC := $(wildcard src/pmed/demo/*.py)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks
+
+help:
+	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
+	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/)"
+	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
+	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
+	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "==> creating/updating $(VENV) from requirements.lock (Python: $(PYTHON))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name pmed --display-name "Python 3.11 (pmed)" >/dev/null
+	@touch $(STAMP)
+	@echo "==> $(VENV) ready"
+
+data: venv
+	@if [ -d data/raw ]; then \
+		echo "==> data/raw exists: using it (delete it to regenerate the demo)"; \
+	else \
+		echo "==> data/raw absent: generating the demo data set"; \
+		$(BIN)/python -m pmed.demo && $(BIN)/dvc commit --force --quiet data.dvc; \
+	fi
+
+repro: data
+	@echo "==> dvc repro"
+	$(BIN)/dvc repro
+	@$(BIN)/dvc status
+
+test: unit nbval
+
+unit: venv lint
+	@echo "==> unit tests"
+	$(BIN)/python -m pytest -m "not slow" tests
+
+lint: venv
+	@echo "==> ruff"
+	$(BIN)/ruff check src tests benchmarks notebooks
+
+$(CI_WS)/data/raw/ground_truth.json: $(DEMO_SRC) params.yaml | venv
+	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
+	rm -rf $(CI_WS)
+	$(BIN)/python -m pmed.demo --size ci --out $(CI_WS)/data/raw
+
+nbval: venv $(CI_WS)/data/raw/ground_truth.json
+	@echo "==> nbval: executing every notebook on the CI data, comparing the checked cells"
+	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pytest -p no:cacheprovider \
+		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		$(NOTEBOOKS)
+
+nbval-refresh: venv $(CI_WS)/data/raw/ground_truth.json
+	@echo "==> re-executing notebooks on the CI data and storing the checked cells' outputs"
+	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
+
+lab: venv
+	$(BIN)/jupyter lab notebooks/
+
+hooks: venv
+	$(BIN)/pre-commit install
+
+lock:
+	@echo "==> resolving requirements.in in a scratch venv"
+	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
+	build/lockenv/bin/python -m pip install --quiet -r requirements.in
+	build/lockenv/bin/python -m pip freeze --exclude-editable > requirements.lock
+	$(BIN)/python -m pmed.lockfile
+
+clean-ci:
+	rm -rf $(CI_WS)

@@ -1,0 +1,370 @@
+"""Average treatment effect on overall survival: propensity score, IPTW, matching, balance.
+
+The estimand is the average treatment effect (ATE) in the analysis cohort, on two scales:
+the marginal hazard ratio (weighted Cox model, robust SE) and the difference in survival
+probability at a horizon (weighted Kaplan-Meier, bootstrap CI). Treatment is coded
+``treated = 1`` (immunotherapy) vs ``0`` (platinum chemotherapy).
+
+Missing covariates (rule used by :func:`design_matrix`): single imputation of each missing
+value by the column median (mode for 0/1 columns), plus one 0/1 missing indicator per
+column that has any missing value. This keeps every patient in the propensity model and
+lets missingness itself predict treatment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter
+from sklearn.linear_model import LogisticRegression
+
+Z95 = 1.959963984540054
+
+
+def _check_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise KeyError(f"{table}: missing column(s) {missing}; has {list(df.columns)}")
+
+
+def _check_binary(treated: np.ndarray, name: str = "treated") -> np.ndarray:
+    arr = np.asarray(treated)
+    if not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{name} must hold only 0/1 values, got {np.unique(arr)[:5]}")
+    if arr.min() == arr.max():
+        raise ValueError(f"{name} has a single group ({arr[0]}); both 0 and 1 are needed")
+    return arr.astype(int)
+
+
+def design_matrix(df: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
+    """Numeric covariate matrix with median/mode imputation and missing indicators.
+
+    Parameters
+    ----------
+    df : DataFrame, one row per person, holding ``covariates``.
+    covariates : cohort column names (numeric).
+
+    Returns
+    -------
+    DataFrame, shape (n, p + m): the imputed covariates, then ``<col>_missing`` (0/1) for
+    each of the m covariates with any missing value. Index of ``df``.
+    """
+    _check_columns(df, covariates, "design_matrix (cohort)")
+    out = {}
+    indicators = {}
+    for col in covariates:
+        x = pd.to_numeric(df[col], errors="raise").astype(float)
+        miss = x.isna()
+        if miss.all():
+            raise ValueError(f"design_matrix: column {col!r} is entirely missing")
+        if miss.any():
+            observed = x[~miss]
+            is_binary = observed.isin((0.0, 1.0)).all()
+            fill = float(observed.mode().iloc[0]) if is_binary else float(observed.median())
+            x = x.fillna(fill)
+            indicators[f"{col}_missing"] = miss.astype(float)
+        out[col] = x
+    out.update(indicators)
+    return pd.DataFrame(out, index=df.index)
+
+
+def fit_propensity(X: pd.DataFrame, treated: np.ndarray) -> np.ndarray:
+    """Propensity scores P(treated = 1 | X) from an unpenalised logistic regression.
+
+    Parameters
+    ----------
+    X : DataFrame (n, p), complete numeric covariates (see :func:`design_matrix`).
+    treated : array (n,) of 0/1.
+
+    Returns
+    -------
+    ndarray (n,) of probabilities in (0, 1).
+    """
+    t = _check_binary(treated)
+    Xv = np.asarray(X, dtype=float)
+    if np.isnan(Xv).any():
+        raise ValueError("fit_propensity: X has missing values; build it with design_matrix()")
+    mu, sd = Xv.mean(0), Xv.std(0)
+    sd[sd == 0] = 1.0
+    model = LogisticRegression(C=np.inf, max_iter=5000)
+    model.fit((Xv - mu) / sd, t)
+    return model.predict_proba((Xv - mu) / sd)[:, 1]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p))."""
+    p = np.asarray(p, dtype=float)
+    return np.log(p) - np.log1p(-p)
+
+
+def iptw_weights(
+    treated: np.ndarray,
+    ps: np.ndarray,
+    stabilized: bool = True,
+    trim: float = 0.0,
+    truncate_quantile: float | None = None,
+) -> np.ndarray:
+    """Inverse probability of treatment weights for the ATE.
+
+    Weights are ``P(T=1)/ps`` for the treated and ``P(T=0)/(1-ps)`` for the controls when
+    ``stabilized`` (numerators 1 otherwise). Then, in this order:
+
+    - trimming: persons with ``ps`` outside ``[trim, 1 - trim]`` get weight 0 (excluded);
+    - truncation: weights above the ``truncate_quantile`` quantile (or below the
+      ``1 - truncate_quantile`` quantile) of the kept persons' weights are set to it.
+
+    The stabilising marginal P(T=1) is computed over all persons before trimming.
+
+    Returns
+    -------
+    ndarray (n,) of non-negative weights.
+    """
+    t = _check_binary(treated)
+    ps = np.asarray(ps, dtype=float)
+    if ps.shape != t.shape or not ((ps > 0) & (ps < 1)).all():
+        raise ValueError("iptw_weights: ps must have the shape of treated and lie in (0, 1)")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"iptw_weights: trim must be in [0, 0.5), got {trim}")
+    p1 = t.mean() if stabilized else 1.0
+    p0 = 1 - t.mean() if stabilized else 1.0
+    w = np.where(t == 1, p1 / ps, p0 / (1 - ps))
+    kept = (ps >= trim) & (ps <= 1 - trim)
+    w = np.where(kept, w, 0.0)
+    if truncate_quantile is not None:
+        if not 0.5 < truncate_quantile < 1:
+            raise ValueError(f"truncate_quantile must be in (0.5, 1), got {truncate_quantile}")
+        lo, hi = np.quantile(w[kept], [1 - truncate_quantile, truncate_quantile])
+        w = np.where(kept, np.clip(w, lo, hi), 0.0)
+    return w
+
+
+def match_nearest(
+    logit_ps: np.ndarray, treated: np.ndarray, caliper_sd: float = 0.2, seed: int = 0
+) -> np.ndarray:
+    """Greedy 1:1 nearest-neighbour matching on the logit PS, without replacement.
+
+    Treated persons are taken in a random (seeded) order; each gets the closest unused
+    control if within ``caliper_sd`` x SD(logit PS) (SD over all persons), else stays
+    unmatched.
+
+    Returns
+    -------
+    ndarray (k, 2) of row positions (treated, control) of the k matched pairs.
+    """
+    t = _check_binary(treated)
+    lp = np.asarray(logit_ps, dtype=float)
+    caliper = caliper_sd * lp.std(ddof=1)
+    treated_idx = np.flatnonzero(t == 1)
+    control_idx = np.flatnonzero(t == 0)
+    available = np.ones(control_idx.size, dtype=bool)
+    control_lp = lp[control_idx]
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in rng.permutation(treated_idx):
+        dist = np.where(available, np.abs(control_lp - lp[i]), np.inf)
+        j = int(np.argmin(dist))
+        if dist[j] <= caliper:
+            available[j] = False
+            pairs.append((i, control_idx[j]))
+    return np.array(pairs, dtype=int).reshape(-1, 2)
+
+
+def matching_weights(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Weights (n,) equal to 1 for persons in a matched pair, 0 otherwise."""
+    w = np.zeros(n)
+    w[pairs.ravel()] = 1.0
+    return w
+
+
+def _weighted_mean_var(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    mean = np.sum(w * x) / np.sum(w)
+    var = np.sum(w * (x - mean) ** 2) / np.sum(w)
+    return float(mean), float(var)
+
+
+def standardized_mean_difference(
+    x: np.ndarray, treated: np.ndarray, weights: np.ndarray | None = None
+) -> float:
+    """SMD of one covariate: (mean_1 - mean_0) / sqrt((var_1 + var_0) / 2).
+
+    Means use ``weights``; the denominator always uses the UNWEIGHTED group variances
+    (population form, divisor n), so that before/after SMDs share one scale (as cobalt's
+    default). Returns 0 when the denominator is 0 and the means agree.
+    """
+    t = _check_binary(treated)
+    x = np.asarray(x, dtype=float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    m1, _ = _weighted_mean_var(x[t == 1], w[t == 1])
+    m0, _ = _weighted_mean_var(x[t == 0], w[t == 0])
+    _, v1 = _weighted_mean_var(x[t == 1], np.ones((t == 1).sum()))
+    _, v0 = _weighted_mean_var(x[t == 0], np.ones((t == 0).sum()))
+    denom = np.sqrt((v1 + v0) / 2)
+    if denom == 0:
+        return 0.0 if np.isclose(m1, m0) else float(np.sign(m1 - m0) * np.inf)
+    return float((m1 - m0) / denom)
+
+
+def balance_table(
+    X: pd.DataFrame, treated: np.ndarray, weights: dict[str, np.ndarray], threshold: float = 0.1
+) -> pd.DataFrame:
+    """SMD of every column of ``X`` under each weighting in ``weights`` (name -> (n,) array).
+
+    Returns
+    -------
+    DataFrame: one row per covariate, column ``smd_<name>`` per weighting, and
+    ``imbalanced_<name>`` (|SMD| > ``threshold``).
+    """
+    rows = {}
+    for name, w in weights.items():
+        rows[f"smd_{name}"] = [
+            standardized_mean_difference(X[c].to_numpy(), treated, w) for c in X.columns
+        ]
+        rows[f"imbalanced_{name}"] = [abs(s) > threshold for s in rows[f"smd_{name}"]]
+    out = pd.DataFrame(rows, index=pd.Index(X.columns, name="covariate"))
+    return out.reset_index()
+
+
+def weighted_km(time: np.ndarray, event: np.ndarray, weights: np.ndarray | None = None) -> pd.DataFrame:
+    """Weighted Kaplan-Meier estimate.
+
+    Parameters
+    ----------
+    time : (n,) follow-up times (days); event : (n,) 0/1; weights : (n,) >= 0 (default 1).
+
+    Returns
+    -------
+    DataFrame with one row per distinct time (ascending): ``time``, ``at_risk`` (weighted),
+    ``events`` (weighted), ``survival``.
+    """
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=float)
+    w = np.ones_like(time) if weights is None else np.asarray(weights, dtype=float)
+    if np.isnan(time).any() or (time < 0).any():
+        raise ValueError("weighted_km: time must be non-negative and not missing")
+    keep = w > 0
+    time, event, w = time[keep], event[keep], w[keep]
+    order = np.argsort(time, kind="stable")
+    time, event, w = time[order], event[order], w[order]
+    uniq, first = np.unique(time, return_index=True)
+    d = np.add.reduceat(w * event, first)
+    removed = np.add.reduceat(w, first)
+    at_risk = removed[::-1].cumsum()[::-1]
+    surv = np.cumprod(1 - d / at_risk)
+    return pd.DataFrame({"time": uniq, "at_risk": at_risk, "events": d, "survival": surv})
+
+
+def survival_at(km: pd.DataFrame, horizon: float) -> float:
+    """S(horizon) from a :func:`weighted_km` table (right-continuous step function)."""
+    before = km["time"].to_numpy() <= horizon
+    return float(km["survival"].to_numpy()[before][-1]) if before.any() else 1.0
+
+
+def risk_difference(
+    time: np.ndarray, event: np.ndarray, treated: np.ndarray, weights: np.ndarray, horizon: float
+) -> dict:
+    """Survival at ``horizon`` by group from weighted KM, and their difference (1 minus 0).
+
+    Returns ``{"survival_treated", "survival_control", "difference"}`` (probabilities).
+    """
+    t = _check_binary(treated)
+    w = np.asarray(weights, dtype=float)
+    s1 = survival_at(weighted_km(time[t == 1], event[t == 1], w[t == 1]), horizon)
+    s0 = survival_at(weighted_km(time[t == 0], event[t == 0], w[t == 0]), horizon)
+    return {"survival_treated": s1, "survival_control": s0, "difference": s1 - s0}
+
+
+def weighted_cox(
+    df: pd.DataFrame,
+    duration_col: str,
+    event_col: str,
+    covariates: Sequence[str],
+    weights: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Cox PH model (Efron ties) with optional case weights and robust (sandwich) SE.
+
+    Equivalent R call: ``coxph(Surv(time, event) ~ covariates, weights = w, robust = TRUE)``.
+    With ``weights=None`` the model-based SE is returned.
+
+    Returns
+    -------
+    DataFrame indexed by covariate: ``coef`` (log-HR), ``se``, ``hr``, ``ci_low``,
+    ``ci_high`` (95% CI of the HR), ``p``.
+    """
+    _check_columns(df, [duration_col, event_col, *covariates], "weighted_cox")
+    data = df[[duration_col, event_col, *covariates]].copy()
+    fit_kw = {}
+    if weights is not None:
+        data["_w"] = np.asarray(weights, dtype=float)
+        data = data[data["_w"] > 0]
+        fit_kw = {"weights_col": "_w", "robust": True}
+    cph = CoxPHFitter()
+    cph.fit(data, duration_col=duration_col, event_col=event_col, **fit_kw)
+    s = cph.summary
+    return pd.DataFrame(
+        {
+            "coef": s["coef"],
+            "se": s["se(coef)"],
+            "hr": np.exp(s["coef"]),
+            "ci_low": np.exp(s["coef"] - Z95 * s["se(coef)"]),
+            "ci_high": np.exp(s["coef"] + Z95 * s["se(coef)"]),
+            "p": s["p"],
+        }
+    )
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float, np.ndarray]:
+    """Percentile bootstrap CI of ``statistic(rows)`` where ``rows`` are resampled positions.
+
+    ``statistic`` receives an int array (n,) of row positions drawn with replacement.
+    Returns (ci_low, ci_high, replicate values).
+    """
+    if n_boot < 2:
+        raise ValueError(f"bootstrap_ci: n_boot must be >= 2, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    reps = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(reps, [alpha, 1 - alpha])
+    return float(lo), float(hi), reps
+
+
+def hr_to_rr(hr: float) -> float:
+    """Approximate risk ratio for a hazard ratio of a common outcome (VanderWeele 2017).
+
+    RR = (1 - 0.5**sqrt(HR)) / (1 - 0.5**sqrt(1/HR)).
+    """
+    return (1 - 0.5 ** np.sqrt(hr)) / (1 - 0.5 ** np.sqrt(1 / hr))
+
+
+def e_value(estimate: float, ci_low: float, ci_high: float, scale: str = "rr") -> dict:
+    """E-value of a point estimate and of the CI limit nearest the null.
+
+    VanderWeele & Ding (2017), Ann Intern Med 167:268: for a risk ratio RR >= 1,
+    E = RR + sqrt(RR (RR - 1)); for RR < 1 use 1/RR. The CI E-value is that of the limit
+    closer to 1, or 1 if the CI includes 1. ``scale="hr_common"`` first converts hazard
+    ratios of a common outcome (> 15% by end of follow-up) with :func:`hr_to_rr`;
+    ``scale="rr"`` (or a rare-outcome HR) uses the values as risk ratios.
+
+    Returns ``{"estimate": E, "ci": E_ci}``.
+    """
+    if scale not in ("rr", "hr_common"):
+        raise ValueError(f"e_value: scale must be 'rr' or 'hr_common', got {scale!r}")
+    vals = np.array([estimate, ci_low, ci_high], dtype=float)
+    if (vals <= 0).any() or not ci_low <= estimate <= ci_high:
+        raise ValueError(f"e_value: need 0 < ci_low <= estimate <= ci_high, got {vals}")
+    if scale == "hr_common":
+        vals = hr_to_rr(vals)
+    est, lo, hi = vals
+
+    def _e(rr: float) -> float:
+        rr = 1 / rr if rr < 1 else rr
+        return float(rr + np.sqrt(rr * (rr - 1)))
+
+    if lo <= 1 <= hi:
+        e_ci = 1.0
+    else:
+        e_ci = _e(lo) if est > 1 else _e(hi)
+    return {"estimate": _e(est), "ci": e_ci}
