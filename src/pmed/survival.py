@@ -28,7 +28,11 @@ __all__ = [
     "add_interactions",
     "fit_cox",
     "cox_table",
+    "pool_models",
     "fit_cox_mi",
+    "require_columns",
+    "true_log_hazard_ratios",
+    "truth_check",
     "ph_test",
     "scaled_schoenfeld",
     "fit_ph_remedy",
@@ -219,6 +223,27 @@ def cox_table(cph: CoxPHFitter | CoxTimeVaryingFitter, alpha: float = 0.05) -> p
     return out.reset_index(drop=True)
 
 
+def pool_models(models: Sequence, alpha: float = 0.05) -> pd.DataFrame:
+    """Pool lifelines models fitted on m completed data sets with Rubin's rules.
+
+    Returns the table of :func:`pmed.imputation.rubin_pool` (``term``, ``estimate`` = pooled
+    log-HR, ``se``, ``ci_low``, ``ci_high``, ``df``, ``fmi``, ...) plus ``hr``, ``hr_ci_low``,
+    ``hr_ci_high``.
+    """
+    if len(models) < 2:
+        raise ValueError(f"pool_models: need >= 2 fitted models, got {len(models)}")
+    names = list(models[0].params_.index)
+    if any(list(mod.params_.index) != names for mod in models):
+        raise ValueError("pool_models: the models do not share the same terms")
+    est = np.array([mod.params_.to_numpy() for mod in models])
+    var = np.array([mod.standard_errors_.to_numpy() ** 2 for mod in models])
+    pooled = rubin_pool(est, var, alpha=alpha, names=[str(n) for n in names])
+    pooled["hr"] = np.exp(pooled["estimate"])
+    pooled["hr_ci_low"] = np.exp(pooled["ci_low"])
+    pooled["hr_ci_high"] = np.exp(pooled["ci_high"])
+    return pooled
+
+
 def fit_cox_mi(
     imputations: Sequence[pd.DataFrame],
     duration_col: str,
@@ -229,24 +254,68 @@ def fit_cox_mi(
 ) -> pd.DataFrame:
     """Cox model fitted on each completed data set and pooled with Rubin's rules.
 
-    Returns the table of :func:`pmed.imputation.rubin_pool` (``term``, ``estimate`` = pooled
-    log-HR, ``se``, ``ci_low``, ``ci_high``, ``df``, ``fmi``, ...) plus ``hr``, ``hr_ci_low``,
-    ``hr_ci_high`` and ``p_value``.
+    Returns the table of :func:`pool_models` (one row per term).
     """
     if len(imputations) < 2:
         raise ValueError(f"fit_cox_mi: need >= 2 imputed data sets, got {len(imputations)}")
-    est, var = [], []
+    models = []
     for data in imputations:
         if data[list(covariates)].isna().any().any():
             raise ValueError("fit_cox_mi: an imputed data set still has missing covariate values")
-        cph = fit_cox(data, duration_col, event_col, covariates, strata)
-        est.append(cph.params_.to_numpy())
-        var.append(cph.standard_errors_.to_numpy() ** 2)
-    pooled = rubin_pool(np.array(est), np.array(var), alpha=alpha, names=list(cph.params_.index))
-    pooled["hr"] = np.exp(pooled["estimate"])
-    pooled["hr_ci_low"] = np.exp(pooled["ci_low"])
-    pooled["hr_ci_high"] = np.exp(pooled["ci_high"])
-    return pooled
+        models.append(fit_cox(data, duration_col, event_col, covariates, strata))
+    return pool_models(models, alpha=alpha)
+
+
+def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
+    """KeyError naming ``table`` and the absent columns unless all ``columns`` are in ``df``."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise KeyError(f"{table}: missing column(s) {missing}; expected them per the cohort contract")
+
+
+def true_log_hazard_ratios(ground_truth: dict) -> dict[str, float]:
+    """The true log-HR mapping inside a demo ``ground_truth.json`` document.
+
+    It is the (first, depth-first) dict of numbers that has the key ``"treated:pdl1_pct"``
+    (cohort column names -> log-HR per unit). KeyError if there is none.
+    """
+    stack = [ground_truth]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, dict):
+            if "treated:pdl1_pct" in node and all(isinstance(v, (int, float)) for v in node.values()):
+                return {str(k): float(v) for k, v in node.items()}
+            stack.extend(node.values())
+    raise KeyError("ground_truth.json: no mapping of log hazard ratios with key 'treated:pdl1_pct'")
+
+
+def truth_check(estimates: pd.DataFrame, truth: dict[str, float], n_tests: int | None = None) -> pd.DataFrame:
+    """Estimated vs true log-HRs, one row per term present in both.
+
+    ``estimates`` needs ``term``, ``estimate`` (or ``log_hr``), ``se``, ``ci_low``, ``ci_high``.
+    Columns: ``term``, ``true``, ``estimate``, ``ci_low``, ``ci_high``, ``z`` ((estimate -
+    true) / se), ``inside_ci`` and ``inside_bonferroni`` (inside the Wald interval at level
+    0.05 / ``n_tests``, default the number of terms: with k terms, all k nominal 95% CIs
+    cover their truths only with probability ~0.95^k even for a correct model).
+    """
+    est = estimates.rename(columns={"log_hr": "estimate"}).set_index("term")
+    terms = [t for t in est.index if t in truth]
+    k = n_tests or len(terms)
+    z_crit = stats.norm.ppf(1 - 0.025 / k)
+    out = pd.DataFrame(
+        {
+            "term": terms,
+            "true": [truth[t] for t in terms],
+            "estimate": est.loc[terms, "estimate"].to_numpy(),
+            "ci_low": est.loc[terms, "ci_low"].to_numpy(),
+            "ci_high": est.loc[terms, "ci_high"].to_numpy(),
+        }
+    )
+    se = est.loc[terms, "se"].to_numpy()
+    out["z"] = (out["estimate"] - out["true"]) / se
+    out["inside_ci"] = (out["true"] >= out["ci_low"]) & (out["true"] <= out["ci_high"])
+    out["inside_bonferroni"] = np.abs(out["z"]) <= z_crit
+    return out
 
 
 def ph_test(cph: CoxPHFitter, df: pd.DataFrame, time_transform: str = "km") -> pd.DataFrame:

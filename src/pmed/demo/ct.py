@@ -27,13 +27,18 @@ same inputs give byte-identical files.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
@@ -45,11 +50,14 @@ N_SLICES = 40  # axial slices
 PIXEL_SPACING_MM = 2.0  # in-plane spacing, rows and columns
 SLICE_THICKNESS_MM = 2.5  # slice thickness = spacing between slice centres
 VOXEL_ML = PIXEL_SPACING_MM**2 * SLICE_THICKNESS_MM / 1000.0
-MAX_VOLUME_ML = 200.0  # largest tumour that fits the field of view with its lobes
+MAX_VOLUME_ML = 400.0  # largest tumour; beyond ~250 ml lobes may be cut by the field of view
 RESCALE_INTERCEPT = -1024.0  # stored value 0 = -1024 HU
 RESCALE_SLOPE = 1.0
 # origin = centre of the first voxel (x, y) and of the lowest slice (z), in mm
 ORIGIN_MM = (-95.0, -95.0, -50.0)
+PSF_SIGMA_VOX = (0.0, 0.6, 0.6)  # in-plane Gaussian point-spread function (z, y, x voxels)
+FIELD_SIGMA_VOX = (3.0 / SLICE_THICKNESS_MM, 3.0 / PIXEL_SPACING_MM, 3.0 / PIXEL_SPACING_MM)
+NOISE_SD_HU = 12.0  # white quantum noise
 
 SCAN_COLUMNS = [
     "person_id", "scan_date", "timepoint", "volume_ml", "heterogeneity", "irregularity",
@@ -74,7 +82,7 @@ def write_imaging_study(
         to ``raw_dir/imaging/masks/<series_uid>.nii.gz``.
     scans : DataFrame, one row per CT
         Columns ``SCAN_COLUMNS``: person_id (int), scan_date (date), timepoint
-        ("baseline" | "followup"), volume_ml (true tumour volume, ml, in (0, 200]),
+        ("baseline" | "followup"), volume_ml (true tumour volume, ml, in (0, MAX_VOLUME_ML = 400]),
         heterogeneity and irregularity (0..1), patient_name, patient_mrn, birth_date
         (synthetic DICOM patient tags; birth_date a date).
     seed : int
@@ -134,16 +142,22 @@ def _uid(seed: int, row: dict, what: str) -> str:
     )
 
 
+@lru_cache(maxsize=1)
 def _grids() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel-centre coordinates (z, y, x) in mm, each of shape (N_SLICES, N_ROWS, N_COLS)."""
     z = ORIGIN_MM[2] + SLICE_THICKNESS_MM * np.arange(N_SLICES)
     y = ORIGIN_MM[1] + PIXEL_SPACING_MM * np.arange(N_ROWS)
     x = ORIGIN_MM[0] + PIXEL_SPACING_MM * np.arange(N_COLS)
-    return np.meshgrid(z, y, x, indexing="ij")
+    grids = np.meshgrid(z, y, x, indexing="ij")
+    for g in grids:
+        g.flags.writeable = False
+    return tuple(grids)
 
 
-def _anatomy(zz: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Noise-free chest phantom in HU, shape (N_SLICES, N_ROWS, N_COLS)."""
+@lru_cache(maxsize=1)
+def _anatomy() -> np.ndarray:
+    """Noise-free chest phantom in HU, shape (N_SLICES, N_ROWS, N_COLS), before blurring."""
+    zz, yy, xx = _grids()
     hu = np.full(zz.shape, -1000.0)
     body = (xx / 88.0) ** 2 + (yy / 70.0) ** 2 <= 1.0
     hu[body] = -100.0  # subcutaneous fat
@@ -156,52 +170,89 @@ def _anatomy(zz: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     spine = (xx**2 + (yy - 48.0) ** 2) <= 12.0**2
     hu[spine] = 800.0
     hu[(xx**2 + (yy - 48.0) ** 2) <= 10.0**2] = 350.0
+    hu.flags.writeable = False
     return hu
 
 
-def _tumour(
-    zz: np.ndarray, yy: np.ndarray, xx: np.ndarray, row: dict, seed: int
-) -> np.ndarray:
-    """Boolean tumour mask holding round(volume_ml / VOXEL_ML) voxels (at least one)."""
+@lru_cache(maxsize=1)
+def _blurred_anatomy() -> np.ndarray:
+    """:func:`_anatomy` after the in-plane point-spread function."""
+    hu = ndimage.gaussian_filter(_anatomy(), PSF_SIGMA_VOX)
+    hu.flags.writeable = False
+    return hu
+
+
+def _tumour(row: dict, seed: int) -> np.ndarray:
+    """Boolean tumour mask holding round(volume_ml / VOXEL_ML) voxels (at least one).
+
+    Voxel v is ranked by its distance to the tumour centre divided by the lobulated radius
+    factor in its direction; the ``n`` best-ranked voxels form the mask, so the volume is
+    exact and the surface is a level set of the lobulated radius.
+    """
+    zz, yy, xx = _grids()
     person = np.random.default_rng([seed, int(row["person_id"]), 1])  # fixed per person
     centre = np.array([0.0, -5.0, -38.0]) + person.uniform(-3.0, 3.0, size=3)
     n_lobes = 6
     lobe_dirs = person.normal(size=(n_lobes, 3))
     lobe_dirs /= np.linalg.norm(lobe_dirs, axis=1, keepdims=True)
     lobe_signs = person.choice([-1.0, 1.0], size=n_lobes)
-    dz, dy, dx = zz - centre[0], yy - centre[1], xx - centre[2]
-    dist = np.sqrt(dz**2 + dy**2 + dx**2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unit = np.stack([dz, dy, dx], axis=-1) / dist[..., None]
-    unit = np.nan_to_num(unit)
-    cos = unit @ lobe_dirs.T  # (..., n_lobes)
-    lobes = (np.exp(4.0 * (cos - 1.0)) * lobe_signs).sum(axis=-1)
-    radius_factor = 1.0 + 0.3 * float(row["irregularity"]) * lobes
-    radius_factor = np.clip(radius_factor, 0.3, None)
-    scaled = dist / radius_factor  # inside the tumour when scaled <= R0
     n_voxels = max(1, int(round(float(row["volume_ml"]) / VOXEL_ML)))
-    order = np.argsort(scaled, axis=None, kind="stable")[:n_voxels]
+    r_sphere = (3.0 * n_voxels * VOXEL_ML * 1000.0 / (4.0 * np.pi)) ** (1 / 3)
+    # search a box around the centre first; the whole volume if the tumour reaches its edge
+    for half in (2.0 * r_sphere + 4.0, np.inf):
+        box = tuple(
+            slice(int(np.searchsorted(axis, c - half)), int(np.searchsorted(axis, c + half)))
+            for axis, c in zip((zz[:, 0, 0], yy[0, :, 0], xx[0, 0, :]), centre, strict=True)
+        )
+        dz, dy, dx = zz[box] - centre[0], yy[box] - centre[1], xx[box] - centre[2]
+        dist = np.sqrt(dz**2 + dy**2 + dx**2)
+        unit = np.stack([dz, dy, dx], axis=-1) / np.maximum(dist, 1e-9)[..., None]
+        lobes = (np.exp(4.0 * (unit @ lobe_dirs.T - 1.0)) * lobe_signs).sum(axis=-1)
+        radius_factor = np.clip(1.0 + 0.3 * float(row["irregularity"]) * lobes, 0.3, None)
+        scaled = (dist / radius_factor).ravel()
+        sub = np.zeros(scaled.shape, dtype=bool)
+        sub[np.argpartition(scaled, n_voxels - 1)[:n_voxels]] = True
+        sub = sub.reshape(dist.shape)
+        if not _touches_inner_face(sub, box, zz.shape):
+            break
     mask = np.zeros(zz.shape, dtype=bool)
-    mask.flat[order] = True
+    mask[box] = sub
     return mask
+
+
+def _touches_inner_face(sub: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """True when ``sub`` (the mask inside ``box``) reaches a box face inside the volume."""
+    for axis, (sl, n) in enumerate(zip(box, shape, strict=True)):
+        faces = np.moveaxis(sub, axis, 0)
+        if (sl.start > 0 and faces[0].any()) or (sl.stop < n and faces[-1].any()):
+            return True
+    return False
 
 
 def _render(row: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """HU volume (float) and tumour mask (bool) for one scan, numpy order (z, y, x)."""
-    zz, yy, xx = _grids()
-    hu = _anatomy(zz, yy, xx)
-    mask = _tumour(zz, yy, xx, row, seed)
+    mask = _tumour(row, seed)
     scan = np.random.default_rng(
         [seed, int(row["person_id"]), _TIMEPOINT_CODE[row["timepoint"]],
          _as_date(row["scan_date"]).toordinal()]
     )
-    # smooth random field, ~3 mm correlation length, unit SD inside the volume
-    sigma_vox = (3.0 / SLICE_THICKNESS_MM, 3.0 / PIXEL_SPACING_MM, 3.0 / PIXEL_SPACING_MM)
-    field = ndimage.gaussian_filter(scan.normal(size=hu.shape), sigma_vox)
-    field /= field.std()
-    hu[mask] = 40.0 + 80.0 * float(row["heterogeneity"]) * field[mask]
-    hu = ndimage.gaussian_filter(hu, (0.0, 0.6, 0.6))  # in-plane point-spread function
-    hu += scan.normal(scale=12.0, size=hu.shape)  # quantum noise
+    # tumour texture and PSF only change a box around the tumour (blurring is linear:
+    # blur(anatomy + tumour change) = blur(anatomy) + blur(tumour change))
+    margin = 6
+    box = tuple(
+        slice(max(0, int(idx.min()) - margin), int(idx.max()) + margin + 1)
+        for idx in np.nonzero(mask)
+    )
+    sub_mask = mask[box]
+    field = ndimage.gaussian_filter(scan.standard_normal(size=sub_mask.shape), FIELD_SIGMA_VOX)
+    field /= field[sub_mask].std() if sub_mask.sum() > 1 else 1.0
+    change = np.zeros(sub_mask.shape)
+    change[sub_mask] = (
+        40.0 + 80.0 * float(row["heterogeneity"]) * field[sub_mask] - _anatomy()[box][sub_mask]
+    )
+    hu = _blurred_anatomy().copy()
+    hu[box] += ndimage.gaussian_filter(change, PSF_SIGMA_VOX)
+    hu += NOISE_SD_HU * scan.standard_normal(size=hu.shape, dtype=np.float32)
     return hu, mask
 
 
@@ -282,19 +333,89 @@ def _series_template(row: dict, seed: int, study_uid: str, series_uid: str) -> D
 def _write_dicom_series(
     series_dir: Path, hu: np.ndarray, row: dict, seed: int, study_uid: str, series_uid: str
 ) -> None:
-    """One file per slice, ``NNNN.dcm`` by InstanceNumber (1 = most superior slice)."""
+    """One file per slice, ``NNNN.dcm`` by InstanceNumber (1 = most superior slice).
+
+    Writing ~60 elements per file through pydicom dominates the run time, so the elements
+    shared by all slices are encoded once per series and only the per-slice elements
+    (:data:`_PER_SLICE_TAGS`, MediaStorageSOPInstanceUID and the meta group length) are
+    encoded per file. The bytes are identical to ``Dataset.save_as(...,
+    enforce_file_format=True)`` of the full data set (tests/test_ct.py checks this).
+    """
     stored = np.clip(np.rint((hu - RESCALE_INTERCEPT) / RESCALE_SLOPE), 0, 4095).astype("<u2")
-    ds = _series_template(row, seed, study_uid, series_uid)
+    template = _series_template(row, seed, study_uid, series_uid)
+    shared = _encode_runs(template, _PER_SLICE_TAGS)
+    meta_shared = _encode_runs(_file_meta(template, "1"), [Tag("MediaStorageSOPInstanceUID")])
     for instance, k in enumerate(range(N_SLICES - 1, -1, -1), start=1):
-        z = ORIGIN_MM[2] + SLICE_THICKNESS_MM * k
         sop_uid = _uid(seed, row, f"slice {k}")
-        ds.SOPInstanceUID = sop_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.InstanceNumber = instance
-        ds.ImagePositionPatient = [ORIGIN_MM[0], ORIGIN_MM[1], z]
-        ds.SliceLocation = z
-        ds.PixelData = stored[k].tobytes()
-        ds.save_as(series_dir / f"{instance:04d}.dcm", enforce_file_format=True)
+        own = _slice_elements(stored[k], instance, ORIGIN_MM[2] + SLICE_THICKNESS_MM * k, sop_uid)
+        body = b"".join(run + _encode(elem) for run, elem in zip(shared[:-1], own, strict=True))
+        meta_uid = Dataset()
+        meta_uid.MediaStorageSOPInstanceUID = sop_uid
+        meta = meta_shared[0] + _encode(meta_uid) + meta_shared[1]
+        (series_dir / f"{instance:04d}.dcm").write_bytes(
+            b"\x00" * 128 + b"DICM" + _GROUP_LENGTH.pack(2, 0, b"UL", 4, len(meta)) + meta
+            + body + shared[-1]
+        )
+
+
+# elements that differ between the slices of a series, in tag order
+_PER_SLICE_TAGS = [
+    Tag("SOPInstanceUID"), Tag("InstanceNumber"), Tag("ImagePositionPatient"),
+    Tag("SliceLocation"), Tag("PixelData"),
+]
+# (0002,0000) FileMetaInformationGroupLength, explicit VR little endian: group, element,
+# VR, value length (4), value
+_GROUP_LENGTH = struct.Struct("<HH2sHI")
+
+
+def _file_meta(template: Dataset, sop_uid: str) -> FileMetaDataset:
+    """The complete file meta group of a slice, as ``save_as(enforce_file_format=True)``
+    writes it, without (0002,0000) FileMetaInformationGroupLength."""
+    meta = FileMetaDataset(template.file_meta)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    validate_file_meta(meta, enforce_standard=True)  # adds version and implementation UIDs
+    if "FileMetaInformationGroupLength" in meta:
+        del meta.FileMetaInformationGroupLength
+    return meta
+
+
+def _slice_elements(pixels: np.ndarray, instance: int, z_mm: float, sop_uid: str) -> list:
+    """One single-element Dataset per :data:`_PER_SLICE_TAGS` for one slice.
+
+    ``pixels`` are the stored values of the slice, shape (rows, cols), little-endian uint16.
+    """
+    values = [
+        ("SOPInstanceUID", sop_uid), ("InstanceNumber", instance),
+        ("ImagePositionPatient", [ORIGIN_MM[0], ORIGIN_MM[1], z_mm]), ("SliceLocation", z_mm),
+    ]
+    elements = []
+    for keyword, value in values:
+        ds = Dataset()
+        setattr(ds, keyword, value)
+        elements.append(ds)
+    pixel_ds = Dataset()
+    pixel_ds.add_new("PixelData", "OW", pixels.tobytes())
+    return [*elements, pixel_ds]
+
+
+def _encode(ds: Dataset) -> bytes:
+    """Explicit VR little endian encoding of the elements of ``ds`` (no file meta)."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _encode_runs(ds: Dataset, tags: list) -> list[bytes]:
+    """Encoded runs of the elements of ``ds`` before, between and after the sorted ``tags``.
+
+    Returns ``len(tags) + 1`` byte strings; the elements ``tags`` themselves are left out.
+    """
+    bounds = [0, *tags, 0xFFFFFFFF]
+    return [
+        _encode(ds[lo + (i > 0):hi])
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+    ]
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:

@@ -127,6 +127,8 @@ ASIAN = Concept(8515, "Asian", "Race", "Race", "Race", "2")
 HISPANIC = Concept(38003563, "Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "Hispanic")
 NOT_HISPANIC = Concept(38003564, "Not Hispanic or Latino", "Ethnicity", "Ethnicity", "Ethnicity", "Not Hispanic")
 EHR_TYPE = Concept(32817, "EHR", "Type Concept", "Type Concept", "Type Concept", "OMOP4976890")
+NO_MATCHING_CONCEPT = Concept(0, "No matching concept", "Metadata", "None", "Undefined", "No matching concept",
+                              standard_concept=None)
 
 # Direct "Is a" edges (descendant, ancestor) of this subset.
 IS_A: tuple[tuple[int, int], ...] = (
@@ -144,7 +146,7 @@ CONCEPTS: tuple[Concept, ...] = (
     *UNIT_CONCEPTS,
     CT_MODALITY, CHEST_SITE, CHEST_CT,
     INPATIENT_VISIT, OUTPATIENT_VISIT, ER_VISIT,
-    MALE, FEMALE, WHITE, BLACK, ASIAN, HISPANIC, NOT_HISPANIC, EHR_TYPE,
+    MALE, FEMALE, WHITE, BLACK, ASIAN, HISPANIC, NOT_HISPANIC, EHR_TYPE, NO_MATCHING_CONCEPT,
 )
 
 CONCEPT_SETS: dict[str, list[int]] = {

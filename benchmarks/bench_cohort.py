@@ -1,0 +1,219 @@
+"""Benchmark: cohort extraction in DuckDB vs a straightforward pandas version.
+
+Usage::
+
+    python benchmarks/bench_cohort.py --omop DIR [--engines duckdb pandas] [--repeat 1]
+
+Each engine runs in its own subprocess (so peak RSS is its own), prints wall time and peak
+RSS, and the two cohorts are compared for equality. Generate the data first, e.g.
+``python -m pmed.demo --size benchmark --out /tmp/bench/data/raw``.
+
+The pandas version below implements the same definition (params.yaml ``cohort:``) the
+obvious way: read the needed columns of each table into memory, filter, merge, group.
+It skips the data-quality counts (a like-for-like comparison of the extraction itself;
+the DuckDB timing is reported both with and without them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pmed import config
+from pmed.cohort import contract, parse_definition
+from pmed.cohort.definition import CohortDefinition
+
+
+def _read(folder: Path, table: str, columns: list[str]) -> pd.DataFrame:
+    path = folder / f"{table}.parquet"
+    if path.exists():
+        return pd.read_parquet(path, columns=columns)
+    return pd.read_csv(folder / f"{table}.csv", usecols=columns)
+
+
+def _expand(folder: Path, d: CohortDefinition) -> dict[str, set[int]]:
+    ca = _read(folder, "concept_ancestor", ["ancestor_concept_id", "descendant_concept_id"])
+    out = {}
+    for name, ids in d.concept_sets.items():
+        desc = ca.loc[ca["ancestor_concept_id"].isin(ids), "descendant_concept_id"]
+        out[name] = set(ids) | (set(desc) if d.include_descendants else set())
+    return out
+
+
+def _days(a: pd.Series, b: pd.Series) -> pd.Series:
+    return (pd.to_datetime(b) - pd.to_datetime(a)).dt.days
+
+
+def pandas_cohort(folder: Path, d: CohortDefinition) -> pd.DataFrame:
+    """The cohort of ``d`` computed with pandas only (same rules as pmed.cohort.queries)."""
+    sets = _expand(folder, d)
+    co = _read(folder, "condition_occurrence", ["person_id", "condition_concept_id",
+                                                 "condition_start_date"])
+    co["condition_start_date"] = pd.to_datetime(co["condition_start_date"])
+    dx = (co[co["condition_concept_id"].isin(sets[d.target_concept_set])]
+          .groupby("person_id", as_index=False)["condition_start_date"].min()
+          .rename(columns={"condition_start_date": "index_date"}))
+    op = _read(folder, "observation_period", ["person_id", "observation_period_start_date",
+                                              "observation_period_end_date"])
+    for c in ("observation_period_start_date", "observation_period_end_date"):
+        op[c] = pd.to_datetime(op[c])
+    x = dx.merge(op, on="person_id")
+    x = x[(x["observation_period_start_date"] <= x["index_date"])
+          & (x["observation_period_end_date"] >= x["index_date"])
+          & (_days(x["observation_period_start_date"], x["index_date"]) >= d.prior_observation_days)]
+    x = (x.groupby(["person_id", "index_date"], as_index=False)["observation_period_end_date"]
+         .max().rename(columns={"observation_period_end_date": "obs_end_date"}))
+    person = _read(folder, "person", ["person_id", "gender_concept_id", "year_of_birth",
+                                      "month_of_birth", "day_of_birth"])
+    x = x.merge(person, on="person_id")
+    month, day = x["month_of_birth"].fillna(1).astype(int), x["day_of_birth"].fillna(1).astype(int)
+    birth = pd.to_datetime(pd.DataFrame({"year": x["year_of_birth"], "month": month, "day": day}))
+    completed = (x["index_date"].dt.year - x["year_of_birth"]
+                 - ((x["index_date"].dt.month * 100 + x["index_date"].dt.day) < month * 100 + day))
+    x["age_years"] = (x["index_date"] - birth).dt.days / 365.25
+    x["sex_female"] = (x["gender_concept_id"] == d.female_concept_id).astype(int)
+    keep = completed >= d.min_age_years
+    if d.max_age_years is not None:
+        keep &= completed <= d.max_age_years
+    x = x[keep]
+    excl_ids = set().union(*(sets[s] for s in d.exclusion_concept_sets))
+    ex = co[co["condition_concept_id"].isin(excl_ids)].merge(x[["person_id", "index_date"]])
+    off = _days(ex["index_date"], ex["condition_start_date"])
+    lo, hi = d.exclusion_window
+    ex = ex[((off >= lo) if lo is not None else True) & ((off <= hi) if hi is not None else True)]
+    x = x[~x["person_id"].isin(ex["person_id"])]
+    de = _read(folder, "drug_exposure", ["person_id", "drug_concept_id",
+                                         "drug_exposure_start_date"])
+    de["drug_exposure_start_date"] = pd.to_datetime(de["drug_exposure_start_date"])
+    groups = list(d.exposure_groups.items())
+    de = de[de["drug_concept_id"].isin(sets[groups[0][1]] | sets[groups[1][1]])]
+    de = de.merge(x[["person_id", "index_date"]], on="person_id")
+    before = de.loc[de["drug_exposure_start_date"] < de["index_date"], "person_id"]
+    x = x[~x["person_id"].isin(before)]
+    de = de[de["person_id"].isin(x["person_id"])]
+    t0 = de.groupby("person_id", as_index=False)["drug_exposure_start_date"].min().rename(
+        columns={"drug_exposure_start_date": "t0_date"})
+    first = de.merge(t0, on="person_id")
+    first = first[first["drug_exposure_start_date"] == first["t0_date"]]
+    for i, (_, s) in enumerate(groups):
+        first[f"on_{i}"] = first["drug_concept_id"].isin(sets[s]).astype(int)
+    first = first.groupby(["person_id", "t0_date"], as_index=False)[["on_0", "on_1"]].max()
+    x = x.merge(first, on="person_id")
+    x["days_dx_to_treatment"] = _days(x["index_date"], x["t0_date"])
+    x = x[x["days_dx_to_treatment"].between(0, d.max_days_to_treatment)
+          & (x["t0_date"] <= x["obs_end_date"]) & (x["on_0"] + x["on_1"] == 1)]
+    x["treatment"] = np.where(x["on_0"] == 1, groups[0][0], groups[1][0])
+    death = _read(folder, "death", ["person_id", "death_date"])
+    death["death_date"] = pd.to_datetime(death["death_date"])
+    death = death.groupby("person_id", as_index=False)["death_date"].min()
+    x = x.merge(death, on="person_id", how="left")
+    x = x[x["death_date"].isna() | (x["death_date"] >= x["t0_date"])]
+    end = x["obs_end_date"].clip(upper=pd.Timestamp(d.administrative_censor_date))
+    died = x["death_date"].notna() & (x["death_date"] <= end)
+    x["event"] = died.astype(int)
+    x["time_days"] = _days(x["t0_date"], x["death_date"].where(died, end)).astype(float)
+    x["treated"] = (x["treatment"] == d.treated_group).astype(int)
+    base = x[["person_id", "index_date"]]
+    for col, s in d.conditions.items():
+        c = co[co["condition_concept_id"].isin(sets[s])].merge(base, on="person_id")
+        off = _days(c["index_date"], c["condition_start_date"])
+        lo, hi = d.condition_window
+        c = c[((off >= lo) if lo is not None else True) & ((off <= hi) if hi is not None else True)]
+        x[col] = x["person_id"].isin(c["person_id"]).astype(int)
+    del co
+    for table in ("measurement", "observation"):
+        numeric = [c for c in d.numeric if c.table == table]
+        categorical = [c for c in d.categorical if c.table == table]
+        if not numeric and not categorical:
+            continue
+        t = _read(folder, table, [f"{table}_id", "person_id", f"{table}_concept_id",
+                                  f"{table}_date", "value_as_number", "value_as_concept_id",
+                                  "unit_concept_id"])
+        t = t.merge(base, on="person_id")
+        t["offset"] = _days(t["index_date"], t[f"{table}_date"])
+        t = t.sort_values([f"{table}_date", f"{table}_id"])
+        for c in numeric:
+            r = t[t[f"{table}_concept_id"].isin(sets[c.concept_set])].copy()
+            r["value"] = r["value_as_number"] * r["unit_concept_id"].fillna(0).map(c.units)
+            lo, hi = c.window
+            r = r[r["value"].between(*c.plausible)
+                  & ((r["offset"] >= lo) if lo is not None else True)
+                  & ((r["offset"] <= hi) if hi is not None else True)]
+            x[c.column] = x["person_id"].map(r.groupby("person_id")["value"].last())
+        for c in categorical:
+            levels = {v: lvl for lvl, vs in c.levels.items() for v in vs}
+            known = set(levels) | set(c.reference)
+            r = t[t[f"{table}_concept_id"].isin(sets[c.concept_set])
+                  & t["value_as_concept_id"].isin(known)]
+            lo, hi = c.window
+            r = r[((r["offset"] >= lo) if lo is not None else True)
+                  & ((r["offset"] <= hi) if hi is not None else True)]
+            last = r.groupby("person_id")["value_as_concept_id"].last()
+            for lvl, vs in c.levels.items():
+                x[lvl] = x["person_id"].map(last.isin(vs).astype(float))
+    return contract.coerce(x.sort_values("person_id"))
+
+
+def _run_engine(engine: str, omop: Path, quality: bool) -> dict:
+    d = parse_definition(config.load_params()["cohort"])
+    start = time.perf_counter()
+    if engine == "duckdb":
+        from pmed.cohort import extract_cohort
+        cohort = extract_cohort(omop, d, check_quality=quality).cohort
+    else:
+        cohort = pandas_cohort(omop, d)
+    wall = time.perf_counter() - start
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    return {"engine": engine, "quality": quality, "wall_s": wall, "peak_rss_gb": rss_gb,
+            "persons": int(len(cohort)), "cohort": cohort}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--omop", type=Path, required=True, help="folder of OMOP tables")
+    ap.add_argument("--engines", nargs="+", default=["duckdb", "duckdb-noqc", "pandas"])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        res = _run_engine(args.child.split("-")[0], args.omop, quality="noqc" not in args.child)
+        res.pop("cohort").to_parquet(args.out, index=False)
+        print(json.dumps(res))
+        return
+    results = []
+    for engine in args.engines:
+        out = Path(f"/tmp/bench_cohort_{engine}.parquet")
+        proc = subprocess.run([sys.executable, __file__, "--omop", str(args.omop), "--child",
+                               engine, "--out", str(out)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode:
+            raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["out"] = out
+        results.append(res)
+        print(f"{engine:12s} persons={res['persons']:>9,d} wall={res['wall_s']:8.2f} s "
+              f"peak_rss={res['peak_rss_gb']:6.2f} GB", flush=True)
+    cohorts = {r["engine"] + ("" if r["quality"] else "-noqc"): pd.read_parquet(r["out"])
+               for r in results}
+    names = list(cohorts)
+    for other in names[1:]:
+        pd.testing.assert_frame_equal(cohorts[names[0]], cohorts[other], check_dtype=False)
+    if len(names) > 1:
+        print(f"cohorts identical across {', '.join(names)}")
+    by = {r["engine"] + ("" if r["quality"] else "-noqc"): r for r in results}
+    if "pandas" in by and "duckdb-noqc" in by:
+        p, q = by["pandas"], by["duckdb-noqc"]
+        print(f"pandas / duckdb (extraction only): time x{p['wall_s'] / q['wall_s']:.1f}, "
+              f"peak RSS x{p['peak_rss_gb'] / q['peak_rss_gb']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

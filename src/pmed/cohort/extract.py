@@ -1,0 +1,174 @@
+"""Run the cohort definition over an OMOP CDM folder in DuckDB and write the outputs.
+
+:func:`extract_cohort` loads the definition's rule tables into an in-memory DuckDB whose
+views read the OMOP files, runs the data-quality checks and the ordered cohort queries of
+:mod:`pmed.cohort.queries`, and returns the cohort, its attrition and the quality report.
+:func:`write_outputs` validates and writes them atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from pmed.cohort import contract, omop, quality, queries
+from pmed.cohort.definition import CohortDefinition
+from pmed.cohort.errors import CohortError
+
+
+@dataclass(frozen=True)
+class CohortResult:
+    """Everything the stage produces.
+
+    cohort : one row per person, contract columns (:data:`pmed.cohort.contract.COLUMNS`).
+    attrition : criterion, remaining, excluded (one row per step, in order).
+    quality : check, table, column, rule, count (one row per data-quality check).
+    """
+
+    cohort: pd.DataFrame
+    attrition: pd.DataFrame
+    quality: pd.DataFrame
+
+
+def _window_bounds(window: tuple[int | None, int | None]) -> tuple[int, int]:
+    start, end = window
+    return (-queries.UNBOUNDED_DAYS if start is None else start,
+            queries.UNBOUNDED_DAYS if end is None else end)
+
+
+def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> None:
+    """Create the small tables the queries join: concept sets, numeric and coded rules.
+
+    Also checks every concept id of the definition (sets, units, values) against ``concept``.
+    """
+    extra = {f"units of {c.column}": [u for u in c.units if u != 0] for c in d.numeric}
+    extra |= {f"values of {c.name}": [v for ids in c.levels.values() for v in ids] + c.reference
+              for c in d.categorical}
+    omop.check_concepts(con, d.concept_sets | {k: v for k, v in extra.items() if v})
+    con.execute("CREATE OR REPLACE TEMP TABLE definition_concepts "
+                "(codeset_name VARCHAR, concept_id BIGINT)")
+    con.executemany("INSERT INTO definition_concepts VALUES (?, ?)",
+                    [(n, c) for n, ids in d.concept_sets.items() for c in ids])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE codesets AS "
+                f"{queries.codesets_query(d.include_descendants)}")
+    con.execute("CREATE OR REPLACE TEMP TABLE numeric_rules (column_name VARCHAR, table_name "
+                "VARCHAR, concept_id BIGINT, unit_concept_id BIGINT, factor DOUBLE, "
+                "plausible_low DOUBLE, plausible_high DOUBLE, window_start INTEGER, "
+                "window_end INTEGER)")
+    for c in d.numeric:
+        ids = [r[0] for r in con.execute("SELECT concept_id FROM codesets WHERE codeset_name "
+                                         "= ?", [c.concept_set]).fetchall()]
+        start, end = _window_bounds(c.window)
+        con.executemany("INSERT INTO numeric_rules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(c.column, c.table, cid, unit, factor, *c.plausible, start, end)
+                         for cid in ids for unit, factor in c.units.items()])
+    con.execute("CREATE OR REPLACE TEMP TABLE categorical_rules (covariate VARCHAR, table_name "
+                "VARCHAR, concept_id BIGINT, value_concept_id BIGINT, level_column VARCHAR, "
+                "window_start INTEGER, window_end INTEGER)")
+    for c in d.categorical:
+        ids = [r[0] for r in con.execute("SELECT concept_id FROM codesets WHERE codeset_name "
+                                         "= ?", [c.concept_set]).fetchall()]
+        start, end = _window_bounds(c.window)
+        values = [(v, lvl) for lvl, vs in c.levels.items() for v in vs]
+        values += [(v, None) for v in c.reference]
+        con.executemany("INSERT INTO categorical_rules VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(c.name, c.table, cid, v, lvl, start, end)
+                         for cid in ids for v, lvl in values])
+
+
+def attrition_labels(d: CohortDefinition) -> dict[str, str]:
+    """Step table name -> criterion text, in order."""
+    values = {"prior_observation_days": d.prior_observation_days,
+              "min_age_years": d.min_age_years, "max_days_to_treatment": d.max_days_to_treatment}
+    return {step: text.format(**values) for step, text in queries.ATTRITION_STEPS.items()}
+
+
+def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB",
+                   threads: int = 2, check_quality: bool = True) -> CohortResult:
+    """Build the analysis cohort from the OMOP CDM files in ``omop_dir``.
+
+    Parameters
+    ----------
+    omop_dir : folder of ``<table>.parquet|csv`` files (OMOP CDM v5.4).
+    d : the validated definition (:func:`pmed.cohort.definition.parse_definition`).
+    memory_limit, threads : DuckDB settings (larger intermediates spill to disk).
+    check_quality : run the data-quality counts (False: empty quality table; benchmarks).
+
+    Returns
+    -------
+    CohortResult
+        Raises :class:`CohortError` on bad input, or when a criterion leaves nobody.
+    """
+    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads)
+    try:
+        load_rule_tables(con, d)
+        qc = quality.run_quality(con, d) if check_quality else pd.DataFrame()
+        labels = attrition_labels(d)
+        rows = []
+        for name, sql in queries.cohort_queries(d).items():
+            if name == "codesets":
+                continue
+            try:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+            except duckdb.Error as err:
+                raise CohortError(f"cohort query {name!r} failed: {err}") from err
+            if name in labels:
+                n = con.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
+                previous = rows[-1]["remaining"] if rows else n
+                rows.append({"criterion": labels[name], "remaining": n, "excluded": previous - n})
+                if n == 0:
+                    raise CohortError(f"cohort: no person left after criterion "
+                                      f"{labels[name]!r} (step {name!r}); expected >= 1")
+        frame = con.execute("SELECT * FROM cohort").df()
+    finally:
+        con.close()
+    cohort = contract.coerce(frame)
+    contract.validate_cohort(cohort, list(d.exposure_groups))
+    attrition = pd.DataFrame(rows).astype({"remaining": "int64", "excluded": "int64"})
+    return CohortResult(cohort=cohort, attrition=attrition, quality=qc)
+
+
+def window_text(window: tuple[int | None, int | None]) -> str:
+    """``[-90, 0] days from index`` style text of a window (inclusive)."""
+    start, end = ("-inf" if window[0] is None else window[0],
+                  "+inf" if window[1] is None else window[1])
+    return f"[{start}, {end}] days from index"
+
+
+def column_windows(d: CohortDefinition) -> dict[str, str]:
+    """Output column -> its look-back window as text, for the column dictionary."""
+    out = {c: window_text(d.condition_window) for c in d.conditions}
+    out |= {c.column: window_text(c.window) for c in d.numeric}
+    out |= {lvl: window_text(c.window) for c in d.categorical for lvl in c.levels}
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_outputs(result: CohortResult, d: CohortDefinition, out_dir: Path) -> dict[str, Path]:
+    """Validate, then write cohort.parquet, cohort_dictionary.csv, attrition.csv, quality.csv.
+
+    Each file is written to ``<name>.tmp`` and renamed, so a failure leaves no partial file.
+    """
+    contract.validate_cohort(result.cohort, list(d.exposure_groups))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in
+             ("cohort.parquet", "cohort_dictionary.csv", "attrition.csv", "quality.csv")}
+    _atomic_write(paths["cohort.parquet"],
+                  lambda p: result.cohort.to_parquet(p, index=False, engine="pyarrow"))
+    _atomic_write(paths["cohort_dictionary.csv"],
+                  lambda p: contract.dictionary(column_windows(d)).to_csv(p, index=False))
+    _atomic_write(paths["attrition.csv"], lambda p: result.attrition.to_csv(p, index=False))
+    _atomic_write(paths["quality.csv"], lambda p: result.quality.to_csv(p, index=False))
+    return paths

@@ -1,0 +1,286 @@
+"""The imaging feature stage: select scans, extract features in parallel with a cache.
+
+Steps (notebooks/05_imaging_features.ipynb calls them in this order):
+
+1. :func:`load_image_occurrence` and :func:`select_scans`: one baseline (last scan in
+   [t0 - window, t0]) and one follow-up scan (first scan in the follow-up window after t0)
+   per cohort person.
+2. :func:`extract_all`: for each scan read the image (DICOM series or NIfTI) and its mask,
+   check geometry, compute the pyradiomics features, the mask volume and the longest axial
+   diameter. Images run in parallel (``workers`` processes, tqdm progress bar); each result
+   is cached in ``data/interim/radiomics_cache/<series_uid>-<settings hash>.parquet`` so a
+   rerun computes only new images. A failing image is excluded with its reason
+   (``on_error: exclude``) or stops the stage with an error naming it (``raise``).
+3. :func:`perturbation_features`: the same features under the perturbations of
+   :mod:`pmed.imaging.stability` for a seeded subset of baseline images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from pmed.cohort.omop import find_table_file
+from pmed.imaging import radiomics as rad
+from pmed.imaging.io import ImagingError, check_geometry, read_image, read_mask
+from pmed.imaging.response import longest_axial_diameter_mm
+from pmed.imaging.stability import perturb
+
+KEY_COLUMNS = ["person_id", "image_occurrence_id", "timepoint"]
+SCAN_COLUMNS = [*KEY_COLUMNS, "image_occurrence_date", "days_from_t0", "image_series_uid",
+                "local_path", "mask_path"]
+MEASURE_COLUMNS = ["volume_ml", "longest_diameter_mm", "mask_voxels"]
+ON_ERROR = ("exclude", "raise")
+
+_EXTRACTOR = None  # per-process pyradiomics extractor, built by _init_worker
+
+
+def n_workers(requested: int) -> int:
+    """Worker processes: ``requested``, or every CPU core when it is 0 (or less)."""
+    return int(requested) if int(requested) > 0 else (os.cpu_count() or 1)
+
+
+def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
+    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs."""
+    path = find_table_file(Path(omop_dir), "image_occurrence")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    needed = ["image_occurrence_id", "person_id", "image_occurrence_date", "image_series_uid",
+              "local_path"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise KeyError(f"OMOP image_occurrence ({path}): missing columns {missing}")
+    table = table[needed].copy()
+    table["image_occurrence_date"] = pd.to_datetime(table["image_occurrence_date"])
+    return table
+
+
+def select_scans(
+    image_occurrence: pd.DataFrame, cohort: pd.DataFrame, mask_path_template: str,
+    baseline_window_days: int, followup_window_days: tuple[int, int],
+) -> pd.DataFrame:
+    """The baseline and follow-up scan of each cohort person (``SCAN_COLUMNS``).
+
+    Baseline: the last scan with t0 - ``baseline_window_days`` <= date <= t0 (t0 = cohort
+    t0_date, start of first-line treatment). Follow-up: the first scan with
+    ``followup_window_days[0]`` <= date - t0 <= ``followup_window_days[1]`` days. Ties on
+    the date keep the lowest image_occurrence_id. Persons not in the cohort are dropped.
+    ``mask_path`` is ``mask_path_template`` formatted with the image_occurrence row.
+    """
+    for col in ("person_id", "t0_date"):
+        if col not in cohort.columns:
+            raise KeyError(f"cohort: missing column {col!r}")
+    lo, hi = (int(d) for d in followup_window_days)
+    scans = image_occurrence.merge(cohort[["person_id", "t0_date"]], on="person_id", how="inner")
+    scans["days_from_t0"] = (
+        pd.to_datetime(scans["image_occurrence_date"]) - pd.to_datetime(scans["t0_date"])
+    ).dt.days
+    order = ["person_id", "image_occurrence_date", "image_occurrence_id"]
+    base = scans[scans["days_from_t0"].between(-int(baseline_window_days), 0)]
+    base = base.sort_values(order, ascending=[True, False, True]).drop_duplicates("person_id")
+    follow = scans[scans["days_from_t0"].between(lo, hi)]
+    follow = follow.sort_values(order).drop_duplicates("person_id")
+    out = pd.concat([base.assign(timepoint="baseline"), follow.assign(timepoint="followup")])
+    try:
+        out["mask_path"] = [mask_path_template.format(**row) for row in out.to_dict("records")]
+    except KeyError as err:
+        raise KeyError(f"imaging_features.mask_path_template: unknown field {err} "
+                       f"(image_occurrence columns: {list(image_occurrence.columns)})") from err
+    out["image_occurrence_date"] = out["image_occurrence_date"].dt.date
+    return out.sort_values(["person_id", "timepoint"], ignore_index=True)[SCAN_COLUMNS]
+
+
+def extract_all(
+    scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping, on_error: str,
+    workers: int = 1, progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Features of every scan, from the cache or computed in parallel.
+
+    Parameters
+    ----------
+    scans : DataFrame with ``SCAN_COLUMNS`` (from :func:`select_scans`).
+    raw_dir : folder the scan ``local_path`` and ``mask_path`` are relative to.
+    cache_dir : per-image result cache (created if missing).
+    settings : params ``imaging_features.radiomics``.
+    on_error : "exclude" (record the failure and go on) or "raise".
+
+    Returns
+    -------
+    features : DataFrame, one row per analysed scan: ``SCAN_COLUMNS`` except the paths,
+        ``MEASURE_COLUMNS`` (volume_ml from the voxel count of the original mask, longest
+        axial diameter in mm) and the features (``<image>_<class>_<feature>``).
+    exclusions : DataFrame person_id, image_occurrence_id, timepoint, reason.
+    timing : dict n_computed, n_cached, seconds (wall time of the computed images).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"imaging_features.on_error: expected one of {ON_ERROR}, got {on_error!r}")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = rad.settings_hash(settings)
+    results, todo = {}, []
+    for scan in scans.to_dict("records"):
+        cached = _read_cache(cache_dir, scan, key, Path(raw_dir))
+        if cached is not None:
+            results[scan["image_occurrence_id"]] = cached
+        else:
+            todo.append(scan)
+    start = time.perf_counter()
+    computed = _map(_analyse_scan, [(Path(raw_dir), s) for s in todo], settings, workers,
+                    progress, "radiomics")
+    seconds = time.perf_counter() - start
+    for scan, result in zip(todo, computed, strict=True):
+        if "error" not in result:
+            _write_cache(cache_dir, scan, key, result)
+        results[scan["image_occurrence_id"]] = result
+    rows, excluded = [], []
+    for scan in scans.to_dict("records"):
+        result = results[scan["image_occurrence_id"]]
+        ident = {c: scan[c] for c in KEY_COLUMNS}
+        if "error" in result:
+            if on_error == "raise":
+                raise ImagingError(result["error"])
+            excluded.append({**ident, "reason": result["error"]})
+        else:
+            result = {k: v for k, v in result.items() if k != "mask_sha256"}
+            rows.append({**ident, "image_occurrence_date": scan["image_occurrence_date"],
+                         "days_from_t0": scan["days_from_t0"], **result})
+    features = pd.DataFrame(rows)
+    exclusions = pd.DataFrame(excluded, columns=[*KEY_COLUMNS, "reason"])
+    timing = {"n_computed": len(todo), "n_cached": len(scans) - len(todo), "seconds": seconds}
+    return features, exclusions, timing
+
+
+def perturbation_features(
+    scans: pd.DataFrame, raw_dir: Path, settings: Mapping, stability: Mapping, seed: int,
+    workers: int = 1, progress: bool = True,
+) -> pd.DataFrame:
+    """Features of ``stability['n_images']`` seeded baseline scans under each perturbation.
+
+    Returns a long DataFrame: image_occurrence_id, perturbation, one column per feature
+    (input of :func:`pmed.imaging.stability.stability_table`). Scans that fail are skipped.
+    """
+    base = scans[scans["timepoint"] == "baseline"].sort_values("image_occurrence_id")
+    n = min(int(stability["n_images"]), len(base))
+    rng = np.random.default_rng(seed)
+    subset = base.iloc[np.sort(rng.choice(len(base), size=n, replace=False))]
+    tasks = [
+        (Path(raw_dir), scan, kind, seed, float(stability["noise_sd_hu"]),
+         float(stability["shift_voxels"]))
+        for scan in subset.to_dict("records") for kind in stability["perturbations"]
+    ]
+    results = _map(_perturbed_scan, tasks, settings, workers, progress, "stability")
+    rows = [
+        {"image_occurrence_id": task[1]["image_occurrence_id"], "perturbation": task[2], **res}
+        for task, res in zip(tasks, results, strict=True) if "error" not in res
+    ]
+    return pd.DataFrame(rows)
+
+
+def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str) -> list:
+    """``[func(t) for t in tasks]`` in ``workers`` processes (each with its own extractor)."""
+    results: list = [None] * len(tasks)
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, mininterval=1.0)
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(settings)
+        for i, task in enumerate(tasks):
+            results[i] = func(task)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dict(settings),)) as pool:
+            futures = {pool.submit(func, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+    return results
+
+
+def _init_worker(settings: Mapping) -> None:
+    """Build this process's pyradiomics extractor once."""
+    global _EXTRACTOR
+    _EXTRACTOR = rad.make_extractor(settings)
+
+
+def _load(raw_dir: Path, scan: Mapping) -> tuple[sitk.Image, sitk.Image]:
+    """Image and mask of a scan, geometry checked (ImagingError naming the file otherwise)."""
+    image_path, mask_path = raw_dir / scan["local_path"], raw_dir / scan["mask_path"]
+    image = read_image(image_path)
+    mask = read_mask(mask_path)
+    check_geometry(image, mask, str(image_path), str(mask_path))
+    return image, mask
+
+
+def _describe_failure(scan: Mapping, err: Exception) -> str:
+    """One-line reason naming the image_occurrence and the error."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if not isinstance(err, ImagingError):
+        text = f"{type(err).__name__}: {text} (image {scan['local_path']})"
+    return f"image_occurrence {scan['image_occurrence_id']}: {text}"
+
+
+def _analyse_scan(task: tuple[Path, Mapping]) -> dict:
+    """Measures and features of one scan, or {"error": reason}."""
+    raw_dir, scan = task
+    try:
+        image, mask = _load(raw_dir, scan)
+        array = sitk.GetArrayViewFromImage(mask).astype(bool)
+        sx, sy, sz = image.GetSpacing()
+        out = {
+            "volume_ml": float(array.sum() * sx * sy * sz / 1000.0),
+            "longest_diameter_mm": longest_axial_diameter_mm(array, (sy, sx)),
+            "mask_voxels": int(array.sum()),
+            "mask_sha256": _sha256(raw_dir / scan["mask_path"]),
+        }
+        out.update(rad.extract_features(_EXTRACTOR, image, mask))
+        return out
+    except Exception as err:  # every failure becomes a named exclusion or error
+        return {"error": _describe_failure(scan, err)}
+
+
+def _perturbed_scan(task: tuple) -> dict:
+    """Features of one scan under one perturbation, or {"error": reason}."""
+    raw_dir, scan, kind, seed, noise_sd, shift = task
+    try:
+        image, mask = _load(raw_dir, scan)
+        rng = np.random.default_rng([seed, int(scan["image_occurrence_id"])])
+        image, mask = perturb(image, mask, kind, rng, noise_sd, shift)
+        return rad.extract_features(_EXTRACTOR, image, mask)
+    except Exception as err:  # the subset skips failures; the main pass reports them
+        return {"error": _describe_failure(scan, err)}
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cache_file(cache_dir: Path, scan: Mapping, key: str) -> Path:
+    return cache_dir / f"{scan['image_series_uid']}-{key}.parquet"
+
+
+def _read_cache(cache_dir: Path, scan: Mapping, key: str, raw_dir: Path) -> dict | None:
+    """The cached result of a scan, or None if absent or its mask file has changed."""
+    path = _cache_file(cache_dir, scan, key)
+    if not path.is_file():
+        return None
+    row = pd.read_parquet(path).iloc[0].to_dict()
+    mask = raw_dir / scan["mask_path"]
+    if not mask.is_file() or row.get("mask_sha256") != _sha256(mask):
+        return None
+    return row
+
+
+def _write_cache(cache_dir: Path, scan: Mapping, key: str, result: Mapping) -> None:
+    """Store one scan's result (atomic rename, so a killed run leaves no partial file)."""
+    path = _cache_file(cache_dir, scan, key)
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame([result]).to_parquet(tmp, index=False)
+    tmp.replace(path)

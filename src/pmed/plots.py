@@ -1,0 +1,191 @@
+"""Shared report figures: KM curves with a numbers-at-risk table, forest plot, calibration
+plot, decision curve, scaled Schoenfeld residual plots.
+
+Every count printed on a figure goes through :func:`pmed.privacy.format_count`, so counts in
+(0, min_cell) appear as "<min_cell". Figures show aggregates only (no per-person points).
+Each function returns the matplotlib ``Figure``; saving is left to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from statsmodels.nonparametric.smoothers_lowess import lowess
+
+from pmed.privacy import format_count
+
+__all__ = ["km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot"]
+
+
+def km_plot(
+    curves: Mapping[str, pd.DataFrame],
+    at_risk: pd.DataFrame,
+    min_cell: int,
+    time_label: str = "Days since start of first-line treatment",
+    title: str = "",
+    ci: bool = True,
+):
+    """Kaplan-Meier curves with the numbers at risk in a table under the time axis.
+
+    Parameters
+    ----------
+    curves : mapping label -> DataFrame
+        Output of :func:`pmed.survival.kaplan_meier` per group (``time``, ``survival``,
+        ``ci_low``, ``ci_high``).
+    at_risk : DataFrame
+        Output of :func:`pmed.survival.numbers_at_risk`: index = the same labels, columns =
+        the times at which the counts are shown.
+    min_cell : int
+        Minimum cell size; smaller positive counts are shown as "<min_cell".
+    """
+    missing = [lab for lab in curves if lab not in at_risk.index]
+    if missing:
+        raise KeyError(f"km_plot: groups {missing} have curves but no numbers-at-risk row")
+    n_rows = len(curves)
+    fig = plt.figure(figsize=(7.5, 5.0 + 0.28 * n_rows))
+    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    tab = fig.add_subplot(grid[1], sharex=ax)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    times = [float(c) for c in at_risk.columns]
+    for i, (label, km) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        ax.step(km["time"], km["survival"], where="post", color=colour, label=label)
+        if ci:
+            ax.fill_between(km["time"], km["ci_low"], km["ci_high"], step="post", color=colour, alpha=0.15, lw=0)
+        for t, n in zip(times, at_risk.loc[label]):
+            tab.text(t, n_rows - 1 - i, format_count(n, min_cell), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, max(times) * 1.02 if times else None)
+    ax.set_ylabel("Survival probability")
+    ax.legend(loc="upper right", frameon=False)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), visible=False)
+    ax.set_xticks(times)
+    tab.set_ylim(-0.6, n_rows - 0.4)
+    tab.set_yticks(range(n_rows))
+    tab.set_yticklabels(list(curves)[::-1], fontsize=8)
+    tab.set_xlabel(time_label)
+    tab.set_title("Number at risk", fontsize=8, loc="left")
+    for side in ("top", "right", "left"):
+        tab.spines[side].set_visible(False)
+    tab.tick_params(axis="y", length=0)
+    return fig
+
+
+def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)"):
+    """Forest plot of ratios with CIs on a log axis; needs ``hr``, ``hr_ci_low``, ``hr_ci_high``."""
+    need = [label_col, "hr", "hr_ci_low", "hr_ci_high"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise KeyError(f"forest_plot: table lacks column(s) {missing}")
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.32 * n))
+    y = np.arange(n)[::-1]
+    ax.errorbar(
+        table["hr"], y,
+        xerr=[table["hr"] - table["hr_ci_low"], table["hr_ci_high"] - table["hr"]],
+        fmt="s", color="black", ecolor="0.3", capsize=2, ms=4,
+    )
+    ax.axvline(1.0, color="0.5", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels(table[label_col])
+    for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy()):
+        ax.annotate(f"{h:.2f} ({lo:.2f}-{hi:.2f})", xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_plot(curves: Mapping[str, pd.DataFrame], horizon_label: str = "365 days", title: str = ""):
+    """Observed vs predicted risk per bin (output of :func:`pmed.calibration.calibration_curve`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="Ideal")
+    for label, cal in curves.items():
+        ax.errorbar(
+            cal["predicted"], cal["observed"],
+            yerr=[cal["observed"] - cal["ci_low"], cal["ci_high"] - cal["observed"]],
+            fmt="o-", ms=4, capsize=2, label=label,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"Predicted risk of death by {horizon_label}")
+    ax.set_ylabel(f"Observed risk of death by {horizon_label} (IPCW)")
+    ax.legend(frameon=False, loc="upper left")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def decision_curve_plot(curves: Mapping[str, pd.DataFrame], title: str = ""):
+    """Net benefit vs threshold for each model, with treat-all and treat-none references.
+
+    Each DataFrame is an output of :func:`pmed.calibration.decision_curve`.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    first = next(iter(curves.values()))
+    ax.plot(first["threshold"], first["treat_all"], color="0.4", lw=1, label="Treat all")
+    ax.plot(first["threshold"], first["treat_none"], color="0.2", lw=1, ls=":", label="Treat none")
+    for label, dc in curves.items():
+        ax.plot(dc["threshold"], dc["model"], lw=1.5, label=label)
+    top = max(float(np.nanmax(dc["model"])) for dc in curves.values())
+    top = max(top, float(np.nanmax(first["treat_all"])))
+    ax.set_ylim(-0.05, top * 1.1 + 0.01)
+    ax.set_xlabel("Threshold probability")
+    ax.set_ylabel("Net benefit (true positives per person)")
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def schoenfeld_plot(
+    residuals: pd.DataFrame,
+    terms: Sequence[str],
+    p_values: Mapping[str, float] | None = None,
+    n_bins: int = 20,
+    time_label: str = "Days since start of first-line treatment",
+):
+    """Scaled Schoenfeld residuals against time: binned means +- 2 SE and a LOWESS smooth.
+
+    ``residuals`` is the output of :func:`pmed.survival.scaled_schoenfeld` (one row per event
+    with a ``time`` column). Per-event points are not drawn (aggregates only); a flat smooth
+    around 0 supports proportional hazards for that term.
+    """
+    n = len(terms)
+    ncol = min(3, n)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 2.8 * nrow), squeeze=False)
+    t = residuals["time"].to_numpy(dtype=float)
+    edges = np.unique(np.quantile(t, np.linspace(0, 1, n_bins + 1)))
+    bins = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    for ax, term in zip(axes.ravel(), terms):
+        r = residuals[term].to_numpy(dtype=float)
+        centre = residuals["time"].groupby(bins).median()
+        mean = pd.Series(r).groupby(bins).mean()
+        se = pd.Series(r).groupby(bins).std() / np.sqrt(pd.Series(r).groupby(bins).size())
+        ax.errorbar(centre, mean, yerr=2 * se, fmt="o", ms=3, color="0.35", capsize=1.5)
+        smooth = lowess(r, t, frac=0.5, return_sorted=True)
+        ax.plot(smooth[:, 0], smooth[:, 1], color="C3", lw=1.5)
+        ax.axhline(0, color="0.5", ls="--", lw=1)
+        name = term if p_values is None else f"{term} (p = {p_values.get(term, float('nan')):.3f})"
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(time_label, fontsize=8)
+        ax.set_ylabel("beta(t) - beta", fontsize=8)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig

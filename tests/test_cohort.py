@@ -1,0 +1,406 @@
+"""Cohort extraction on small hand-built OMOP CDM tables, answers worked out by hand.
+
+Fixture: 17 hand-made persons, each testing one rule (see ``PERSONS``); concept ids are
+small made-up integers except the OMOP unit / gender ids. Day arithmetic in the comments
+uses the calendar (2020 is a leap year).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlglot
+
+from pmed.cohort import CohortError, extract_cohort, parse_definition, write_outputs
+from pmed.cohort import contract, queries, quality
+
+D = dt.date
+# concept ids of the fixture vocabulary
+NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD = 1, 2, 3, 10, 11, 12
+COPD, DIAB, HF, CKD = 20, 21, 22, 23
+ALB, LDH, NEUT, LYMPH, HB, CREAT, WEIGHT, BMI, PDL1, ECOG, SMOKING, STAGE = range(30, 42)
+NEVER, FORMER, CURRENT, ST3, ST4 = 60, 61, 62, 63, 64
+G_DL, G_L, U_L, E9_L, MG_DL, UMOL_L, KG, KG_M2, PCT = 8713, 8636, 8645, 9444, 8840, 8749, 9529, 9531, 8554
+FEMALE, MALE = 8532, 8507
+
+
+def definition_dict() -> dict:
+    """A cohort: section over the fixture vocabulary (same shape as params.yaml)."""
+    sets = {"nsclc": [NSCLC], "other_cancer": [OTHER_CA], "immunotherapy": [IMMUNO],
+            "chemotherapy": [CHEMO], "copd": [COPD], "diabetes": [DIAB],
+            "heart_failure": [HF], "ckd": [CKD], "albumin": [ALB], "ldh": [LDH],
+            "neutrophils": [NEUT], "lymphocytes": [LYMPH], "hemoglobin": [HB],
+            "creatinine": [CREAT], "weight": [WEIGHT], "bmi": [BMI], "pdl1": [PDL1],
+            "ecog": [ECOG], "smoking": [SMOKING], "stage": [STAGE]}
+
+    def num(cs, units, lo, hi, window="lab"):
+        return {"concept_set": cs, "table": "measurement", "window": window, "units": units,
+                "plausible": [lo, hi]}
+
+    return {
+        "concept_sets": sets, "include_descendants": True, "target_concept_set": "nsclc",
+        "prior_observation_days": 365, "min_age_years": 18, "max_age_years": None,
+        "female_concept_id": FEMALE,
+        "exclusions": {"prior_concept_sets": ["other_cancer"], "window": [None, 0]},
+        "exposure": {"groups": {"immunotherapy": "immunotherapy", "chemotherapy": "chemotherapy"},
+                     "treated_group": "immunotherapy", "max_days_after_index": 60},
+        "outcome": {"administrative_censor_date": "2025-12-31"},
+        "covariates": {
+            "lab_window_days": 90, "condition_window": [None, -1],
+            "conditions": {"copd": "copd", "diabetes": "diabetes",
+                           "heart_failure": "heart_failure", "ckd": "ckd"},
+            "numeric": {
+                "albumin_g_dl": num("albumin", {G_DL: 1.0, G_L: 0.1}, 1.0, 7.0),
+                "ldh_u_l": num("ldh", {U_L: 1.0}, 30, 10000),
+                "neutrophils_10e9_l": num("neutrophils", {E9_L: 1.0}, 0.01, 100),
+                "lymphocytes_10e9_l": num("lymphocytes", {E9_L: 1.0}, 0.01, 100),
+                "hemoglobin_g_dl": num("hemoglobin", {G_DL: 1.0, G_L: 0.1}, 2, 25),
+                "creatinine_mg_dl": num("creatinine", {MG_DL: 1.0, UMOL_L: 1 / 88.4}, 0.05, 25),
+                "weight_kg": num("weight", {KG: 1.0}, 20, 350),
+                "bmi_kg_m2": num("bmi", {KG_M2: 1.0}, 10, 90),
+                "ecog": num("ecog", {0: 1.0}, 0, 4),
+                "pdl1_pct": num("pdl1", {PCT: 1.0}, 0, 100),
+            },
+            "categorical": {
+                "smoking": {"concept_set": "smoking", "table": "observation", "window": [None, 0],
+                            "levels": {"smoking_current": [CURRENT], "smoking_former": [FORMER]},
+                            "reference": [NEVER]},
+                "stage": {"concept_set": "stage", "table": "measurement", "window": [None, 0],
+                          "levels": {"stage_iv": [ST4]}, "reference": [ST3]},
+            },
+        },
+    }
+
+
+IDX = D(2020, 3, 1)  # index date of most fixture persons
+
+
+class Omop:
+    """Builder of the fixture's OMOP tables (rows appended per person)."""
+
+    def __init__(self):
+        self.t = {k: [] for k in ("person", "observation_period", "condition_occurrence",
+                                  "drug_exposure", "measurement", "observation", "death")}
+
+    def person(self, pid, born, female=False, obs=(D(2010, 1, 1), D(2024, 12, 31))):
+        self.t["person"].append({"person_id": pid, "gender_concept_id": FEMALE if female else MALE,
+                                 "year_of_birth": born.year, "month_of_birth": born.month,
+                                 "day_of_birth": born.day})
+        self.t["observation_period"].append({"observation_period_id": pid, "person_id": pid,
+                                             "observation_period_start_date": obs[0],
+                                             "observation_period_end_date": obs[1]})
+
+    def cond(self, pid, concept, date):
+        self.t["condition_occurrence"].append({"condition_occurrence_id": len(self.t["condition_occurrence"]) + 1,
+                                               "person_id": pid, "condition_concept_id": concept,
+                                               "condition_start_date": date})
+
+    def drug(self, pid, concept, date):
+        self.t["drug_exposure"].append({"drug_exposure_id": len(self.t["drug_exposure"]) + 1,
+                                        "person_id": pid, "drug_concept_id": concept,
+                                        "drug_exposure_start_date": date})
+
+    def meas(self, pid, concept, date, value=None, unit=None, value_concept=None, table="measurement"):
+        rows = self.t[table]
+        rows.append({f"{table}_id": len(rows) + 1, "person_id": pid, f"{table}_concept_id": concept,
+                     f"{table}_date": date, "value_as_number": value,
+                     "value_as_concept_id": value_concept, "unit_concept_id": unit})
+
+    def death(self, pid, date):
+        self.t["death"].append({"person_id": pid, "death_date": date})
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        out = {}
+        for name, rows in self.t.items():
+            df = pd.DataFrame(rows)
+            for col in df.columns:
+                if col.endswith("_date"):
+                    df[col] = pd.to_datetime(df[col]).dt.date
+                elif col == "value_as_number":
+                    df[col] = df[col].astype("float64")
+                else:
+                    df[col] = df[col].astype("Int64")
+            out[name] = df
+        ids = sorted({v for v in [NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD, COPD, DIAB,
+                                  HF, CKD, *range(30, 42), NEVER, FORMER, CURRENT, ST3, ST4, G_DL,
+                                  G_L, U_L, E9_L, MG_DL, UMOL_L, KG, KG_M2, PCT, FEMALE, MALE]})
+        out["concept"] = pd.DataFrame({"concept_id": ids, "concept_name": [f"c{i}" for i in ids]})
+        pairs = [(i, i) for i in ids] + [(NSCLC, ADENO), (IMMUNO, IMMUNO_CHILD)]
+        out["concept_ancestor"] = pd.DataFrame(pairs, columns=["ancestor_concept_id",
+                                                               "descendant_concept_id"])
+        return out
+
+
+def build_fixture() -> Omop:
+    """The 17 fixture persons; each comment gives the rule tested and the hand answer."""
+    o = Omop()
+    # 1: eligible, immunotherapy, female. Index 2020-03-01 (first of two adenocarcinoma
+    # (descendant) records). t0 = 2020-03-20 (19 d). Death 2021-03-20: 2020-03-20 ->
+    # 2021-03-20 = 365 d, event 1. Age: born 1960-05-10 -> 59 completed years.
+    o.person(1, D(1960, 5, 10), female=True)
+    o.cond(1, ADENO, IDX); o.cond(1, ADENO, D(2020, 6, 1))
+    o.cond(1, OTHER_CA, D(2020, 5, 1))           # other cancer AFTER index: not excluded
+    o.drug(1, IMMUNO_CHILD, D(2020, 3, 20)); o.drug(1, CHEMO, D(2020, 4, 20))
+    o.death(1, D(2021, 3, 20))
+    o.cond(1, COPD, D(2019, 1, 1))                # before index -> copd 1
+    o.cond(1, DIAB, IDX)                          # ON index: window [-inf, -1] -> diabetes 0
+    o.meas(1, ALB, D(2020, 1, 1), 3.5, G_DL)      # day -60
+    o.meas(1, ALB, D(2020, 2, 20), 40.0, G_L)     # day -10, last in window: 40 g/L = 4.0 g/dL
+    o.meas(1, ALB, D(2020, 3, 2), 2.0, G_DL)      # day +1: after index, ignored
+    o.meas(1, CREAT, D(2019, 12, 2), 88.4, UMOL_L)  # day -90 (29+31+29+1): inclusive -> 1.0 mg/dL
+    o.meas(1, PDL1, D(2020, 2, 20), 60.0, PCT)    # day -10
+    o.meas(1, PDL1, D(2020, 2, 29), 150.0, PCT)   # day -1 but implausible: dropped -> 60
+    o.meas(1, ECOG, D(2020, 2, 25), 1.0, None)    # no unit (NULL) = unit 0 -> ecog 1
+    o.meas(1, WEIGHT, D(2020, 2, 1), 0.0, KG)     # implausible weight 0: dropped -> NaN
+    o.meas(1, HB, D(2020, 2, 1), 12.5, 999)       # unit without factor: dropped -> NaN
+    o.meas(1, SMOKING, D(2018, 1, 1), value_concept=FORMER, table="observation")
+    o.meas(1, SMOKING, IDX, value_concept=CURRENT, table="observation")  # day 0 inclusive
+    o.meas(1, STAGE, IDX, value_concept=ST4)      # stage IV on index day
+    # 2: eligible, chemotherapy, male. Index 2021-01-10 (ancestor concept itself), t0
+    # 2021-03-11 = day 60 (21 + 28 + 11): inclusive. Alive; observation ends 2022-06-30:
+    # 2021-03-11 -> 2022-03-11 = 365, + 20 + 30 + 31 + 30 = 476 d, event 0. The death dated
+    # 2022-08-01 lies after observation end: censored at observation end (event 0).
+    o.person(2, D(1950, 1, 1), obs=(D(2010, 1, 1), D(2022, 6, 30)))
+    o.cond(2, NSCLC, D(2021, 1, 10)); o.cond(2, NSCLC, D(2021, 1, 10))  # exact duplicate
+    o.drug(2, CHEMO, D(2021, 3, 11))
+    o.death(2, D(2022, 8, 1))
+    o.meas(2, CREAT, D(2020, 10, 11), 1.3, MG_DL)  # day -91 (21+30+31+9): outside -> NaN
+    o.meas(2, SMOKING, D(2015, 1, 1), value_concept=NEVER, table="observation")  # never -> 0, 0
+    o.meas(2, STAGE, D(2021, 1, 5), value_concept=ST3)  # stage III -> 0
+    o.cond(2, HF, D(2021, 1, 9))                  # day -1 -> heart_failure 1
+    # 3: excluded at first line: chemo on day 61.
+    o.person(3, D(1955, 1, 1)); o.cond(3, NSCLC, IDX); o.drug(3, CHEMO, IDX + dt.timedelta(61))
+    # 4: excluded at prior observation: period starts 364 days before index.
+    o.person(4, D(1955, 1, 1), obs=(IDX - dt.timedelta(364), D(2024, 12, 31)))
+    o.cond(4, NSCLC, IDX); o.drug(4, CHEMO, IDX)
+    # 5: eligible: period starts exactly 365 days before index (inclusive); chemo on index
+    # day (t0 = index, 0 d). Observation to 2024-12-31: 2020-03-01 -> 2024-12-31 = 1766 d.
+    o.person(5, D(1955, 1, 1), obs=(IDX - dt.timedelta(365), D(2024, 12, 31)))
+    o.cond(5, NSCLC, IDX); o.drug(5, CHEMO, IDX)
+    # 6: excluded at age: born 2002-03-02 is 17 on 2020-03-01 (18th birthday the next day).
+    o.person(6, D(2002, 3, 2)); o.cond(6, NSCLC, IDX); o.drug(6, CHEMO, IDX)
+    # 7: eligible: born 2002-03-01 turns 18 on the index day (inclusive). Immunotherapy at
+    # day 5 (t0 2020-03-06); death 2020-03-16 -> 10 d, event 1.
+    o.person(7, D(2002, 3, 1), female=True); o.cond(7, NSCLC, IDX)
+    o.drug(7, IMMUNO, D(2020, 3, 6)); o.death(7, D(2020, 3, 16))
+    # 8: excluded: other cancer before index.  9: excluded: other cancer on the index day
+    # (exclusion window [-inf, 0] is inclusive).
+    o.person(8, D(1955, 1, 1)); o.cond(8, NSCLC, IDX); o.cond(8, OTHER_CA, D(2019, 6, 1))
+    o.drug(8, CHEMO, IDX)
+    o.person(9, D(1955, 1, 1)); o.cond(9, NSCLC, IDX); o.cond(9, OTHER_CA, IDX)
+    o.drug(9, CHEMO, IDX)
+    # 10: excluded: immunotherapy the day before index (treatment before index).
+    o.person(10, D(1955, 1, 1)); o.cond(10, NSCLC, IDX)
+    o.drug(10, IMMUNO, IDX - dt.timedelta(1)); o.drug(10, CHEMO, IDX)
+    # 11: excluded at first line: both groups start the same day (ambiguous).
+    o.person(11, D(1955, 1, 1)); o.cond(11, NSCLC, IDX)
+    o.drug(11, IMMUNO, D(2020, 3, 5)); o.drug(11, CHEMO, D(2020, 3, 5))
+    # 12: excluded: death recorded (2020-03-05) before treatment start (2020-03-10).
+    o.person(12, D(1955, 1, 1)); o.cond(12, NSCLC, IDX); o.drug(12, CHEMO, D(2020, 3, 10))
+    o.death(12, D(2020, 3, 5))
+    # 13: no NSCLC record at all (not in the cohort's first step).
+    o.person(13, D(1955, 1, 1)); o.cond(13, COPD, IDX); o.drug(13, CHEMO, IDX)
+    # 14: administrative censoring: alive, observed to 2026-06-30, death 2026-01-15 after the
+    # censor date 2025-12-31 -> event 0; t0 = index + 30 = 2020-03-31;
+    # 2020-03-31 -> 2025-03-31 = 5*365 + 1 (2024-02-29) = 1826, + 30+31+30+31+31+30+31+30+31 = 2101 d.
+    o.person(14, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2026, 6, 30)))
+    o.cond(14, NSCLC, IDX); o.drug(14, IMMUNO, IDX + dt.timedelta(30)); o.death(14, D(2026, 1, 15))
+    # 15: death on the last day of observation counts: t0 = index, death 2020-12-31 =
+    # observation end: 2020-03-01 -> 2020-12-31 = 305 d, event 1.
+    o.person(15, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2020, 12, 31)))
+    o.cond(15, NSCLC, IDX); o.drug(15, CHEMO, IDX); o.death(15, D(2020, 12, 31))
+    # 16: excluded at first line: no exposure drug at all.
+    o.person(16, D(1955, 1, 1)); o.cond(16, NSCLC, IDX)
+    # 17: index outside every observation period (diagnosis after the period ended):
+    # excluded at prior observation. Its diagnosis is an event outside observation.
+    o.person(17, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2019, 12, 31)))
+    o.cond(17, NSCLC, IDX); o.drug(17, CHEMO, IDX)
+    return o
+
+
+def write_tables(frames: dict[str, pd.DataFrame], folder: Path, fmt: str = "parquet") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, df in frames.items():
+        if fmt == "csv":
+            df.to_csv(folder / f"{name}.csv", index=False)
+        else:
+            df.to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fixture_result(tmp_path_factory):
+    folder = write_tables(build_fixture().frames(), tmp_path_factory.mktemp("omop"))
+    d = parse_definition(definition_dict())
+    return folder, d, extract_cohort(folder, d, memory_limit="1GB", threads=1)
+
+
+def row(result, pid) -> pd.Series:
+    c = result.cohort
+    return c.loc[c["person_id"] == pid].iloc[0]
+
+
+def test_eligible_persons_and_attrition(fixture_result):
+    _, _, res = fixture_result
+    assert res.cohort["person_id"].tolist() == [1, 2, 5, 7, 14, 15]
+    # 16 persons with NSCLC (all but 13); -2 prior obs (4, 17); -1 age (6); -2 other cancer
+    # (8, 9); -1 prior treatment (10); -3 first line (3, 11, 16); -1 dead before t0 (12).
+    assert res.attrition["remaining"].tolist() == [16, 14, 13, 11, 10, 7, 6]
+    assert res.attrition["excluded"].tolist() == [0, 2, 1, 2, 1, 3, 1]
+
+
+def test_index_treatment_and_outcome(fixture_result):
+    _, _, res = fixture_result
+    c = res.cohort.set_index("person_id")
+    assert c.loc[1, "index_date"] == IDX and c.loc[1, "t0_date"] == D(2020, 3, 20)
+    assert c.loc[2, "index_date"] == D(2021, 1, 10)
+    assert c["days_dx_to_treatment"].to_dict() == {1: 19, 2: 60, 5: 0, 7: 5, 14: 30, 15: 0}
+    assert c["treatment"].to_dict() == {1: "immunotherapy", 2: "chemotherapy",
+                                        5: "chemotherapy", 7: "immunotherapy",
+                                        14: "immunotherapy", 15: "chemotherapy"}
+    assert c["treated"].tolist() == [1, 0, 0, 1, 1, 0]
+    assert c["time_days"].to_dict() == {1: 365.0, 2: 476.0, 5: 1766.0, 7: 10.0,
+                                        14: 2101.0, 15: 305.0}
+    assert c["event"].to_dict() == {1: 1, 2: 0, 5: 0, 7: 1, 14: 0, 15: 1}
+
+
+def test_age_and_sex(fixture_result):
+    _, _, res = fixture_result
+    p1, p7 = row(res, 1), row(res, 7)
+    assert p1["age_years"] == pytest.approx((IDX - D(1960, 5, 10)).days / 365.25)
+    assert math.floor(p1["age_years"]) == 59
+    # person 7 is exactly 18 in completed years; 6575 d / 365.25 = 18.0014
+    assert p7["age_years"] == pytest.approx(6575 / 365.25)
+    assert (p1["sex_female"], p7["sex_female"], row(res, 2)["sex_female"]) == (1, 1, 0)
+
+
+def test_covariate_windows_and_units(fixture_result):
+    _, _, res = fixture_result
+    p1, p2 = row(res, 1), row(res, 2)
+    assert p1["albumin_g_dl"] == pytest.approx(4.0)        # 40 g/L at day -10
+    assert p1["creatinine_mg_dl"] == pytest.approx(1.0)    # 88.4 umol/L at day -90
+    assert pd.isna(p2["creatinine_mg_dl"])                 # only record at day -91
+    assert p1["pdl1_pct"] == 60.0 and p1["ecog"] == 1.0
+    assert pd.isna(p1["weight_kg"]) and pd.isna(p1["hemoglobin_g_dl"])
+    assert (p1["copd"], p1["diabetes"], p2["heart_failure"], p2["copd"]) == (1, 0, 1, 0)
+    assert (p1["smoking_current"], p1["smoking_former"], p1["stage_iv"]) == (1, 0, 1)
+    assert (p2["smoking_current"], p2["smoking_former"], p2["stage_iv"]) == (0, 0, 0)
+    p5 = row(res, 5)
+    assert pd.isna(p5["smoking_current"]) and pd.isna(p5["stage_iv"])
+
+
+def test_output_dtypes_follow_contract(fixture_result):
+    _, _, res = fixture_result
+    c = res.cohort
+    assert list(c.columns) == list(contract.COLUMNS)
+    assert c["person_id"].dtype == "int64" and c["event"].dtype == "int8"
+    assert str(c["smoking_current"].dtype) == "Int8" and c["ecog"].dtype == "float64"
+    assert isinstance(c["index_date"].iloc[0], dt.date)
+
+
+def test_quality_counts(fixture_result):
+    _, _, res = fixture_result
+    q = res.quality.set_index(["check", "table", "column"])["count"]
+    assert q[("duplicate", "condition_occurrence", "")] == 1        # person 2's dx
+    assert q[("duplicate", "measurement", "")] == 0
+    # outside observation: person 17's NSCLC (2020-03-01 > 2019-12-31); person 2's death;
+    # person 14's death lies inside its period (2026-01-15 <= 2026-06-30).
+    assert q[("outside_observation", "condition_occurrence", "condition_start_date")] == 1
+    assert q[("outside_observation", "death", "death_date")] == 1
+    assert q[("implausible", "measurement", "pdl1_pct")] == 1
+    assert q[("implausible", "measurement", "weight_kg")] == 1
+    assert q[("unknown_unit", "measurement", "hemoglobin_g_dl")] == 1
+    assert q[("implausible", "measurement", "albumin_g_dl")] == 0
+
+
+def test_csv_input_gives_the_same_cohort(fixture_result, tmp_path):
+    _, d, res = fixture_result
+    folder = write_tables(build_fixture().frames(), tmp_path / "omop", fmt="csv")
+    csv_res = extract_cohort(folder, d, memory_limit="1GB", threads=1)
+    pd.testing.assert_frame_equal(csv_res.cohort, res.cohort)
+    pd.testing.assert_frame_equal(csv_res.quality, res.quality)
+
+
+def test_every_query_transpiles_to_postgres_and_spark():
+    d = parse_definition(definition_dict())
+    cols = {t: ["person_id", "x"] for t in quality.CLINICAL_TABLES}
+    sqls = list(queries.cohort_queries(d).values()) + [c["sql"] for c in
+                                                       quality.quality_queries(d, cols)]
+    for sql in sqls:
+        for dialect in ("postgres", "spark"):
+            out = queries.transpile(sql, dialect)
+            sqlglot.parse_one(out, read=dialect)  # the output parses back in its dialect
+    pg = queries.transpile(queries.cohort_queries(d)["adult"], "postgres")
+    assert "MAKE_DATE(" in pg and "DATE_FROM_PARTS" not in pg
+
+
+def test_write_outputs_atomic_and_complete(fixture_result, tmp_path):
+    _, d, res = fixture_result
+    paths = write_outputs(res, d, tmp_path)
+    back = pd.read_parquet(paths["cohort.parquet"])
+    assert back["person_id"].tolist() == [1, 2, 5, 7, 14, 15]
+    assert str(back["stage_iv"].dtype) == "Int8"
+    dictionary = pd.read_csv(paths["cohort_dictionary.csv"])
+    assert dictionary["column"].tolist() == list(contract.COLUMNS)
+    assert not list(tmp_path.glob("*.tmp"))
+    bad = res.cohort.copy()
+    bad.loc[0, "time_days"] = -1.0
+    with pytest.raises(CohortError, match="negative time_days"):
+        write_outputs(type(res)(bad, res.attrition, res.quality), d, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "cohort.parquet").exists()
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_missing_table(tmp_path):
+    frames = build_fixture().frames()
+    del frames["death"]
+    folder = write_tables(frames, tmp_path)
+    with pytest.raises(CohortError, match=r"OMOP table 'death': no death.parquet or death.csv"):
+        extract_cohort(folder, parse_definition(definition_dict()))
+
+
+def test_missing_column(tmp_path):
+    frames = build_fixture().frames()
+    frames["measurement"] = frames["measurement"].drop(columns="unit_concept_id")
+    with pytest.raises(CohortError, match=r"'measurement'.*missing column 'unit_concept_id'"):
+        extract_cohort(write_tables(frames, tmp_path), parse_definition(definition_dict()))
+
+
+def test_wrong_type(tmp_path):
+    frames = build_fixture().frames()
+    frames["death"]["death_date"] = frames["death"]["death_date"].astype(str) + "x"
+    with pytest.raises(CohortError, match=r"'death'.*column 'death_date' has type VARCHAR, expected date"):
+        extract_cohort(write_tables(frames, tmp_path), parse_definition(definition_dict()))
+
+
+def test_unknown_concept_id(tmp_path):
+    folder = write_tables(build_fixture().frames(), tmp_path)
+    spec = definition_dict()
+    spec["concept_sets"]["copd"] = [20, 987654]
+    with pytest.raises(CohortError, match=r"not in table 'concept' \(copd: 987654\)"):
+        extract_cohort(folder, parse_definition(spec))
+
+
+def test_empty_after_criterion_names_it(tmp_path):
+    folder = write_tables(build_fixture().frames(), tmp_path / "omop")
+    spec = definition_dict()
+    spec["min_age_years"] = 120
+    with pytest.raises(CohortError, match=r"no person left after criterion 'Age at index >= 120"):
+        extract_cohort(folder, parse_definition(spec))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("prior_observation_days", "365", "prior_observation_days must be an integer"),
+    ("target_concept_set", "sclc", "refers to concept set 'sclc'"),
+    ("outcome", {"administrative_censor_date": "31/12/2025"}, "must be an ISO date"),
+])
+def test_bad_definition(key, value, message):
+    spec = definition_dict()
+    spec[key] = value
+    with pytest.raises(CohortError, match=message):
+        parse_definition(spec)

@@ -1,0 +1,92 @@
+"""The cohort stage on the demo's ci-size data (generated into tmp_path, EHR part only).
+
+The generator's ground_truth.json knows who is eligible, how many persons fail each
+criterion and every injected defect; the stage must find exactly these.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from pmed import config
+from pmed.cohort import extract_cohort, parse_definition, queries
+from pmed.cohort.groundtruth import compare_attrition, compare_defects
+
+sys.path.insert(0, str(config.ROOT / "benchmarks"))
+from bench_cohort import pandas_cohort  # noqa: E402
+
+pytest.importorskip("pmed.demo.generate")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """ci size without the CT images (same EHR generator; 1 s instead of 15 s)."""
+    from pmed.demo.generate import generate
+
+    params = config.load_params()
+    demo_params = copy.deepcopy(params["demo"])
+    demo_params["sizes"]["ci"]["n_imaged"] = 0
+    raw = tmp_path_factory.mktemp("demo_ci") / "raw"
+    generate(raw, "ci", params["common"]["seed"], demo_params)
+    truth = json.loads((raw / "ground_truth.json").read_text())
+    d = parse_definition(params["cohort"])
+    return raw / "omop", d, truth, extract_cohort(raw / "omop", d, threads=1)
+
+
+def test_cohort_is_the_generators_eligible_set(demo):
+    _, _, truth, res = demo
+    assert res.cohort["person_id"].tolist() == truth["eligible_person_ids"]
+
+
+def test_defect_counts_equal_injected(demo):
+    _, _, truth, res = demo
+    cmp = compare_defects(res.quality, truth["defects"])
+    assert len(cmp) == 5 and (cmp["injected"] > 0).all()
+    assert cmp["found"].tolist() == cmp["injected"].tolist()
+
+
+def test_attrition_matches_generator(demo):
+    """Each ineligible person fails one criterion, except that persons treated before their
+    diagnosis whose observation ended before it also lack observation at index: they are
+    counted at the earlier prior-observation step (checked on the data below)."""
+    omop, d, truth, res = demo
+    cmp = compare_attrition(res.attrition, list(queries.ATTRITION_STEPS), truth).set_index("step")
+    con = duckdb.connect()
+    overlap = con.execute(
+        f"SELECT COUNT(*) FROM (SELECT person_id, MIN(condition_start_date) AS idx FROM "
+        f"'{omop}/condition_occurrence.parquet' WHERE condition_concept_id IN (4115276, "
+        f"45768916, 4311999) GROUP BY person_id) AS dx JOIN '{omop}/observation_period.parquet' "
+        "AS op USING (person_id) WHERE op.observation_period_end_date < dx.idx").fetchone()[0]
+    assert overlap > 0
+    diff = (cmp["excluded"] - cmp["expected"]).to_dict()
+    assert diff == {"qualifying_dx": 0, "prior_obs": overlap, "adult": 0, "no_prior_cancer": 0,
+                    "no_prior_treatment": -overlap, "first_line": 0, "alive_at_t0": 0}
+
+
+def test_missingness_close_to_generator(demo):
+    _, _, truth, res = demo
+    miss = res.cohort.isna().mean()
+    for col in ("ecog", "stage_iv", "ldh_u_l", "pdl1_pct", "albumin_g_dl"):
+        assert miss[col] == pytest.approx(truth["missingness_eligible"][col], abs=0.02)
+
+
+def test_pandas_reference_gives_the_same_cohort(demo):
+    omop, d, _, res = demo
+    pd.testing.assert_frame_equal(pandas_cohort(omop, d), res.cohort)
+
+
+def test_csv_copy_of_demo_gives_the_same_cohort(demo, tmp_path):
+    omop, d, _, res = demo
+    con = duckdb.connect()
+    for f in Path(omop).glob("*.parquet"):
+        con.execute(f"COPY (SELECT * FROM '{f}') TO '{tmp_path / (f.stem + '.csv')}' (HEADER)")
+    csv_res = extract_cohort(tmp_path, d, threads=1)
+    pd.testing.assert_frame_equal(csv_res.cohort, res.cohort)
+    pd.testing.assert_frame_equal(csv_res.quality, res.quality)

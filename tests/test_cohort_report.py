@@ -1,0 +1,116 @@
+"""Table 1, flow diagram, follow-up summary and ground-truth comparison of the cohort stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pmed.cohort import contract
+from pmed.cohort.flow import flow_diagram
+from pmed.cohort.groundtruth import compare_attrition, compare_defects
+from pmed.cohort.summary import cohort_metrics, median_followup
+from pmed.cohort.table1 import make_table1, smd_summary, suppress_cell
+
+
+def small_cohort() -> pd.DataFrame:
+    """80 chemotherapy + 99 immunotherapy persons with hand-set binary/lab values.
+
+    stage_iv: chemotherapy 30 of 80 = 0.375, immunotherapy 46 of 99 (+1 missing) = 0.4646;
+    ckd: 5 immunotherapy persons (a small cell).
+    """
+    n_c, n_i = 80, 100
+    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in contract.COLUMNS})
+    df["treatment"] = ["chemotherapy"] * n_c + ["immunotherapy"] * n_i
+    stage = [1] * 30 + [0] * 50 + [1] * 46 + [0] * 53 + [None]
+    df["stage_iv"] = pd.array(stage, dtype="Int8")
+    df["ckd"] = np.array([0] * n_c + [1] * 5 + [0] * 95, dtype="int8")
+    for c in ("sex_female", "copd", "diabetes", "heart_failure"):
+        df[c] = np.int8(0)
+    df["smoking_current"] = pd.array([1] * 90 + [0] * 90, dtype="Int8")
+    df["smoking_former"] = pd.array([0] * 90 + [1] * 45 + [0] * 45, dtype="Int8")
+    df["ecog"] = np.tile([0.0, 1.0], 90)
+    df["age_years"] = np.linspace(40, 80, n_c + n_i)
+    df.loc[:9, "ldh_u_l"] = np.nan
+    return df
+
+
+def test_table1_smd_missing_and_suppression():
+    table = make_table1(small_cohort(), min_cell=11)
+    # binary SMD by hand: (0.4646 - 0.375) / sqrt((0.375*0.625 + 0.4646*0.5354) / 2) = 0.182
+    smd = smd_summary(table)
+    p1, p0 = 46 / 99, 30 / 80
+    expected = (p1 - p0) / math.sqrt((p1 * (1 - p1) + p0 * (1 - p0)) / 2)
+    assert smd["Stage IV (vs III), n (%)"] == pytest.approx(expected, abs=1e-3)
+    assert table.loc[("Stage IV (vs III), n (%)", "no"), "Missing"] == "<11"  # 1 missing
+    assert table.loc[("LDH, U/L, median [Q1,Q3]", ""), "Missing"] == "<11"   # 10 missing
+    ckd_yes = table.loc[("Chronic kidney disease, n (%)", "yes")]
+    assert ckd_yes["immunotherapy"] == "<11" and ckd_yes["Overall"] == "<11"
+    assert ckd_yes["chemotherapy"] == "0 (0.0)"
+    assert table.loc[("n", ""), "chemotherapy"] == "80"
+    assert table.loc[("Smoking status, n (%)", "never"), "Overall"] == "45 (25.0)"
+
+
+@pytest.mark.parametrize("cell, expected", [
+    ("5 (1.2)", "<11"), ("11 (2.0)", "11 (2.0)"), ("0 (0.0)", "0 (0.0)"),
+    ("3.5 (1.0)", "3.5 (1.0)"), ("247.0 [197.0,322.0]", "247.0 [197.0,322.0]"),
+])
+def test_suppress_cell(cell, expected):
+    assert suppress_cell(cell, 11) == expected
+
+
+def test_flow_diagram_suppresses_small_counts():
+    attrition = pd.DataFrame({"criterion": ["Dx", "Adult", "Treated"],
+                              "remaining": [500, 495, 300], "excluded": [0, 5, 195]})
+    fig = flow_diagram(attrition, {"immunotherapy": 293, "chemotherapy": 7}, min_cell=11)
+    texts = " | ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "n = 500" in texts and "n = 195" in texts and "n = 293" in texts
+    assert texts.count("n = <11") == 2 and "n = 5\n" not in texts and "n = 7" not in texts
+    with pytest.raises(KeyError, match="excluded"):
+        flow_diagram(attrition.drop(columns="excluded"), {}, 11)
+
+
+def test_median_followup_reverse_km_by_hand():
+    """Times 1..5, deaths at 1 and 3. Reverse KM treats censoring as the event: at t=2,
+    4 at risk, 1 event -> 0.75; t=3 censored; t=4, 2 at risk -> 0.375 <= 0.5: median 4.
+    R: survfit(Surv(c(1,2,3,4,5), c(0,1,0,1,1)) ~ 1) gives median 4."""
+    out = median_followup(np.array([1, 2, 3, 4, 5.0]), np.array([1, 0, 1, 0, 0]))
+    assert out["estimate"] == 4.0
+
+
+def test_median_followup_not_reached_is_nan():
+    # one censoring, at t=1 of 4 at risk: reverse KM 0.75, then only deaths -> never <= 0.5
+    out = median_followup(np.array([1, 2, 3, 4.0]), np.array([0, 1, 1, 1]))
+    assert math.isnan(out["estimate"])
+
+
+def test_cohort_metrics_suppress_small_counts():
+    df = small_cohort()
+    df["event"] = np.int8(0)
+    df.loc[:2, "event"] = 1
+    df["time_days"] = np.arange(1, len(df) + 1, dtype=float)
+    attrition = pd.DataFrame({"criterion": ["a", "b"], "remaining": [190, 180],
+                              "excluded": [0, 10]})
+    m = cohort_metrics(df, attrition, ["s1", "s2"], min_cell=11)
+    assert m["persons"] == 180 and m["events"] == "<11"
+    assert m["attrition"]["s2"] == {"remaining": 180, "excluded": "<11"}
+    assert m["groups"]["chemotherapy"]["persons"] == 80
+
+
+def test_compare_defects_and_attrition():
+    quality = pd.DataFrame({"check": ["implausible", "implausible", "duplicate"],
+                            "table": ["measurement"] * 3,
+                            "column": ["ldh_u_l", "albumin_g_dl", ""], "count": [2, 3, 7]})
+    truth = {"negative_lab_value": {"count": 5}, "duplicate_measurement": {"count": 7}}
+    cmp = compare_defects(quality, truth).set_index("defect")
+    assert cmp.loc["negative_lab_value", "found"] == 5 and cmp.loc["duplicate_measurement", "found"] == 7
+    with pytest.raises(KeyError, match="'mystery'"):
+        compare_defects(quality, {"mystery": {"count": 1}})
+    attrition = pd.DataFrame({"criterion": ["dx", "obs"], "remaining": [90, 80],
+                              "excluded": [0, 10]})
+    gt = {"n_persons": 100, "attrition": {"excluded": {"no_nsclc": 10,
+                                                        "short_prior_observation": 10}}}
+    out = compare_attrition(attrition, ["qualifying_dx", "prior_obs"], gt)
+    assert out["excluded"].tolist() == [10, 10] and out["expected"].tolist() == [10, 10]

@@ -1,0 +1,307 @@
+"""Tests of pmed.radiomics_model: hand-checked statistics and simulated-signal pipeline runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.datasets import load_rossi
+from statsmodels.stats.multitest import multipletests
+
+from pmed import radiomics_model as rm
+
+SEED = 20261127
+CLINICAL = ["age_years", "ecog"]
+TRUE_IMAGE = ["original_shape_MeshVolume", "original_firstorder_Entropy"]
+
+
+def simulate(n: int, image_signal: bool, seed: int) -> pd.DataFrame:
+    """Cohort x baseline radiomics with a known generating model.
+
+    log hazard = 0.03 (age - 65) + 0.4 ecog [+ 0.6 z(log volume) + 0.5 heterogeneity].
+    Features: volume (MeshVolume, a VoxelVolume copy and SurfaceArea, |r| > 0.9 with it),
+    heterogeneity (firstorder Entropy), a constant feature, an outcome-related feature
+    flagged unstable, and 15 pure-noise features. Exponential times, uniform censoring.
+    """
+    rng = np.random.default_rng(seed)
+    age = rng.normal(65, 10, n)
+    ecog = rng.integers(0, 3, n).astype(float)
+    ecog[rng.random(n) < 0.1] = np.nan  # missing, imputed inside the folds
+    log_vol = rng.normal(3.0, 1.0, n)
+    hetero = 0.3 * (log_vol - 3.0) + rng.normal(0, 1, n)
+    lp = 0.03 * (age - 65) + 0.4 * np.nan_to_num(ecog, nan=1.0)
+    if image_signal:
+        lp = lp + 0.6 * (log_vol - 3.0) + 0.5 * hetero
+    t_event = rng.exponential(365 * np.exp(-lp))
+    t_cens = rng.uniform(200, 1500, n)
+    vol = np.exp(log_vol)
+    df = pd.DataFrame({
+        "age_years": age,
+        "ecog": ecog,
+        "time_days": np.minimum(t_event, t_cens),
+        "event": (t_event <= t_cens).astype(np.int8),
+        "original_shape_MeshVolume": vol,
+        "original_shape_VoxelVolume": vol * rng.normal(1.0, 0.01, n),
+        "original_shape_SurfaceArea": vol ** (2 / 3) * rng.normal(1.0, 0.03, n),
+        "original_firstorder_Entropy": hetero + rng.normal(0, 0.2, n),
+        "original_shape_Flatness": np.ones(n),
+        "original_glrlm_Unstable": 0.6 * (log_vol - 3.0) + rng.normal(0, 0.5, n),
+    })
+    for j in range(15):
+        df[f"original_glcm_Noise{j:02d}"] = rng.normal(0, 1, n)
+    return df
+
+
+def radiomics_of(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("original_")]
+
+
+PREPROCESSOR = {"unstable": ["original_glrlm_Unstable"], "corr_threshold": 0.9}
+
+
+def models(df: pd.DataFrame) -> dict[str, rm.CoxModel]:
+    common = {"preprocessor": PREPROCESSOR, "l1_ratio": 0.5, "n_alphas": 20, "inner_folds": 3}
+    return {
+        "clinical": rm.CoxModel(clinical=CLINICAL),
+        "imaging": rm.CoxModel(radiomic=radiomics_of(df), **common),
+        "combined": rm.CoxModel(clinical=CLINICAL, radiomic=radiomics_of(df), **common),
+    }
+
+
+def run_pipeline(df: pd.DataFrame, seed: int) -> dict:
+    horizon = 365.0
+    preds = rm.cross_validated_predictions(
+        df, df["time_days"], df["event"], models(df), n_folds=5, n_repeats=1, seed=seed, horizon=horizon
+    )
+    lp = {m: p["lp"].mean(axis=0) for m, p in preds.items()}
+    risk = {m: p["risk"].mean(axis=0) for m, p in preds.items()}
+    return rm.compare_models(df["time_days"], df["event"], lp, risk, horizon, "clinical", 200, seed)
+
+
+# --------------------------------------------------------------------------- hand checks
+
+
+def test_bh_adjust_matches_statsmodels():
+    """statsmodels: multipletests(p, method="fdr_bh")[1]; NaN entries are ignored."""
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.2, 0.04, 0.9])
+    npt.assert_allclose(rm.bh_adjust(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+    # by hand: sorted p 0.005,0.01,0.03,0.04,0.04,0.2,0.9 times 7/rank, then running min from the top
+    npt.assert_allclose(rm.bh_adjust(p)[3], 0.035)
+    with_nan = rm.bh_adjust(np.r_[np.nan, p])
+    assert np.isnan(with_nan[0])
+    npt.assert_allclose(with_nan[1:], rm.bh_adjust(p))
+
+
+def test_nri_hand_example_without_censoring():
+    """10 people, all followed past the horizon (no censoring): NRI is plain proportions.
+
+    Events (die by 100): ids 0-3; of them 0,1,2 up, 3 down -> NRI_e = (3-1)/4 = 0.5.
+    Non-events: ids 4-9; 4 up, 5,6,7 down, 8,9 unchanged -> NRI_ne = (3-1)/6 = 1/3.
+    """
+    time = np.array([50, 60, 70, 80, 200, 200, 200, 200, 200, 200], dtype=float)
+    event = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    old = np.full(10, 0.5)
+    new = np.array([0.6, 0.7, 0.8, 0.4, 0.6, 0.4, 0.3, 0.2, 0.5, 0.5])
+    res = rm.net_reclassification_index(old, new, time, event, horizon=100)
+    npt.assert_allclose(res["nri_events"], 0.5)
+    npt.assert_allclose(res["nri_nonevents"], 1 / 3)
+    npt.assert_allclose(res["nri"], 0.5 + 1 / 3)
+
+
+def test_nri_hand_example_with_censoring():
+    """Censoring handled by Kaplan-Meier (Pencina, Steyerberg, D'Agostino 2011, eq. 4).
+
+    up = {0,1,2,3}: deaths at 10, 30; censored at 20 and 120 -> S_up(100) = 3/4 * 1/2 = 3/8.
+    down = {4,5,6,7}: death at 40, others > 100 -> S_down = 3/4.
+    all 8: deaths 10 (8 at risk), 30 (6), 40 (5) -> S = 7/8 * 5/6 * 4/5 = 7/12.
+    P(up) = P(down) = 1/2.
+    NRI_e = ((1-3/8)/2 - (1-3/4)/2) / (5/12) = 0.45; NRI_ne = (3/4/2 - 3/8/2) / (7/12) = 9/28.
+    """
+    time = np.array([10, 20, 30, 120, 40, 150, 150, 150], dtype=float)
+    event = np.array([1, 0, 1, 0, 1, 0, 0, 0])
+    old = np.full(8, 0.3)
+    new = np.r_[np.full(4, 0.4), np.full(4, 0.2)]
+    res = rm.net_reclassification_index(old, new, time, event, horizon=100)
+    npt.assert_allclose(rm.km_survival_at(time, event, 100), 7 / 12)
+    npt.assert_allclose(res["nri_events"], 0.45)
+    npt.assert_allclose(res["nri_nonevents"], 9 / 28)
+
+
+def test_lr_test_rossi_matches_r():
+    """R (survival 3.x): coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio,
+    data = Rossi) prints "Likelihood ratio test=33.27 on 7 df, p=2.362e-05"."""
+    rossi = load_rossi()
+    covs = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    res = rm.likelihood_ratio_test(rossi, "week", "arrest", base=[], added=covs)
+    npt.assert_allclose(res["lr"], 33.27, atol=0.01)
+    assert res["df"] == 7
+    npt.assert_allclose(res["p"], 2.362e-05, rtol=1e-3)
+    # nested: LR(full vs null) = LR(full vs base) + LR(base vs null)
+    part1 = rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin", "age", "prio"], added=covs[2:6])
+    part2 = rm.likelihood_ratio_test(rossi, "week", "arrest", base=[], added=["fin", "age", "prio"])
+    npt.assert_allclose(part1["lr"] + part2["lr"], res["lr"], rtol=1e-6)
+    assert part1["df"] == 4
+
+
+def test_lr_test_rejects_missing_values():
+    rossi = load_rossi().astype(float)
+    rossi.loc[0, "age"] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin"], added=["age"])
+
+
+def test_partial_loglik_matches_lifelines_without_ties():
+    """No tied times: Breslow = Efron, so lifelines' log_likelihood_ at its MLE is the reference."""
+    rng = np.random.default_rng(SEED)
+    n = 60
+    x = rng.normal(size=(n, 2))
+    time = rng.exponential(np.exp(-0.7 * x[:, 0]))
+    event = rng.random(n) < 0.8
+    data = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "T": time, "E": event.astype(int)})
+    fit = CoxPHFitter().fit(data, "T", "E")
+    eta = x @ fit.params_.to_numpy()
+    npt.assert_allclose(rm.cox_partial_loglik(eta, time, event), fit.log_likelihood_, rtol=1e-8)
+    both = rm.cox_partial_loglik(np.column_stack([eta, np.zeros(n)]), time, event)
+    npt.assert_allclose(both[0], fit.log_likelihood_, rtol=1e-8)
+
+
+def test_partial_loglik_breslow_ties_by_hand():
+    """Times 1,1,2 all events, eta = (0, log 2, 0): Breslow risk sums 4, 4, 1.
+    ll = (0 - log 4) + (log 2 - log 4) + (0 - log 1) = -3 log 2."""
+    ll = rm.cox_partial_loglik(np.array([0.0, np.log(2), 0.0]), [1, 1, 2], [1, 1, 1])
+    npt.assert_allclose(ll, -3 * np.log(2))
+
+
+def test_breslow_survival_without_covariates_is_nelson_aalen():
+    """eta = 0: S0(h) = exp(-sum d/n_at_risk). Deaths at 1 (4 at risk), 3 (2 at risk)."""
+    s0 = rm.breslow_survival_at(np.zeros(4), [1, 2, 3, 4], [1, 0, 1, 0], horizon=3.5)
+    npt.assert_allclose(s0, np.exp(-(1 / 4 + 1 / 2)))
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocessor_drops_unstable_constant_and_redundant():
+    df = simulate(300, image_signal=True, seed=SEED)
+    pre = rm.RadiomicsPreprocessor(**PREPROCESSOR).fit(df[radiomics_of(df)])
+    kept = pre.selected_features_
+    assert "original_glrlm_Unstable" not in kept
+    assert "original_shape_Flatness" not in kept
+    volume = {"original_shape_MeshVolume", "original_shape_VoxelVolume", "original_shape_SurfaceArea"}
+    assert len(volume & set(kept)) == 1  # one representative of the volume cluster
+    rep = (volume & set(kept)).pop()
+    assert set(pre.clusters_[rep]) == volume
+    assert "original_firstorder_Entropy" in kept
+    assert sum(c.startswith("original_glcm_Noise") for c in kept) == 15
+    out = pre.transform(df)
+    assert out.shape == (300, len(kept))
+    npt.assert_allclose(out.mean(axis=0), 0, atol=1e-12)
+    npt.assert_allclose(out.std(axis=0), 1)
+
+
+def test_preprocessor_uses_training_statistics_only():
+    df = simulate(200, image_signal=False, seed=SEED)
+    cols = radiomics_of(df)
+    train, test = df.iloc[:100], df.iloc[100:].copy()
+    test.loc[test.index[0], "original_firstorder_Entropy"] = np.nan
+    pre = rm.RadiomicsPreprocessor(**PREPROCESSOR).fit(train[cols])
+    out = pd.DataFrame(pre.transform(test), columns=pre.selected_features_)
+    j = "original_firstorder_Entropy"
+    expected = (test[j].fillna(train[j].median()) - train[j].mean()) / train[j].std(ddof=0)
+    npt.assert_allclose(out[j], expected)
+    with pytest.raises(KeyError, match="missing features"):
+        pre.transform(test.drop(columns=[j]))
+
+
+# --------------------------------------------------------------------------- simulated pipelines
+
+
+def test_univariable_cox_flags_true_features():
+    df = simulate(300, image_signal=True, seed=SEED)
+    res = rm.univariable_cox(df[radiomics_of(df)], df["time_days"], df["event"])
+    significant = set(res.loc[res["q"] < 0.05, "feature"])
+    assert set(TRUE_IMAGE) <= significant
+    assert not any(f.startswith("original_glcm_Noise") for f in significant)
+    assert res.loc[res["feature"] == "original_shape_Flatness", "q"].isna().all()  # constant
+    tested = res.dropna(subset=["p"])
+    npt.assert_allclose(tested["q"], multipletests(tested["p"], method="fdr_bh")[1])
+
+
+def test_signature_selects_true_traits():
+    df = simulate(400, image_signal=True, seed=SEED)
+    model = models(df)["imaging"].set_params(seed=SEED).fit(df, df["time_days"], df["event"])
+    coefs = model.coefficients().set_index("feature")["log_hr_per_sd"]
+    volume_rep = [f for f in coefs.index if f.startswith("original_shape_")]
+    assert len(volume_rep) == 1 and coefs[volume_rep[0]] > 0.2
+    assert coefs["original_firstorder_Entropy"] > 0.2
+    noise = coefs[[f for f in coefs.index if "Noise" in f]]
+    assert noise.abs().max() < 0.1 if len(noise) else True
+
+
+def test_added_value_detected_with_image_signal():
+    res = run_pipeline(simulate(400, image_signal=True, seed=SEED), SEED)
+    dc = res["delta_c"]["combined"]
+    assert dc["ci_low"] > 0
+    assert res["nri"]["combined"]["ci_low"] > 0
+    assert res["c_index"]["combined"]["estimate"] > res["c_index"]["clinical"]["estimate"]
+
+
+def test_no_false_discovery_without_image_signal():
+    res = run_pipeline(simulate(400, image_signal=False, seed=SEED + 1), SEED)
+    dc = res["delta_c"]["combined"]
+    assert dc["ci_low"] <= 0 <= dc["ci_high"]  # [0, 0] when no feature is ever selected
+    c_img = res["c_index"]["imaging"]
+    assert c_img["ci_low"] < 0.5 < c_img["ci_high"]
+
+
+def test_shuffled_outcome_gives_chance_concordance():
+    """Leakage check: with outcomes permuted, every out-of-fold model is at C = 0.5."""
+    df = simulate(400, image_signal=True, seed=SEED + 2)
+    perm = np.random.default_rng(SEED).permutation(len(df))
+    df[["time_days", "event"]] = df[["time_days", "event"]].to_numpy()[perm]
+    res = run_pipeline(df, SEED)
+    for name, c in res["c_index"].items():
+        assert c["ci_low"] < 0.5 < c["ci_high"], name
+        assert abs(c["estimate"] - 0.5) < 0.06, name
+
+
+def test_landmark_excludes_deaths_and_late_assessments():
+    cohort = pd.DataFrame({"person_id": [1, 2, 3, 4], "time_days": [50.0, 200, 300, 400], "event": [1, 1, 0, 1]})
+    response = pd.DataFrame({"person_id": [1, 2, 3, 4], "scan_day": [40, 80, 120, 90], "category": list("abcd")})
+    data, counts = rm.landmark_dataset(cohort, response, landmark_days=100, response_day_col="scan_day")
+    assert data["person_id"].tolist() == [2, 4]
+    npt.assert_allclose(data["lm_time_days"], [100, 300])
+    assert counts == {"with_response": 4, "alive_at_landmark": 3, "assessed_by_landmark": 2}
+
+
+def test_unstable_features_reads_flags():
+    stability = pd.DataFrame({"feature": ["a", "b", "c"], "icc": [0.95, 0.5, 0.8], "stable": [True, False, 1]})
+    assert rm.unstable_features(stability) == ["b"]
+    with pytest.raises(ValueError, match="stable"):
+        rm.unstable_features(stability.assign(stable=["yes", "no", "no"]))
+
+
+def test_scan_days_from_t0_first_followup_scan():
+    features = pd.DataFrame({"person_id": [1, 1, 1, 2], "image_occurrence_id": [10, 11, 12, 20],
+                             "timepoint": ["baseline", "followup", "followup", "baseline"]})
+    occurrence = pd.DataFrame({"image_occurrence_id": [10, 11, 12, 20],
+                               "image_occurrence_date": pd.to_datetime(["2020-01-01", "2020-04-01", "2020-03-01", "2020-01-05"])})
+    cohort = pd.DataFrame({"person_id": [1, 2], "t0_date": pd.to_datetime(["2020-01-10", "2020-01-10"]).date})
+    out = rm.scan_days_from_t0(features, occurrence, cohort, "followup")
+    assert out.to_dict("list") == {"person_id": [1], "scan_day": [51]}  # 2020-03-01 - 2020-01-10
+
+
+def test_cox_model_leaves_out_constant_terms_and_empty_features():
+    df = simulate(200, image_signal=True, seed=SEED)
+    df["never_varies"] = 1.0
+    df["original_glcm_AllMissing"] = np.nan
+    model = rm.CoxModel(clinical=CLINICAL + ["never_varies"], radiomic=radiomics_of(df),
+                        preprocessor=PREPROCESSOR, n_alphas=10, inner_folds=3)
+    model.fit(df, df["time_days"], df["event"])
+    assert model.clinical_used_ == CLINICAL
+    assert "original_glcm_AllMissing" not in model.features_
+    assert np.isfinite(model.predict_risk(df, 365.0)).all()
+    with pytest.raises(KeyError, match="not in the data"):
+        rm.CoxModel(clinical=["nope"]).fit(df, df["time_days"], df["event"])

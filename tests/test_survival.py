@@ -1,0 +1,193 @@
+"""Tests of pmed.survival against published R ``survival`` output and hand computations.
+
+Data: NCCTG lung cancer (Loprinzi et al. 1994, J Clin Oncol 12:601) and Rossi recidivism
+(Rossi, Berk & Lenihan 1980; Fox 2002 appendix), both as shipped with lifelines.
+"""
+
+import numpy as np
+import numpy.testing as npt
+import pandas as pd
+import pytest
+from lifelines.datasets import load_lung, load_rossi
+
+from pmed import survival as sv
+
+ROSSI_COVARIATES = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+
+
+@pytest.fixture(scope="module")
+def lung():
+    return load_lung()
+
+
+@pytest.fixture(scope="module")
+def rossi():
+    return load_rossi()
+
+
+def test_cox_rossi_matches_r(rossi):
+    """R: coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio, data=rossi)
+
+    Published in Fox (2002), "Cox Proportional-Hazards Regression for Survival Data",
+    appendix to An R and S-PLUS Companion to Applied Regression (coef, se(coef)).
+    """
+    cph = sv.fit_cox(rossi, "week", "arrest", ROSSI_COVARIATES)
+    tab = sv.cox_table(cph).set_index("term")
+    npt.assert_allclose(
+        tab.loc[ROSSI_COVARIATES, "log_hr"],
+        [-0.37942, -0.05744, 0.31391, -0.14980, -0.43370, -0.08487, 0.09150],
+        atol=1e-4,
+    )
+    npt.assert_allclose(
+        tab.loc[ROSSI_COVARIATES, "se"],
+        [0.19138, 0.02200, 0.30799, 0.21222, 0.38187, 0.19576, 0.02865],
+        atol=1e-4,
+    )
+    # exp(coef) column of the same printout.
+    npt.assert_allclose(tab.loc[["fin", "prio"], "hr"], [0.68426, 1.09581], atol=1e-4)
+
+
+def test_cox_lung_matches_r(lung):
+    """R: summary(coxph(Surv(time, status) ~ age + sex + ph.ecog, data=lung))
+
+    n = 227 (1 observation deleted due to missingness), events = 164;
+    coef 0.011067, -0.552612, 0.463728; se 0.009267, 0.167739, 0.113577;
+    lower/upper .95 of exp(coef) for sex 0.4142, 0.7994; Concordance = 0.637.
+    """
+    cph = sv.fit_cox(lung, "time", "status", ["age", "sex", "ph.ecog"])
+    assert cph._n_examples == 227
+    tab = sv.cox_table(cph).set_index("term")
+    npt.assert_allclose(tab["log_hr"], [0.011067, -0.552612, 0.463728], atol=1e-5)
+    npt.assert_allclose(tab["se"], [0.009267, 0.167739, 0.113577], atol=1e-5)
+    npt.assert_allclose(tab.loc["sex", ["hr_ci_low", "hr_ci_high"]], [0.4142, 0.7994], atol=1e-4)
+    from pmed.metrics import harrell_c
+
+    frame = lung.dropna(subset=["age", "sex", "ph.ecog"])
+    c = harrell_c(frame["time"], frame["status"], cph.predict_log_partial_hazard(frame))
+    assert abs(c - 0.637) < 5e-4
+
+
+def test_logrank_lung_sex_matches_r(lung):
+    """R: survdiff(Surv(time, status) ~ sex, data=lung)
+
+    N 138/90, Observed 112/53, Expected 91.5817/73.4183, Chisq 10.3267, p = 0.00131116.
+    """
+    res = sv.logrank(lung["time"], lung["status"], lung["sex"])
+    npt.assert_allclose(res["statistic"], 10.3267, atol=1e-4)
+    npt.assert_allclose(res["p_value"], 0.00131116, rtol=1e-4)
+    assert res["df"] == 1
+    g = res["groups"]
+    assert g["n"].tolist() == [138, 90] and g["observed"].tolist() == [112, 53]
+    npt.assert_allclose(g["expected"], [91.5817, 73.4183], atol=1e-4)
+
+
+def test_logrank_rossi_fin_matches_r(rossi):
+    """R: survdiff(Surv(week, arrest) ~ fin, data=rossi)
+
+    N 216/216, Observed 66/48, Expected 55.6/58.4, (O-E)^2/V 3.84, Chisq= 3.8 on 1 df
+    (R prints these to the shown precision only).
+    """
+    res = sv.logrank(rossi["week"], rossi["arrest"], rossi["fin"])
+    assert res["groups"]["observed"].tolist() == [66, 48]
+    npt.assert_allclose(res["groups"]["expected"], [55.6, 58.4], atol=0.05)
+    npt.assert_allclose(res["statistic"], 3.84, atol=0.005)
+
+
+def test_kaplan_meier_hand_example():
+    """Hand KM: times 1,2,2,3,4 with events 1,1,0,1,0.
+
+    S(1) = 4/5, S(2) = 4/5 * 3/4 = 0.6, S(3) = 0.6 * 1/2 = 0.3, S(4) = 0.3.
+    Greenwood var of S(2): 0.6^2 * (1/(5*4) + 1/(4*3)).
+    """
+    km = sv.kaplan_meier([1, 2, 2, 3, 4], [1, 1, 0, 1, 0]).set_index("time")
+    npt.assert_allclose(km.loc[[0.0, 1.0, 2.0, 3.0, 4.0], "survival"], [1, 0.8, 0.6, 0.3, 0.3])
+    assert km.loc[2.0, "n_at_risk"] == 4 and km.loc[2.0, "n_censored"] == 1
+    # log(-log) CI: S^exp(+-z * sqrt(V) / (S log S)), V = Greenwood sum.
+    v = 1 / 20 + 1 / 12
+    z = 1.959964
+    se_ll = np.sqrt(v) / np.log(0.6)
+    npt.assert_allclose(km.loc[2.0, ["ci_low", "ci_high"]], [0.6 ** np.exp(-z * se_ll), 0.6 ** np.exp(z * se_ll)], rtol=1e-5)
+
+
+def test_median_survival_hand_example():
+    """Median = first time S(t) <= 0.5: S = 0.8, 0.6, 0.3 at 1, 2, 3 -> median 3."""
+    med = sv.median_survival([1, 2, 2, 3, 4], [1, 1, 0, 1, 0])
+    assert med["estimate"] == 3.0
+    assert med["ci_low"] <= 3.0 <= med["ci_high"]
+
+
+def test_numbers_at_risk_counts():
+    nar = sv.numbers_at_risk([1, 2, 3, 4, 5, 6], ["a", "a", "a", "b", "b", "b"], [0, 2, 5])
+    assert nar.loc["a"].tolist() == [3, 2, 0] and nar.loc["b"].tolist() == [3, 3, 2]
+
+
+def test_bad_input_names_problem():
+    with pytest.raises(ValueError, match="event must be 0/1"):
+        sv.kaplan_meier([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="time must be finite"):
+        sv.logrank([1, -2], [1, 0], [0, 1])
+    with pytest.raises(KeyError, match="not in the table"):
+        sv.fit_cox(pd.DataFrame({"t": [1.0], "e": [1]}), "t", "e", ["x"])
+
+
+def test_add_interactions():
+    df = sv.add_interactions(pd.DataFrame({"a": [1, 2], "b": [3, 4]}), ["a:b"])
+    assert df["a:b"].tolist() == [3.0, 8.0]
+    with pytest.raises(ValueError):
+        sv.add_interactions(df, ["a*b"])
+
+
+def test_ph_test_flags_time_varying_effect():
+    """Simulated: x has HR 3 before t = 1 and HR 1/3 after; z is proportional (HR 1.5)."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    x = rng.integers(0, 2, n)
+    z = rng.normal(size=n)
+    # Piecewise-exponential draw with hazard 0.5 * exp(b(t) x + log(1.5) z).
+    h1 = 0.5 * np.exp(np.log(3) * x + np.log(1.5) * z)
+    h2 = 0.5 * np.exp(-np.log(3) * x + np.log(1.5) * z)
+    e1 = rng.exponential(1 / h1)
+    t = np.where(e1 < 1, e1, 1 + rng.exponential(1 / h2))
+    c = rng.uniform(0, 4, n)
+    df = pd.DataFrame({"time": np.minimum(t, c), "event": (t <= c).astype(int), "x": x, "z": z})
+    cph = sv.fit_cox(df, "time", "event", ["x", "z"])
+    ph = sv.ph_test(cph, df).set_index("term")
+    assert ph.loc["x", "p_value"] < 1e-6
+    assert ph.loc["z", "p_value"] > 0.01
+    resid = sv.scaled_schoenfeld(cph, df)
+    assert len(resid) == df["event"].sum() and {"x", "z", "time"} <= set(resid.columns)
+    # Remedy by stratification (binary x) removes x from the coefficients.
+    model, rem = sv.fit_ph_remedy(df, "time", "event", ["x", "z"], ["x"], cut_time=1.0)
+    assert rem["remedy"].tolist() == ["stratified"] and "x" not in model.params_.index
+    # Remedy by time interaction recovers log HR log(3) early and -log(3) late.
+    model, rem = sv.fit_ph_remedy(df, "time", "event", ["x", "z"], ["x"], cut_time=1.0, max_strata_levels=1)
+    assert rem["remedy"].tolist() == ["time interaction at 1"]
+    tab = sv.cox_table(model).set_index("term")
+    assert abs(tab.loc["x", "log_hr"] - np.log(3)) < 3 * tab.loc["x", "se"]
+    late = tab.loc["x", "log_hr"] + tab.loc["x:late", "log_hr"]
+    assert abs(late + np.log(3)) < 0.25
+
+
+def test_fit_cox_mi_equals_single_fit_when_imputations_identical(rossi):
+    """With m identical data sets, B = 0: pooled estimate/SE equal the single fit."""
+    cph = sv.fit_cox(rossi, "week", "arrest", ["fin", "age", "prio"])
+    pooled = sv.fit_cox_mi([rossi, rossi.copy()], "week", "arrest", ["fin", "age", "prio"]).set_index("term")
+    npt.assert_allclose(pooled["estimate"], cph.params_, rtol=1e-10)
+    npt.assert_allclose(pooled["se"], cph.standard_errors_, rtol=1e-10)
+    npt.assert_allclose(pooled["ci_low"], cph.params_ - 1.959964 * cph.standard_errors_, rtol=1e-6)
+
+
+def test_true_log_hazard_ratios_and_truth_check():
+    gt = {"other": {"a": 1}, "model": {"log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}}
+    truth = sv.true_log_hazard_ratios(gt)
+    assert truth == {"x": 0.5, "treated:pdl1_pct": -0.01}
+    with pytest.raises(KeyError, match="treated:pdl1_pct"):
+        sv.true_log_hazard_ratios({"x": 1})
+    est = pd.DataFrame({"term": ["x", "treated:pdl1_pct", "z"], "estimate": [0.6, -0.05, 1.0],
+                        "se": [0.1, 0.01, 0.1], "ci_low": [0.404, -0.0696, 0.8], "ci_high": [0.796, -0.0304, 1.2]})
+    chk = sv.truth_check(est, truth).set_index("term")
+    assert list(chk.index) == ["x", "treated:pdl1_pct"]
+    assert chk.loc["x", "inside_ci"] and not chk.loc["treated:pdl1_pct", "inside_ci"]
+    npt.assert_allclose(chk["z"], [1.0, -4.0])
+    # Bonferroni for 2 tests: |z| <= 2.2414
+    assert chk["inside_bonferroni"].tolist() == [True, False]
