@@ -62,6 +62,9 @@ def test_matching_respects_caliper_and_nearest():
     assert sorted(map(tuple, pairs)) == [(0, 3), (1, 4)]
     w = causal.matching_weights(pairs, 6)
     npt.assert_array_equal(w, [1, 1, 0, 1, 1, 0])
+    ids = causal.pair_ids(pairs, 6)
+    assert ids[0] == ids[3] and ids[1] == ids[4] and ids[0] != ids[1]
+    assert ids[2] == -1 and ids[5] == -1
 
 
 def test_weighted_km_integer_weights_equal_replicated_rows():
@@ -168,6 +171,23 @@ def test_weighted_cox_rossi_robust_se_equals_numpy_sandwich():
     )
     npt.assert_allclose(fit["coef"], beta, rtol=1e-4)
     npt.assert_allclose(fit["se"], se, rtol=1e-4)
+
+
+def test_weighted_cox_singleton_clusters_equal_robust_and_pairs_sum_scores():
+    """cluster(id) with one row per cluster is the plain robust SE; with pairs, the sandwich
+    sums the rows' dfbeta residuals within each pair (checked against the numpy sandwich)."""
+    rossi = load_rossi()
+    rossi["week"] = rossi["week"] + np.arange(len(rossi)) / (100 * len(rossi))
+    w = np.ones(len(rossi))
+    cov = ["fin", "age", "prio"]
+    robust = causal.weighted_cox(rossi, "week", "arrest", cov, weights=w)
+    single = causal.weighted_cox(rossi, "week", "arrest", cov, weights=w,
+                                 cluster=np.arange(len(rossi)))
+    npt.assert_allclose(single["se"], robust["se"], rtol=1e-8)
+    pairs = np.arange(len(rossi)) // 2
+    paired = causal.weighted_cox(rossi, "week", "arrest", cov, weights=w, cluster=pairs)
+    assert not np.allclose(paired["se"], robust["se"], rtol=1e-3)
+    npt.assert_allclose(paired["coef"], robust["coef"], rtol=1e-10)
 
 
 def test_e_value_published_examples():

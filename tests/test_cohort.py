@@ -15,8 +15,15 @@ import pandas as pd
 import pytest
 import sqlglot
 
-from pmed.cohort import CohortError, extract_cohort, parse_definition, write_outputs
-from pmed.cohort import contract, queries, quality
+from pmed.cohort import (
+    CohortError,
+    contract,
+    extract_cohort,
+    parse_definition,
+    quality,
+    queries,
+    write_outputs,
+)
 
 D = dt.date
 # concept ids of the fixture vocabulary
@@ -77,41 +84,48 @@ def definition_dict() -> dict:
 
 
 IDX = D(2020, 3, 1)  # index date of most fixture persons
+DEFAULT_OBS = (D(2010, 1, 1), D(2024, 12, 31))  # observation period of most fixture persons
 
 
 class Omop:
-    """Builder of the fixture's OMOP tables (rows appended per person)."""
+    """Builder of the fixture's OMOP tables (rows appended per person; methods chain)."""
 
     def __init__(self):
         self.t = {k: [] for k in ("person", "observation_period", "condition_occurrence",
                                   "drug_exposure", "measurement", "observation", "death")}
 
-    def person(self, pid, born, female=False, obs=(D(2010, 1, 1), D(2024, 12, 31))):
+    def person(self, pid, born, female=False, obs=None):
+        obs = obs or DEFAULT_OBS
         self.t["person"].append({"person_id": pid, "gender_concept_id": FEMALE if female else MALE,
                                  "year_of_birth": born.year, "month_of_birth": born.month,
                                  "day_of_birth": born.day})
         self.t["observation_period"].append({"observation_period_id": pid, "person_id": pid,
                                              "observation_period_start_date": obs[0],
                                              "observation_period_end_date": obs[1]})
+        return self
 
     def cond(self, pid, concept, date):
         self.t["condition_occurrence"].append({"condition_occurrence_id": len(self.t["condition_occurrence"]) + 1,
                                                "person_id": pid, "condition_concept_id": concept,
                                                "condition_start_date": date})
+        return self
 
     def drug(self, pid, concept, date):
         self.t["drug_exposure"].append({"drug_exposure_id": len(self.t["drug_exposure"]) + 1,
                                         "person_id": pid, "drug_concept_id": concept,
                                         "drug_exposure_start_date": date})
+        return self
 
     def meas(self, pid, concept, date, value=None, unit=None, value_concept=None, table="measurement"):
         rows = self.t[table]
         rows.append({f"{table}_id": len(rows) + 1, "person_id": pid, f"{table}_concept_id": concept,
                      f"{table}_date": date, "value_as_number": value,
                      "value_as_concept_id": value_concept, "unit_concept_id": unit})
+        return self
 
     def death(self, pid, date):
         self.t["death"].append({"person_id": pid, "death_date": date})
+        return self
 
     def frames(self) -> dict[str, pd.DataFrame]:
         out = {}
@@ -142,9 +156,9 @@ def build_fixture() -> Omop:
     # (descendant) records). t0 = 2020-03-20 (19 d). Death 2021-03-20: 2020-03-20 ->
     # 2021-03-20 = 365 d, event 1. Age: born 1960-05-10 -> 59 completed years.
     o.person(1, D(1960, 5, 10), female=True)
-    o.cond(1, ADENO, IDX); o.cond(1, ADENO, D(2020, 6, 1))
+    o.cond(1, ADENO, IDX).cond(1, ADENO, D(2020, 6, 1))
     o.cond(1, OTHER_CA, D(2020, 5, 1))           # other cancer AFTER index: not excluded
-    o.drug(1, IMMUNO_CHILD, D(2020, 3, 20)); o.drug(1, CHEMO, D(2020, 4, 20))
+    o.drug(1, IMMUNO_CHILD, D(2020, 3, 20)).drug(1, CHEMO, D(2020, 4, 20))
     o.death(1, D(2021, 3, 20))
     o.cond(1, COPD, D(2019, 1, 1))                # before index -> copd 1
     o.cond(1, DIAB, IDX)                          # ON index: window [-inf, -1] -> diabetes 0
@@ -165,7 +179,7 @@ def build_fixture() -> Omop:
     # 2021-03-11 -> 2022-03-11 = 365, + 20 + 30 + 31 + 30 = 476 d, event 0. The death dated
     # 2022-08-01 lies after observation end: censored at observation end (event 0).
     o.person(2, D(1950, 1, 1), obs=(D(2010, 1, 1), D(2022, 6, 30)))
-    o.cond(2, NSCLC, D(2021, 1, 10)); o.cond(2, NSCLC, D(2021, 1, 10))  # exact duplicate
+    o.cond(2, NSCLC, D(2021, 1, 10)).cond(2, NSCLC, D(2021, 1, 10))  # exact duplicate
     o.drug(2, CHEMO, D(2021, 3, 11))
     o.death(2, D(2022, 8, 1))
     o.meas(2, CREAT, D(2020, 10, 11), 1.3, MG_DL)  # day -91 (21+30+31+9): outside -> NaN
@@ -173,52 +187,52 @@ def build_fixture() -> Omop:
     o.meas(2, STAGE, D(2021, 1, 5), value_concept=ST3)  # stage III -> 0
     o.cond(2, HF, D(2021, 1, 9))                  # day -1 -> heart_failure 1
     # 3: excluded at first line: chemo on day 61.
-    o.person(3, D(1955, 1, 1)); o.cond(3, NSCLC, IDX); o.drug(3, CHEMO, IDX + dt.timedelta(61))
+    o.person(3, D(1955, 1, 1)).cond(3, NSCLC, IDX).drug(3, CHEMO, IDX + dt.timedelta(61))
     # 4: excluded at prior observation: period starts 364 days before index.
     o.person(4, D(1955, 1, 1), obs=(IDX - dt.timedelta(364), D(2024, 12, 31)))
-    o.cond(4, NSCLC, IDX); o.drug(4, CHEMO, IDX)
+    o.cond(4, NSCLC, IDX).drug(4, CHEMO, IDX)
     # 5: eligible: period starts exactly 365 days before index (inclusive); chemo on index
     # day (t0 = index, 0 d). Observation to 2024-12-31: 2020-03-01 -> 2024-12-31 = 1766 d.
     o.person(5, D(1955, 1, 1), obs=(IDX - dt.timedelta(365), D(2024, 12, 31)))
-    o.cond(5, NSCLC, IDX); o.drug(5, CHEMO, IDX)
+    o.cond(5, NSCLC, IDX).drug(5, CHEMO, IDX)
     # 6: excluded at age: born 2002-03-02 is 17 on 2020-03-01 (18th birthday the next day).
-    o.person(6, D(2002, 3, 2)); o.cond(6, NSCLC, IDX); o.drug(6, CHEMO, IDX)
+    o.person(6, D(2002, 3, 2)).cond(6, NSCLC, IDX).drug(6, CHEMO, IDX)
     # 7: eligible: born 2002-03-01 turns 18 on the index day (inclusive). Immunotherapy at
     # day 5 (t0 2020-03-06); death 2020-03-16 -> 10 d, event 1.
-    o.person(7, D(2002, 3, 1), female=True); o.cond(7, NSCLC, IDX)
-    o.drug(7, IMMUNO, D(2020, 3, 6)); o.death(7, D(2020, 3, 16))
+    o.person(7, D(2002, 3, 1), female=True).cond(7, NSCLC, IDX)
+    o.drug(7, IMMUNO, D(2020, 3, 6)).death(7, D(2020, 3, 16))
     # 8: excluded: other cancer before index.  9: excluded: other cancer on the index day
     # (exclusion window [-inf, 0] is inclusive).
-    o.person(8, D(1955, 1, 1)); o.cond(8, NSCLC, IDX); o.cond(8, OTHER_CA, D(2019, 6, 1))
+    o.person(8, D(1955, 1, 1)).cond(8, NSCLC, IDX).cond(8, OTHER_CA, D(2019, 6, 1))
     o.drug(8, CHEMO, IDX)
-    o.person(9, D(1955, 1, 1)); o.cond(9, NSCLC, IDX); o.cond(9, OTHER_CA, IDX)
+    o.person(9, D(1955, 1, 1)).cond(9, NSCLC, IDX).cond(9, OTHER_CA, IDX)
     o.drug(9, CHEMO, IDX)
     # 10: excluded: immunotherapy the day before index (treatment before index).
-    o.person(10, D(1955, 1, 1)); o.cond(10, NSCLC, IDX)
-    o.drug(10, IMMUNO, IDX - dt.timedelta(1)); o.drug(10, CHEMO, IDX)
+    o.person(10, D(1955, 1, 1)).cond(10, NSCLC, IDX)
+    o.drug(10, IMMUNO, IDX - dt.timedelta(1)).drug(10, CHEMO, IDX)
     # 11: excluded at first line: both groups start the same day (ambiguous).
-    o.person(11, D(1955, 1, 1)); o.cond(11, NSCLC, IDX)
-    o.drug(11, IMMUNO, D(2020, 3, 5)); o.drug(11, CHEMO, D(2020, 3, 5))
+    o.person(11, D(1955, 1, 1)).cond(11, NSCLC, IDX)
+    o.drug(11, IMMUNO, D(2020, 3, 5)).drug(11, CHEMO, D(2020, 3, 5))
     # 12: excluded: death recorded (2020-03-05) before treatment start (2020-03-10).
-    o.person(12, D(1955, 1, 1)); o.cond(12, NSCLC, IDX); o.drug(12, CHEMO, D(2020, 3, 10))
+    o.person(12, D(1955, 1, 1)).cond(12, NSCLC, IDX).drug(12, CHEMO, D(2020, 3, 10))
     o.death(12, D(2020, 3, 5))
     # 13: no NSCLC record at all (not in the cohort's first step).
-    o.person(13, D(1955, 1, 1)); o.cond(13, COPD, IDX); o.drug(13, CHEMO, IDX)
+    o.person(13, D(1955, 1, 1)).cond(13, COPD, IDX).drug(13, CHEMO, IDX)
     # 14: administrative censoring: alive, observed to 2026-06-30, death 2026-01-15 after the
     # censor date 2025-12-31 -> event 0; t0 = index + 30 = 2020-03-31;
     # 2020-03-31 -> 2025-03-31 = 5*365 + 1 (2024-02-29) = 1826, + 30+31+30+31+31+30+31+30+31 = 2101 d.
     o.person(14, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2026, 6, 30)))
-    o.cond(14, NSCLC, IDX); o.drug(14, IMMUNO, IDX + dt.timedelta(30)); o.death(14, D(2026, 1, 15))
+    o.cond(14, NSCLC, IDX).drug(14, IMMUNO, IDX + dt.timedelta(30)).death(14, D(2026, 1, 15))
     # 15: death on the last day of observation counts: t0 = index, death 2020-12-31 =
     # observation end: 2020-03-01 -> 2020-12-31 = 305 d, event 1.
     o.person(15, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2020, 12, 31)))
-    o.cond(15, NSCLC, IDX); o.drug(15, CHEMO, IDX); o.death(15, D(2020, 12, 31))
+    o.cond(15, NSCLC, IDX).drug(15, CHEMO, IDX).death(15, D(2020, 12, 31))
     # 16: excluded at first line: no exposure drug at all.
-    o.person(16, D(1955, 1, 1)); o.cond(16, NSCLC, IDX)
+    o.person(16, D(1955, 1, 1)).cond(16, NSCLC, IDX)
     # 17: index outside every observation period (diagnosis after the period ended):
     # excluded at prior observation. Its diagnosis is an event outside observation.
     o.person(17, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2019, 12, 31)))
-    o.cond(17, NSCLC, IDX); o.drug(17, CHEMO, IDX)
+    o.cond(17, NSCLC, IDX).drug(17, CHEMO, IDX)
     return o
 
 
@@ -327,9 +341,10 @@ def test_csv_input_gives_the_same_cohort(fixture_result, tmp_path):
 
 def test_every_query_transpiles_to_postgres_and_spark():
     d = parse_definition(definition_dict())
-    cols = {t: ["person_id", "x"] for t in quality.CLINICAL_TABLES}
+    cols = {t: ["person_id", "value_as_number"] for t in quality.CLINICAL_TABLES}
     sqls = list(queries.cohort_queries(d).values()) + [c["sql"] for c in
                                                        quality.quality_queries(d, cols)]
+    sqls.append(quality.non_null_columns_query("measurement", ["person_id", "unit_concept_id"]))
     for sql in sqls:
         for dialect in ("postgres", "spark"):
             out = queries.transpile(sql, dialect)
@@ -403,4 +418,16 @@ def test_bad_definition(key, value, message):
     spec = definition_dict()
     spec[key] = value
     with pytest.raises(CohortError, match=message):
+        parse_definition(spec)
+
+
+def test_unit_keys_given_as_strings_are_ids():
+    """papermill injects dict keys as strings: {"8636": 0.1} means unit concept 8636."""
+    spec = definition_dict()
+    alb = spec["covariates"]["numeric"]["albumin_g_dl"]
+    alb["units"] = {str(k): v for k, v in alb["units"].items()}
+    d = parse_definition(spec)
+    assert d.numeric[0].units == {G_DL: 1.0, G_L: 0.1}
+    alb["units"] = {"g/L": 0.1}
+    with pytest.raises(CohortError, match=r"albumin_g_dl.units must be an integer, got 'g/L'"):
         parse_definition(spec)

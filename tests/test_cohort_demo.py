@@ -90,3 +90,21 @@ def test_csv_copy_of_demo_gives_the_same_cohort(demo, tmp_path):
     csv_res = extract_cohort(tmp_path, d, threads=1)
     pd.testing.assert_frame_equal(csv_res.cohort, res.cohort)
     pd.testing.assert_frame_equal(csv_res.quality, res.quality)
+
+
+def test_params_concept_ids_match_demo_vocabulary():
+    """params.yaml cohort: copies the demo vocabulary's ids; catch drift between the two."""
+    from pmed.demo import vocabulary as v
+
+    d = parse_definition(config.load_params()["cohort"])
+    for name, ids in d.concept_sets.items():
+        assert ids == v.CONCEPT_SETS[name], name
+    smoking, stage = d.categorical
+    assert smoking.levels == {"smoking_current": [v.VALUE_CONCEPTS["current_smoker"]],
+                              "smoking_former": [v.VALUE_CONCEPTS["former_smoker"]]}
+    assert smoking.reference == [v.VALUE_CONCEPTS["never_smoker"]]
+    assert stage.levels == {"stage_iv": [v.VALUE_CONCEPTS["stage_iv"]]}
+    assert stage.reference == [v.VALUE_CONCEPTS["stage_iii"]]
+    units = {c.column: c.units for c in d.numeric}
+    assert units["albumin_g_dl"] == {v.UNITS["g/dL"]: 1.0, v.UNITS["g/L"]: 0.1}
+    assert units["creatinine_mg_dl"] == {v.UNITS["mg/dL"]: 1.0, v.UNITS["umol/L"]: 0.011312217}

@@ -207,3 +207,63 @@ def test_weibull_time_inverts_the_survival_function():
 def test_unknown_size_names_the_params_key(tmp_path):
     with pytest.raises(KeyError, match="demo.sizes"):
         gen.generate(tmp_path, "huge", SEED, DEMO)
+
+
+def test_ldh_slope_difference_after_t0_is_recovered(tables, truth):
+    """Per-person least-squares LDH slopes after t0; arm mean difference covers the truth."""
+    lat = gen.latent_chunk(SEED, DEMO, "ci").set_index("person_id").loc[truth["eligible_person_ids"]]
+    meas = tables["measurement"].drop(columns="measurement_id").drop_duplicates()
+    ldh = meas[(meas["measurement_concept_id"] == v.LDH.concept_id) & (meas["value_as_number"] > 0)]
+    ldh = ldh.merge(lat[["t0_day", "treated", "untreated"]], left_on="person_id", right_index=True)
+    ldh = ldh[~ldh["untreated"]]
+    ldh = ldh.assign(t=(pd.to_datetime(ldh["measurement_date"]) - pd.Timestamp("1970-01-01")).dt.days
+                     - ldh["t0_day"])
+    ldh = ldh[ldh["t"] > 0]
+    slopes = ldh.groupby("person_id").filter(lambda g: len(g) >= 3).groupby("person_id").apply(
+        lambda g: 30.0 * np.polyfit(g["t"], g["value_as_number"], 1)[0], include_groups=False)
+    arm = lat.loc[slopes.index, "treated"]
+    s1, s0 = slopes[arm == 1], slopes[arm == 0]
+    diff = s1.mean() - s0.mean()
+    se = np.sqrt(s1.var() / len(s1) + s0.var() / len(s0))
+    true = truth["lab_trajectories"]["slope_difference_per_30d"]["ldh_u_l"]
+    assert abs(diff - true) < 1.96 * se, (diff, se, true)
+    assert abs(true) > 4 * se  # the trajectory effect is detectable on the CI data
+
+
+def test_chunked_generation_keeps_ids_unique_across_chunks(tmp_path):
+    """Three chunks of 100 persons: consecutive person ids, unique row and visit ids."""
+    small = {**DEMO, "chunk_size": 100,
+             "sizes": {"tiny": {"n_persons": 300, "n_imaged": 0, "followup_share": 0.0}}}
+    truth = gen.generate(tmp_path, "tiny", SEED, small)
+    omop_dir = tmp_path / "omop"
+    person = pd.read_parquet(omop_dir / "person.parquet")
+    assert person["person_id"].tolist() == list(range(1, 301))
+    for table, key in (("measurement", "measurement_id"), ("visit_occurrence", "visit_occurrence_id"),
+                       ("condition_occurrence", "condition_occurrence_id")):
+        ids = pd.read_parquet(omop_dir / f"{table}.parquet", columns=[key])[key]
+        assert ids.is_unique and ids.min() == 1 and ids.max() == len(ids), table
+    visits = set(pd.read_parquet(omop_dir / "visit_occurrence.parquet")["visit_occurrence_id"])
+    used = set(pd.read_parquet(omop_dir / "measurement.parquet")["visit_occurrence_id"])
+    assert used <= visits
+    assert truth["n_persons"] == 300
+    assert len(pd.read_parquet(omop_dir / "image_occurrence.parquet")) == 0
+
+
+def test_concept_ancestor_is_the_closure_of_the_is_a_edges():
+    """Hand-computed: NSCLC has itself (level 0) and its two histologies (level 1)."""
+    ca = v.concept_ancestor_table()
+    rows = ca[ca["ancestor_concept_id"] == v.NSCLC.concept_id]
+    assert dict(zip(rows["descendant_concept_id"], rows["min_levels_of_separation"], strict=True)) == {
+        v.NSCLC.concept_id: 0, v.LUNG_ADENOCARCINOMA.concept_id: 1, v.LUNG_SQUAMOUS.concept_id: 1}
+    assert v.expand(v.CONCEPT_SETS["ldh"]) == {v.LDH.concept_id}
+    standard = v.concept_table().query("standard_concept == 'S'")["concept_id"]
+    assert set(ca.loc[ca["min_levels_of_separation"] == 0, "ancestor_concept_id"]) == set(standard)
+
+
+def test_to_arrow_rejects_unknown_columns_and_names_the_table():
+    from pmed.demo.schema import to_arrow
+
+    with pytest.raises(KeyError, match="death has no column"):
+        to_arrow("death", {"person_id": np.array([1]), "not_a_column": np.array([1])})
+    with pytest.raises(KeyError, match="unknown OMOP table"):
+        to_arrow("deaths", {"person_id": np.array([1])})

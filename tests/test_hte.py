@@ -113,3 +113,20 @@ def test_dr_learner_recovers_heterogeneity():
     assert (cate["ci_low"] < cate["cate"]).all() and (cate["cate"] < cate["ci_high"]).all()
     with pytest.raises(ValueError, match="outcome_learner"):
         hte.dr_scores(X, a, out, outcome_learner="forest")
+
+
+def test_horizon_outcome_censoring_at_horizon_counts_in_g():
+    """Censored exactly at h = 365 is unknown and lowers G(h): 3 at risk -> G(365) = 2/3."""
+    out = hte.horizon_outcome([100, 365, 400, 500, 300], [1, 0, 0, 0, 1], [1] * 5, 365)
+    npt.assert_array_equal(out["known"], [True, False, True, True, True])
+    npt.assert_allclose(out["ipcw"], [1, 0, 1.5, 1.5, 1])
+    assert out["ipcw"].sum() == pytest.approx(5)
+
+
+def test_dr_learner_with_gradient_boosting_nuisance():
+    X, a, time, event, true_cate = _simulate(1000, seed=8)
+    out = hte.horizon_outcome(time, event, a, 365)
+    scores = hte.dr_scores(X, a, out, n_folds=2, seed=1, outcome_learner="gbm")
+    assert scores[["mu0", "mu1"]].stack().between(0, 1).all()
+    cate = hte.cross_fit_cate(X, scores["psi"], scores["fold"])
+    assert np.corrcoef(cate["cate"], true_cate)[0, 1] > 0.6

@@ -112,3 +112,12 @@ def test_landmark_excludes_early_exits_and_resets_time():
     assert summary["n"] == int((time > 90).sum())
     np.testing.assert_allclose(data["time_lm"], data["time_days"] - 90)
     assert summary["hr_responder"]["ci_low"] < np.exp(-0.7) < summary["hr_responder"]["ci_high"]
+
+
+def test_sample_persons_keeps_whole_trajectories_and_group_shares():
+    traj = _simulate_trajectories(100, seed=1)
+    sub = lg.sample_persons(traj, 40, seed=3)
+    per = sub.groupby("person_id").size()
+    assert per.size == 40 and (per == 5).all()
+    assert sub.groupby("person_id")["treated"].first().sum() == 20
+    assert lg.sample_persons(traj, None, seed=3) is traj

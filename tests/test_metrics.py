@@ -146,3 +146,29 @@ def test_bootstrap_and_ci_table():
     # Percentile CI of the mean is close to mean +- 1.96 sd / sqrt(n).
     half = 1.96 * x.std() / np.sqrt(len(x))
     assert abs(ci["ci_low"] - (x.mean() - half)) < 2.5 and abs(ci["ci_high"] - (x.mean() + half)) < 2.5
+
+
+def test_bootstrap_same_result_in_parallel():
+    x = np.arange(50.0)
+    stat = lambda idx: {"mean": float(x[idx].mean())}  # noqa: E731
+    serial = mt.bootstrap(stat, 50, 8, seed=2)
+    parallel = mt.bootstrap(stat, 50, 8, seed=2, n_jobs=2)
+    npt.assert_array_equal(serial["mean"], parallel["mean"])
+
+
+def test_risk_metrics_combines_the_single_metrics():
+    rng = np.random.default_rng(12)
+    n = 400
+    lp = rng.normal(size=n)
+    t_ev = rng.exponential(np.exp(-lp) * 300)
+    cens = rng.uniform(50, 900, n)
+    t = np.round(np.minimum(t_ev, cens))
+    e = (t_ev <= cens).astype(int)
+    risk = 1 / (1 + np.exp(-lp))
+    res = mt.risk_metrics(t, e, risk, horizon=200, threshold=0.5)
+    out = mt.horizon_outcome(t, e, 200)
+    npt.assert_allclose(res["harrell_c"], mt.harrell_c(t, e, risk))
+    npt.assert_allclose(res["uno_c"], mt.uno_c(t, e, risk, tau=200))
+    npt.assert_allclose(res["auroc"], mt.auroc(out["y"], risk, out["ipcw"]))
+    npt.assert_allclose(res["td_auc"], mt.td_auc(t, e, risk, [200])[0])
+    assert "ibs" not in res and 0.5 < res["harrell_c"] < 0.9

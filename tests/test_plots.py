@@ -53,3 +53,13 @@ def test_other_figures_build():
     fig = plots.schoenfeld_plot(res, ["x"], {"x": 0.5})
     assert fig.axes[0].get_title() == "x (p = 0.500)"
     plt.close(fig)
+
+
+def test_importance_plot_orders_bars():
+    tab = pd.DataFrame({"feature": ["a", "b", "c"], "importance": [0.02, 0.05, -0.01], "sd": [0.01, 0.01, 0.0]})
+    fig = plots.importance_plot(tab)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["c", "a", "b"]  # largest on top
+    plt.close(fig)
+    with pytest.raises(KeyError, match="sd"):
+        plots.importance_plot(tab.drop(columns="sd"))

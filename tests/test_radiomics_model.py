@@ -61,8 +61,8 @@ def radiomics_of(df: pd.DataFrame) -> list[str]:
 PREPROCESSOR = {"unstable": ["original_glrlm_Unstable"], "corr_threshold": 0.9}
 
 
-def models(df: pd.DataFrame) -> dict[str, rm.CoxModel]:
-    common = {"preprocessor": PREPROCESSOR, "l1_ratio": 0.5, "n_alphas": 20, "inner_folds": 3}
+def models(df: pd.DataFrame, alpha_rule: str = "min") -> dict[str, rm.CoxModel]:
+    common = {"preprocessor": PREPROCESSOR, "l1_ratio": 0.5, "n_alphas": 20, "inner_folds": 3, "alpha_rule": alpha_rule}
     return {
         "clinical": rm.CoxModel(clinical=CLINICAL),
         "imaging": rm.CoxModel(radiomic=radiomics_of(df), **common),
@@ -70,14 +70,14 @@ def models(df: pd.DataFrame) -> dict[str, rm.CoxModel]:
     }
 
 
-def run_pipeline(df: pd.DataFrame, seed: int) -> dict:
+def run_pipeline(df: pd.DataFrame, seed: int, alpha_rule: str = "min") -> dict:
     horizon = 365.0
     preds = rm.cross_validated_predictions(
-        df, df["time_days"], df["event"], models(df), n_folds=5, n_repeats=1, seed=seed, horizon=horizon
+        df, df["time_days"], df["event"], models(df, alpha_rule), n_folds=5, n_repeats=1, seed=seed, horizon=horizon
     )
     lp = {m: p["lp"].mean(axis=0) for m, p in preds.items()}
     risk = {m: p["risk"].mean(axis=0) for m, p in preds.items()}
-    return rm.compare_models(df["time_days"], df["event"], lp, risk, horizon, "clinical", 200, seed)
+    return rm.compare_models(df["time_days"], df["event"], lp, risk, horizon, "clinical", 100, seed)
 
 
 # --------------------------------------------------------------------------- hand checks
@@ -240,8 +240,9 @@ def test_signature_selects_true_traits():
     assert noise.abs().max() < 0.1 if len(noise) else True
 
 
-def test_added_value_detected_with_image_signal():
-    res = run_pipeline(simulate(400, image_signal=True, seed=SEED), SEED)
+@pytest.mark.parametrize("alpha_rule", ["min", "1se"])
+def test_added_value_detected_with_image_signal(alpha_rule):
+    res = run_pipeline(simulate(400, image_signal=True, seed=SEED), SEED, alpha_rule)
     dc = res["delta_c"]["combined"]
     assert dc["ci_low"] > 0
     assert res["nri"]["combined"]["ci_low"] > 0
@@ -305,3 +306,42 @@ def test_cox_model_leaves_out_constant_terms_and_empty_features():
     assert np.isfinite(model.predict_risk(df, 365.0)).all()
     with pytest.raises(KeyError, match="not in the data"):
         rm.CoxModel(clinical=["nope"]).fit(df, df["time_days"], df["event"])
+
+
+def test_one_se_rule_gives_a_sparser_signature():
+    df = simulate(400, image_signal=True, seed=SEED)
+    fitted = {
+        rule: models(df)["imaging"].set_params(seed=SEED, alpha_rule=rule).fit(df, df["time_days"], df["event"])
+        for rule in ("min", "1se")
+    }
+    assert fitted["1se"].alpha_ >= fitted["min"].alpha_
+    selected = {rule: set(m.coefficients()["feature"]) for rule, m in fitted.items()}
+    assert selected["1se"] <= selected["min"]
+    assert "original_firstorder_Entropy" in selected["1se"]
+    assert not any("Noise" in f for f in selected["1se"])
+    with pytest.raises(ValueError, match="alpha_rule"):
+        models(df)["imaging"].set_params(alpha_rule="best").fit(df, df["time_days"], df["event"])
+
+
+def test_lr_test_with_a_constant_signature_is_null():
+    rossi = load_rossi().assign(signature=0.0)
+    res = rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin", "age"], added=["signature"])
+    assert res["lr"] == 0.0 and res["p"] == 1.0 and res["df"] == 1
+
+
+def test_join_baseline_features_keeps_radiomics_of_baseline_scans():
+    cohort = pd.DataFrame({"person_id": [1, 2, 3], "time_days": [10.0, 20, 30]})
+    features = pd.DataFrame({
+        "person_id": [1, 1, 2, 2], "image_occurrence_id": [11, 12, 22, 21],
+        "timepoint": ["baseline", "followup", "baseline", "baseline"],
+        "diagnostics_Versions_PyRadiomics": ["v"] * 4,
+        "original_shape_MeshVolume": [1.0, 2.0, 3.0, 4.0],
+        "wavelet-LLH_glcm_Contrast": [0.1, 0.2, 0.3, 0.4],
+    })
+    assert rm.radiomic_columns(features) == ["original_shape_MeshVolume", "wavelet-LLH_glcm_Contrast"]
+    out = rm.join_baseline_features(cohort, features)
+    assert out["person_id"].tolist() == [1, 2]
+    assert out["original_shape_MeshVolume"].tolist() == [1.0, 4.0]  # person 2: lowest image_occurrence_id
+    assert "diagnostics_Versions_PyRadiomics" not in out
+    with pytest.raises(KeyError, match="timepoint"):
+        rm.join_baseline_features(cohort, features.drop(columns="timepoint"))

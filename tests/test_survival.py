@@ -191,3 +191,13 @@ def test_true_log_hazard_ratios_and_truth_check():
     npt.assert_allclose(chk["z"], [1.0, -4.0])
     # Bonferroni for 2 tests: |z| <= 2.2414
     assert chk["inside_bonferroni"].tolist() == [True, False]
+
+
+def test_predict_survival_matches_baseline_formula(rossi):
+    """S(t | x) = S0(t) ^ exp((x - mean) beta) with lifelines' centred baseline."""
+    cph = sv.fit_cox(rossi, "week", "arrest", ["fin", "age", "prio"])
+    s = sv.predict_survival(cph, rossi.iloc[:3], [10.0, 52.0])
+    assert s.shape == (3, 2)
+    lp = ((rossi.iloc[:3][["fin", "age", "prio"]] - cph._norm_mean) @ cph.params_).to_numpy()
+    s0 = cph.baseline_survival_.loc[[10.0, 52.0]].to_numpy().ravel()
+    npt.assert_allclose(s, s0[None, :] ** np.exp(lp)[:, None], rtol=1e-10)

@@ -178,6 +178,14 @@ def matching_weights(pairs: np.ndarray, n: int) -> np.ndarray:
     return w
 
 
+def pair_ids(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Pair number (0..k-1) of each of the n persons, -1 for the unmatched (cluster ids)."""
+    ids = np.full(n, -1)
+    ids[pairs[:, 0]] = np.arange(len(pairs))
+    ids[pairs[:, 1]] = np.arange(len(pairs))
+    return ids
+
+
 def _weighted_mean_var(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
     mean = np.sum(w * x) / np.sum(w)
     var = np.sum(w * (x - mean) ** 2) / np.sum(w)
@@ -281,11 +289,14 @@ def weighted_cox(
     event_col: str,
     covariates: Sequence[str],
     weights: np.ndarray | None = None,
+    cluster: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Cox PH model (Efron ties) with optional case weights and robust (sandwich) SE.
 
-    Equivalent R call: ``coxph(Surv(time, event) ~ covariates, weights = w, robust = TRUE)``.
-    With ``weights=None`` the model-based SE is returned.
+    Equivalent R call: ``coxph(Surv(time, event) ~ covariates, weights = w, robust = TRUE)``
+    (``+ cluster(id)`` when ``cluster`` is given, e.g. matched-pair ids, so the sandwich sums
+    score residuals within clusters). With neither weights nor cluster the model-based SE is
+    returned. Rows with weight 0 are dropped.
 
     Returns
     -------
@@ -297,8 +308,12 @@ def weighted_cox(
     fit_kw = {}
     if weights is not None:
         data["_w"] = np.asarray(weights, dtype=float)
-        data = data[data["_w"] > 0]
         fit_kw = {"weights_col": "_w", "robust": True}
+    if cluster is not None:
+        data["_cluster"] = np.asarray(cluster)
+        fit_kw["cluster_col"] = "_cluster"
+    if weights is not None:
+        data = data[data["_w"] > 0]
     cph = CoxPHFitter()
     cph.fit(data, duration_col=duration_col, event_col=event_col, **fit_kw)
     s = cph.summary

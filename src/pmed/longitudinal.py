@@ -114,6 +114,24 @@ def load_trajectories(
     return out[["person_id", "treated", "day", "months", "value"]]
 
 
+def sample_persons(traj: pd.DataFrame, max_persons: int | None, seed: int) -> pd.DataFrame:
+    """Rows of at most ``max_persons`` randomly chosen persons (stratified by ``treated``).
+
+    Each group keeps the same share of its persons; ``None`` keeps everyone. Used to bound
+    the MixedLM runtime, whose cost grows with the number of persons.
+    """
+    persons = traj.groupby("person_id")["treated"].first()
+    if max_persons is None or len(persons) <= max_persons:
+        return traj
+    rng = np.random.default_rng(seed)
+    share = max_persons / len(persons)
+    keep = []
+    for arm in (0, 1):
+        ids = np.sort(persons.index[persons.to_numpy() == arm].to_numpy())
+        keep.append(rng.choice(ids, size=int(round(share * ids.size)), replace=False))
+    return traj[traj["person_id"].isin(np.concatenate(keep))].reset_index(drop=True)
+
+
 def fit_slope_model(traj: pd.DataFrame, level: float = 0.95):
     """MixedLM ``value ~ months * treated``, random intercept + slope (months) per person.
 

@@ -18,14 +18,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sksurv.metrics import (
-    brier_score as _sks_brier,
-)
+from sksurv.metrics import brier_score as _sks_brier
 from sksurv.metrics import cumulative_dynamic_auc
+from sksurv.metrics import integrated_brier_score as _sks_ibs
 from sksurv.nonparametric import CensoringDistributionEstimator
-from sksurv.metrics import (
-    integrated_brier_score as _sks_ibs,
-)
 from sksurv.util import Surv
 
 from pmed.survival import check_survival_data
@@ -62,9 +58,8 @@ def _train(time, event, train_time, train_event, name):
 def _censoring_km(time, event):
     """Kaplan-Meier of the censoring distribution: (jump times, G at those times)."""
     t, e = check_survival_data(time, event, "censoring KM")
-    cens_times = np.unique(t[e == 0])
-    n_risk = np.array([np.sum(t >= s) for s in cens_times], dtype=float)
-    n_cens = np.array([np.sum((t == s) & (e == 0)) for s in cens_times], dtype=float)
+    cens_times, n_cens = np.unique(t[e == 0], return_counts=True)
+    n_risk = t.size - np.searchsorted(np.sort(t), cens_times, side="left")
     return cens_times, np.cumprod(1 - n_cens / n_risk)
 
 
@@ -98,7 +93,7 @@ def horizon_outcome(time, event, horizon: float) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "known": known, "ipcw": w})
 
 
-def _concordance_counts(time, event, risk, block: int = 128):
+def _concordance_counts(time, event, risk, block: int = 256):
     """Per-event pair counts for concordance indices, in O(n sqrt(n)) vectorised work.
 
     Event i is comparable with every j with T_j > T_i and with censored j with T_j = T_i
@@ -151,7 +146,10 @@ def harrell_c(time, event, risk) -> float:
     ``survival::concordance``).
     """
     t, e = check_survival_data(time, event, "harrell_c")
-    less, equal, total = _concordance_counts(t, e, risk)
+    return _harrell_from_counts(*_concordance_counts(t, e, risk))
+
+
+def _harrell_from_counts(less, equal, total):
     if total.sum() == 0:
         raise ValueError("harrell_c: no comparable pairs (no event before another time)")
     return float((less.sum() + 0.5 * equal.sum()) / total.sum())
@@ -164,12 +162,15 @@ def uno_c(time, event, risk, tau: float, train_time=None, train_event=None) -> f
     (scikit-survival's ``CensoringDistributionEstimator``); events at T_i >= tau get weight 0.
     """
     t, e = check_survival_data(time, event, "uno_c")
-    train = _train(time, event, train_time, train_event, "uno_c")
+    counts = _concordance_counts(t, e, risk)
+    return _uno_from_counts(t, e, tau, _train(time, event, train_time, train_event, "uno_c"), *counts)
+
+
+def _uno_from_counts(t, e, tau, train, less, equal, total):
     cens = CensoringDistributionEstimator().fit(train)
     w = np.zeros(t.size)
     early = t < tau
     w[early] = cens.predict_ipcw(_surv(t[early], e[early], "uno_c")) ** 2
-    less, equal, total = _concordance_counts(t, e, risk)
     if np.sum(w * total) == 0:
         raise ValueError("uno_c: no comparable pairs with an event before tau")
     return float(np.sum(w * (less + 0.5 * equal)) / np.sum(w * total))
@@ -283,9 +284,12 @@ def risk_metrics(
     y, w = out["y"].to_numpy(), out["ipcw"].to_numpy()
     kw = {"train_time": train_time, "train_event": train_event}
     slope = cal.calibration_slope_intercept(y, risk, w)
+    t, e = check_survival_data(time, event, "risk_metrics")
+    counts = _concordance_counts(t, e, risk)
+    train = _train(time, event, train_time, train_event, "risk_metrics")
     res = {
-        "harrell_c": harrell_c(time, event, risk),
-        "uno_c": uno_c(time, event, risk, tau=horizon, **kw),
+        "harrell_c": _harrell_from_counts(*counts),
+        "uno_c": _uno_from_counts(t, e, horizon, train, *counts),
         "td_auc": float(td_auc(time, event, risk, [horizon], **kw)[0]),
         "brier": float(brier_score(time, event, 1 - risk[:, None], [horizon], **kw)[0]),
         "auroc": auroc(y, risk, w),
@@ -301,28 +305,37 @@ def risk_metrics(
     return res
 
 
+def _guarded(statistic, idx):
+    try:
+        return statistic(idx)
+    except ValueError:
+        return {}
+
+
 def bootstrap(
     statistic: Callable[[np.ndarray], dict[str, float]],
     n: int,
     n_boot: int,
     seed: int,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Replicates of ``statistic`` over ``n_boot`` resamples (with replacement) of n rows.
 
     ``statistic(idx)`` receives an int array of row indices, shape (n,), and returns a dict
     of floats. A replicate where it raises ``ValueError`` (e.g. a resample with no events)
-    is recorded as NaN. Returns a DataFrame, one row per replicate.
+    is recorded as NaN. All resamples are drawn up front from ``seed``, so the result does
+    not depend on ``n_jobs`` (joblib processes). Returns a DataFrame, one row per replicate.
     """
     if n_boot < 1:
         raise ValueError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        try:
-            rows.append(statistic(idx))
-        except ValueError:
-            rows.append({})
+    samples = [rng.integers(0, n, size=n) for _ in range(n_boot)]
+    if n_jobs == 1:
+        rows = [_guarded(statistic, idx) for idx in samples]
+    else:
+        from joblib import Parallel, delayed
+
+        rows = Parallel(n_jobs=n_jobs)(delayed(_guarded)(statistic, idx) for idx in samples)
     return pd.DataFrame(rows)
 
 

@@ -17,7 +17,10 @@ from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from pmed.privacy import format_count
 
-__all__ = ["km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot"]
+__all__ = [
+    "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
+    "importance_plot",
+]
 
 
 def km_plot(
@@ -56,7 +59,7 @@ def km_plot(
         ax.step(km["time"], km["survival"], where="post", color=colour, label=label)
         if ci:
             ax.fill_between(km["time"], km["ci_low"], km["ci_high"], step="post", color=colour, alpha=0.15, lw=0)
-        for t, n in zip(times, at_risk.loc[label]):
+        for t, n in zip(times, at_risk.loc[label], strict=True):
             tab.text(t, n_rows - 1 - i, format_count(n, min_cell), ha="center", va="center", color=colour, fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, max(times) * 1.02 if times else None)
@@ -96,7 +99,7 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     ax.set_xscale("log")
     ax.set_yticks(y)
     ax.set_yticklabels(table[label_col])
-    for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy()):
+    for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy(), strict=True):
         ax.annotate(f"{h:.2f} ({lo:.2f}-{hi:.2f})", xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
@@ -172,7 +175,7 @@ def schoenfeld_plot(
     t = residuals["time"].to_numpy(dtype=float)
     edges = np.unique(np.quantile(t, np.linspace(0, 1, n_bins + 1)))
     bins = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
-    for ax, term in zip(axes.ravel(), terms):
+    for ax, term in zip(axes.ravel(), terms, strict=False):  # spare axes are hidden below
         r = residuals[term].to_numpy(dtype=float)
         centre = residuals["time"].groupby(bins).median()
         mean = pd.Series(r).groupby(bins).mean()
@@ -187,5 +190,22 @@ def schoenfeld_plot(
         ax.set_ylabel("beta(t) - beta", fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def importance_plot(table: pd.DataFrame, xlabel: str = "Decrease in AUROC when permuted", title: str = ""):
+    """Horizontal bars of ``importance`` (+- ``sd``) per ``feature``, largest on top."""
+    missing = [c for c in ("feature", "importance", "sd") if c not in table.columns]
+    if missing:
+        raise KeyError(f"importance_plot: table lacks column(s) {missing}")
+    tab = table.sort_values("importance")
+    fig, ax = plt.subplots(figsize=(6.5, 0.8 + 0.28 * len(tab)))
+    ax.barh(tab["feature"], tab["importance"], xerr=tab["sd"], color="C0", ecolor="0.3", capsize=2)
+    ax.axvline(0, color="0.5", lw=1)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

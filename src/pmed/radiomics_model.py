@@ -16,19 +16,24 @@ The analysis takes plain DataFrames / arrays so it runs on any cohort x feature 
   with percentile bootstrap CIs on the out-of-fold predictions.
 * :func:`likelihood_ratio_test` -- nested Cox models (lifelines, Efron ties).
 * :func:`landmark_dataset` -- delta-radiomics response vs survival from a landmark.
+* Inputs: :func:`radiomic_columns`, :func:`join_baseline_features`,
+  :func:`unstable_features`, :func:`scan_days_from_t0`; the stage's three models:
+  :func:`model_templates`.
 
 Times are in days throughout; ``horizon`` is a time in days.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from scipy.sparse.csgraph import connected_components
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.model_selection import StratifiedKFold
 from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
@@ -43,9 +48,17 @@ KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
 # --------------------------------------------------------------------------- data joins
 
 
+RADIOMIC_NAME = re.compile(r"^[A-Za-z0-9.\-]+_(shape|shape2D|firstorder|glcm|glrlm|glszm|gldm|ngtdm)_\w+$")
+
+
 def radiomic_columns(features: pd.DataFrame) -> list[str]:
-    """Numeric feature columns of an image-feature table (every column but the keys)."""
-    cols = [c for c in features.columns if c not in KEY_COLUMNS]
+    """Feature columns of an image-feature table: pyradiomics names ``<image>_<class>_<name>``.
+
+    E.g. ``original_shape_MeshVolume``; diagnostics and key columns are not features.
+    """
+    cols = [c for c in features.columns if RADIOMIC_NAME.match(str(c))]
+    if not cols:
+        raise ValueError("image_features: no pyradiomics feature columns (e.g. original_shape_MeshVolume)")
     bad = [c for c in cols if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise ValueError(f"image_features: non-numeric feature columns {bad[:5]}")
@@ -63,7 +76,8 @@ def join_baseline_features(cohort: pd.DataFrame, features: pd.DataFrame) -> pd.D
 
     Returns
     -------
-    DataFrame, one row per person with a baseline scan: cohort columns + feature columns.
+    DataFrame, one row per person with a baseline scan: cohort columns + the radiomics
+    feature columns (:func:`radiomic_columns`).
     A person with several baseline scans keeps the lowest image_occurrence_id.
     """
     missing = [c for c in KEY_COLUMNS if c not in features.columns]
@@ -73,7 +87,7 @@ def join_baseline_features(cohort: pd.DataFrame, features: pd.DataFrame) -> pd.D
         raise KeyError("cohort: missing column 'person_id'")
     base = features[features["timepoint"] == "baseline"]
     base = base.sort_values(["person_id", "image_occurrence_id"]).drop_duplicates("person_id")
-    base = base.drop(columns=["image_occurrence_id", "timepoint"])
+    base = base[["person_id", *radiomic_columns(features)]]
     overlap = [c for c in base.columns if c in cohort.columns and c != "person_id"]
     if overlap:
         raise ValueError(f"image_features and cohort share columns {overlap}")
@@ -132,10 +146,10 @@ class RadiomicsPreprocessor(TransformerMixin, BaseEstimator):
 
     Steps, in order: drop ``unstable`` features (e.g. ICC below threshold); impute each
     feature's training median; drop near-constant features (training SD <= ``min_sd`` or the
-    most frequent value in more than ``max_mode_fraction`` of rows); group features whose
-    absolute ``corr_method`` correlation exceeds ``corr_threshold`` (connected components of
-    that graph) and keep the member with the highest mean |r| to the rest of its group, so no
-    two kept features correlate above the threshold; standardise to training mean 0, SD 1.
+    most frequent value in more than ``max_mode_fraction`` of rows); cluster features by
+    complete linkage on 1 - |r| (``corr_method`` correlation), so that within a cluster
+    every pair has |r| >= ``corr_threshold``, and keep the member with the highest mean |r|
+    to the rest of its cluster; standardise to training mean 0, SD 1.
 
     Parameters
     ----------
@@ -223,7 +237,12 @@ def _mode_fraction(x: np.ndarray) -> float:
 def _correlation_representatives(
     values: np.ndarray, names: list[str], threshold: float, method: str
 ) -> tuple[list[int], dict[int, list[int]]]:
-    """Indices of one representative per |r| > threshold component, and each one's members."""
+    """One representative per cluster of correlated columns, and each one's members.
+
+    Complete-linkage clustering on 1 - |r| cut at 1 - ``threshold``: within a cluster every
+    pair has |r| >= threshold (no chaining of loosely related features through
+    intermediaries). The representative has the highest mean |r| to the other members.
+    """
     p = values.shape[1]
     if p == 0:
         return [], {}
@@ -233,9 +252,9 @@ def _correlation_representatives(
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.abs(np.corrcoef(data, rowvar=False))
     r = np.nan_to_num(r, nan=0.0)
-    adjacency = r > threshold
-    np.fill_diagonal(adjacency, False)
-    _, labels = connected_components(adjacency, directed=False)
+    np.fill_diagonal(r, 1.0)
+    distance = squareform(np.clip(1.0 - r, 0.0, None), checks=False)
+    labels = fcluster(linkage(distance, method="complete"), t=1.0 - threshold, criterion="distance")
     keep, clusters = [], {}
     for lab in np.unique(labels):
         members = np.flatnonzero(labels == lab)
@@ -386,7 +405,7 @@ class CoxModel(BaseEstimator):
     * radiomic empty: unpenalised Cox on the clinical terms (sksurv, Breslow ties).
     * otherwise: elastic-net Cox (sksurv Coxnet) on clinical terms (unpenalised,
       penalty factor 0) + preprocessed radiomic features (penalised); the penalty alpha
-      maximises the inner-K-fold cross-validated partial likelihood of Verweij & van
+      is chosen on the inner-K-fold cross-validated partial likelihood of Verweij & van
       Houwelingen (1993), the criterion of glmnet's ``cv.glmnet(family="cox")``. When no
       radiomic feature enters at that penalty, the clinical terms are refitted without
       penalty, so the model equals the clinical-only model exactly.
@@ -403,6 +422,8 @@ class CoxModel(BaseEstimator):
     n_alphas : int, length of the penalty path.
     alpha_min_ratio : float, smallest / largest alpha of the path.
     inner_folds : int, folds of the inner cross-validation.
+    alpha_rule : {"min", "1se"}, penalty minimising the CV deviance, or the largest one
+        within one standard error of that minimum (sparser; glmnet's ``lambda.1se``).
     seed : int, seed of the inner fold split.
 
     Attributes
@@ -423,6 +444,7 @@ class CoxModel(BaseEstimator):
         n_alphas: int = 30,
         alpha_min_ratio: float = 0.01,
         inner_folds: int = 5,
+        alpha_rule: str = "min",
         seed: int = 0,
     ):
         self.clinical = clinical
@@ -432,6 +454,7 @@ class CoxModel(BaseEstimator):
         self.n_alphas = n_alphas
         self.alpha_min_ratio = alpha_min_ratio
         self.inner_folds = inner_folds
+        self.alpha_rule = alpha_rule
         self.seed = seed
 
     # -- design
@@ -471,6 +494,8 @@ class CoxModel(BaseEstimator):
         """Fit on ``df`` (n rows) with survival ``time`` (days) and ``event`` (1 = death)."""
         if not len(self.clinical) and not len(self.radiomic):
             raise ValueError("CoxModel needs clinical terms or radiomic features")
+        if self.alpha_rule not in ("min", "1se"):
+            raise ValueError(f"alpha_rule must be 'min' or '1se', got {self.alpha_rule!r}")
         time, event = _check_survival(time, event, len(df))
         X = self._fit_design(df)
         y = Surv.from_arrays(event, time)
@@ -482,7 +507,11 @@ class CoxModel(BaseEstimator):
             penalty = np.r_[np.zeros(n_clin), np.ones(X.shape[1] - n_clin)]
             path = self._coxnet(penalty).fit(X, y)
             alphas = path.alphas_
-            self.alpha_ = float(alphas[int(np.argmax(self._inner_cvpl(df, time, event, alphas)))])
+            mean, se = self._inner_cv_deviance(df, time, event, alphas)
+            best = int(np.argmin(mean))
+            if self.alpha_rule == "1se":  # largest alpha within one SE of the minimum
+                best = int(np.flatnonzero(mean <= mean[best] + se[best])[0])
+            self.alpha_ = float(alphas[best])
             self.coef_ = _coef_at(path, self.alpha_)
             if n_clin and not self.coef_[n_clin:].any():
                 # no image feature enters: the model is exactly the clinical Cox model
@@ -501,11 +530,16 @@ class CoxModel(BaseEstimator):
             penalty_factor=penalty,
         )
 
-    def _inner_cvpl(self, df: pd.DataFrame, time, event, alphas: np.ndarray) -> np.ndarray:
-        """Cross-validated partial likelihood per alpha (larger is better), shape (n_alphas,)."""
+    def _inner_cv_deviance(self, df: pd.DataFrame, time, event, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-validated partial-likelihood deviance per alpha: (mean, standard error).
+
+        Fold k contributes -2 [l(b_-k) - l_-k(b_-k)] / d_k (the Verweij-van Houwelingen
+        term per event of the left-out fold); mean and SE are weighted by d_k, as glmnet's
+        ``cv.glmnet(family="cox", grouped=TRUE)``. Shapes (n_alphas,).
+        """
         folds = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed)
-        total = np.zeros(len(alphas))
-        for train, _ in folds.split(np.zeros(len(time)), event):
+        dev, weight = [], []
+        for train, test in folds.split(np.zeros(len(time)), event):
             inner = CoxModel(self.clinical, self.radiomic, self.preprocessor)
             X_train = inner._fit_design(df.iloc[train])
             n_clin = len(inner.clinical_used_)
@@ -515,10 +549,16 @@ class CoxModel(BaseEstimator):
             fit = self._coxnet(penalty, alphas).fit(X_train, Surv.from_arrays(event[train], time[train]))
             coefs = np.column_stack([_coef_at(fit, a) for a in alphas])
             eta_all = inner._design(df) @ coefs
-            total += cox_partial_loglik(eta_all, time, event) - cox_partial_loglik(
+            cvpl = cox_partial_loglik(eta_all, time, event) - cox_partial_loglik(
                 eta_all[train], time[train], event[train]
             )
-        return total
+            d_k = max(int(event[test].sum()), 1)
+            dev.append(-2.0 * cvpl / d_k)
+            weight.append(d_k)
+        dev, weight = np.asarray(dev), np.asarray(weight, dtype=float)
+        mean = np.average(dev, axis=0, weights=weight)
+        var = np.average((dev - mean) ** 2, axis=0, weights=weight) / (len(weight) - 1)
+        return mean, np.sqrt(var)
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Linear predictor (log relative hazard), ndarray (n,)."""
@@ -556,7 +596,8 @@ def model_templates(
     """The three compared models (unfitted): clinical, imaging, combined.
 
     ``settings`` is the ``imaging_analysis`` section of params.yaml (corr_threshold,
-    corr_method, max_mode_fraction, l1_ratio, n_alphas, alpha_min_ratio, inner_folds).
+    corr_method, max_mode_fraction, l1_ratio, n_alphas, alpha_min_ratio, inner_folds,
+    alpha_rule).
     """
     pre = {
         "unstable": list(unstable),
@@ -564,7 +605,7 @@ def model_templates(
         "corr_method": settings["corr_method"],
         "max_mode_fraction": settings["max_mode_fraction"],
     }
-    net = {k: settings[k] for k in ("l1_ratio", "n_alphas", "alpha_min_ratio", "inner_folds")}
+    net = {k: settings[k] for k in ("l1_ratio", "n_alphas", "alpha_min_ratio", "inner_folds", "alpha_rule")}
     return {
         "clinical": CoxModel(clinical=list(clinical)),
         "imaging": CoxModel(radiomic=list(radiomic), preprocessor=pre, **net),
@@ -705,7 +746,8 @@ def likelihood_ratio_test(
     ----------
     df : DataFrame without missing values in the used columns.
     base : covariates of the reduced model (may be empty: null model).
-    added : covariates added in the full model.
+    added : covariates added in the full model. Constant ones cannot be estimated and add
+        nothing (all constant: lr = 0, p = 1); df stays ``len(added)``.
 
     Returns
     -------
@@ -719,6 +761,12 @@ def likelihood_ratio_test(
         raise ValueError("likelihood_ratio_test: covariates contain NaN; impute or drop first")
     if not len(added):
         raise ValueError("likelihood_ratio_test: nothing added")
+    dof = len(added)
+    varying = [c for c in added if df[c].nunique() > 1]
+    if not varying:  # e.g. a signature that selected no feature: it cannot add anything
+        ll = float(fit_cox(df, duration_col, event_col, list(base)).log_likelihood_) if len(base) else np.nan
+        return {"lr": 0.0, "df": dof, "p": 1.0, "ll_base": ll, "ll_full": ll}
+    cols = list(base) + varying
     full = fit_cox(df, duration_col, event_col, cols)
     ll_full = float(full.log_likelihood_)
     if len(base):
@@ -726,7 +774,6 @@ def likelihood_ratio_test(
     else:
         ll_base = ll_full - full.log_likelihood_ratio_test().test_statistic / 2.0
     lr = 2.0 * (ll_full - ll_base)
-    dof = len(added)
     return {"lr": lr, "df": dof, "p": float(stats.chi2.sf(lr, dof)), "ll_base": ll_base, "ll_full": ll_full}
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from lifelines import CoxPHFitter, CoxTimeVaryingFitter, KaplanMeierFitter
+from lifelines import CoxPHFitter, KaplanMeierFitter
 from lifelines.statistics import multivariate_logrank_test, proportional_hazard_test
 from lifelines.utils import median_survival_times
 from scipy import stats
@@ -33,6 +33,7 @@ __all__ = [
     "require_columns",
     "true_log_hazard_ratios",
     "truth_check",
+    "predict_survival",
     "ph_test",
     "scaled_schoenfeld",
     "fit_ph_remedy",
@@ -202,7 +203,7 @@ def fit_cox(
     return cph
 
 
-def cox_table(cph: CoxPHFitter | CoxTimeVaryingFitter, alpha: float = 0.05) -> pd.DataFrame:
+def cox_table(cph: CoxPHFitter, alpha: float = 0.05) -> pd.DataFrame:
     """Coefficient table of a fitted model: log-HR, SE, Wald CI, HR and CI, p-value per term."""
     z = stats.norm.ppf(1 - alpha / 2)
     coef = cph.params_
@@ -318,6 +319,14 @@ def truth_check(estimates: pd.DataFrame, truth: dict[str, float], n_tests: int |
     return out
 
 
+def predict_survival(cph: CoxPHFitter, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+    """Predicted S(t | x) of a fitted Cox model for each row of ``df``, shape (n, len(times))."""
+    cols = list(cph.params_.index) + list(cph.strata or [])
+    require_columns(df, cols, "predict_survival")
+    surv = cph.predict_survival_function(df[cols].astype(float), times=list(times))
+    return surv.to_numpy().T
+
+
 def ph_test(cph: CoxPHFitter, df: pd.DataFrame, time_transform: str = "km") -> pd.DataFrame:
     """Scaled-Schoenfeld-residual test of proportional hazards per covariate.
 
@@ -358,7 +367,7 @@ def fit_ph_remedy(
     violators: Sequence[str],
     cut_time: float,
     max_strata_levels: int = 5,
-) -> tuple[CoxPHFitter | CoxTimeVaryingFitter, pd.DataFrame]:
+) -> tuple[CoxPHFitter, pd.DataFrame]:
     """Refit a Cox model with the proportional-hazards violations remedied.
 
     A violating covariate with at most ``max_strata_levels`` distinct values becomes a
@@ -399,16 +408,15 @@ def fit_ph_remedy(
         early[f"{v}:late"] = 0.0
         late[f"{v}:late"] = late[v]
     long = pd.concat([early, late], ignore_index=True)
-    long["row_id"] = np.concatenate([np.arange(len(frame)), np.flatnonzero(frame[duration_col].to_numpy() > cut_time)])
     long = long[long["stop"] > long["start"]]
     tv_cols = kept + [f"{v}:late" for v in timevarying]
-    ctv = CoxTimeVaryingFitter()
-    ctv.fit(
-        long[["row_id", "start", "stop", "event_tv", *tv_cols, *strata]],
-        id_col="row_id",
+    # Split records with delayed entry give the same partial likelihood as the unsplit data.
+    model = CoxPHFitter()
+    model.fit(
+        long[["start", "stop", "event_tv", *tv_cols, *strata]],
+        duration_col="stop",
         event_col="event_tv",
-        start_col="start",
-        stop_col="stop",
+        entry_col="start",
         strata=strata or None,
     )
-    return ctv, remedies
+    return model, remedies

@@ -99,6 +99,13 @@ def _int(value, where: str) -> int:
     return value
 
 
+def _int_key(value, where: str) -> int:
+    """A mapping key that is an integer id; papermill passes dict keys as strings ("8713")."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return _int(value, where)
+
+
 def _number(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CohortError(f"cohort definition: {where} must be a number, got {value!r}")
@@ -194,7 +201,8 @@ def parse_definition(cohort: dict) -> CohortDefinition:
             concept_set=_set_name(_need(spec, "concept_set", where + "."), sets, where),
             table=table,
             window=_window(spec.get("window", "lab"), where + ".window", lab_w),
-            units={_int(u, where + ".units"): _number(f, where + ".units") for u, f in units.items()},
+            units={_int_key(u, where + ".units"): _number(f, where + ".units")
+                   for u, f in units.items()},
             plausible=(lo, hi),
         ))
     categorical = []

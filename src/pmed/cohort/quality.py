@@ -44,69 +44,94 @@ def duplicate_query(table: str, columns: list[str]) -> str:
 
 
 def outside_observation_query(table: str, date_column: str) -> str:
-    """Number of ``table`` rows whose date is outside every observation period of the person."""
-    return (f"SELECT COUNT(*) AS n FROM {table} AS t WHERE NOT EXISTS (SELECT 1 FROM "
-            "observation_period AS op WHERE op.person_id = t.person_id AND "
-            f"CAST(t.{date_column} AS DATE) BETWEEN CAST(op.observation_period_start_date AS "
-            "DATE) AND CAST(op.observation_period_end_date AS DATE))")
+    """Number of ``table`` rows whose date is outside every observation period of the person.
+
+    A left join on the person and the date range: a row matching no period comes back once
+    with a null period (rows matching several overlapping periods are never null).
+    """
+    return (f"SELECT COUNT(*) AS n FROM {table} AS t LEFT JOIN observation_period AS op ON "
+            f"op.person_id = t.person_id AND CAST(t.{date_column} AS DATE) BETWEEN "
+            "CAST(op.observation_period_start_date AS DATE) AND "
+            "CAST(op.observation_period_end_date AS DATE) WHERE op.person_id IS NULL")
 
 
-def _distinct(table: str, columns: list[str]) -> str:
-    return f"(SELECT DISTINCT {', '.join(columns)} FROM {table})"
+def covariate_values_query(table: str, columns: list[str]) -> str:
+    """Per numeric covariate of ``table``: counts of implausible values and unknown units.
+
+    ``implausible`` = known unit, converted value outside the plausible range;
+    ``unknown_unit`` = a value in a unit without conversion factor. Counted among distinct
+    records (over ``columns``), the DISTINCT running on the few flagged rows only.
+    Rows: column_name, implausible, unknown_unit.
+    """
+    flagged = (
+        "SELECT DISTINCT rc.column_name, CASE WHEN r.factor IS NULL THEN 0 ELSE 1 END AS "
+        "implausible, CASE WHEN r.factor IS NULL THEN 1 ELSE 0 END AS unknown_unit, "
+        + ", ".join(f"t.{c}" for c in columns)
+        + f" FROM {table} AS t JOIN (SELECT DISTINCT column_name, concept_id FROM numeric_rules "
+        f"WHERE table_name = '{table}') AS rc ON rc.concept_id = t.{table}_concept_id "
+        "LEFT JOIN numeric_rules AS r ON r.column_name = rc.column_name AND r.concept_id = "
+        f"t.{table}_concept_id AND r.unit_concept_id = COALESCE(t.unit_concept_id, 0) "
+        "WHERE t.value_as_number IS NOT NULL AND (r.factor IS NULL OR t.value_as_number * "
+        "r.factor NOT BETWEEN r.plausible_low AND r.plausible_high)"
+    )
+    return (f"SELECT column_name, SUM(implausible) AS implausible, SUM(unknown_unit) AS "
+            f"unknown_unit FROM ({flagged}) AS f GROUP BY column_name")
 
 
-def implausible_query(table: str, column: str, columns: list[str]) -> str:
-    """Distinct records (over ``columns``) of numeric covariate ``column`` with a known unit
-    but an implausible value."""
-    return (f"SELECT COUNT(*) AS n FROM {_distinct(table, columns)} AS t JOIN numeric_rules AS r ON r.column_name = "
-            f"'{column}' AND r.concept_id = t.{table}_concept_id AND r.unit_concept_id = "
-            "COALESCE(t.unit_concept_id, 0) WHERE t.value_as_number IS NOT NULL AND "
-            "t.value_as_number * r.factor NOT BETWEEN r.plausible_low AND r.plausible_high")
+def non_null_columns_query(table: str, columns: list[str]) -> str:
+    """One row: the number of non-null values of each of ``columns`` in ``table``."""
+    return f"SELECT {', '.join(f'COUNT({c}) AS {c}' for c in columns)} FROM {table}"
 
 
-def unknown_unit_query(table: str, column: str, concept_set: str, columns: list[str]) -> str:
-    """Distinct records of ``concept_set`` with a value but a unit without factor for ``column``."""
-    return (f"SELECT COUNT(*) AS n FROM {_distinct(table, columns)} AS t WHERE t.{table}_concept_id IN (SELECT "
-            f"concept_id FROM codesets WHERE codeset_name = '{concept_set}') AND "
-            "t.value_as_number IS NOT NULL AND NOT EXISTS (SELECT 1 FROM numeric_rules AS r "
-            f"WHERE r.column_name = '{column}' AND r.unit_concept_id = "
-            "COALESCE(t.unit_concept_id, 0))")
+def quality_queries(d: CohortDefinition, content: dict[str, list[str]]) -> list[dict]:
+    """The checks as rows {check, table, column, rule, sql}.
 
-
-def quality_queries(d: CohortDefinition, table_columns: dict[str, list[str]]) -> list[dict]:
-    """The checks as rows {check, table, column, rule, sql}; each sql returns one count ``n``.
-
-    ``table_columns`` gives each clinical table's columns (duplicates compare all of them
-    but the table's id).
+    ``content`` gives each clinical table's content columns (all but the row id; columns
+    null in every row may be left out, they cannot tell rows apart). Duplicate and outside-
+    observation sql return one count ``n``; ``covariate_values`` sql returns one row per
+    numeric covariate (:func:`covariate_values_query`).
     """
     checks = []
-    content = {t: [c for c in table_columns[t] if c != pk]
-               for t, (pk, _) in CLINICAL_TABLES.items()}
     for table, cols in content.items():
         checks.append({"check": "duplicate", "table": table, "column": "",
                        "rule": RULE_DUPLICATE, "sql": duplicate_query(table, cols)})
     for table, (_, date_col) in CLINICAL_TABLES.items():
         checks.append({"check": "outside_observation", "table": table, "column": date_col,
                        "rule": RULE_OUTSIDE, "sql": outside_observation_query(table, date_col)})
-    for cov in d.numeric:
-        unit = unit_of(cov.column)
-        checks.append({"check": "implausible", "table": cov.table, "column": cov.column,
-                       "rule": RULE_IMPLAUSIBLE.format(lo=cov.plausible[0], hi=cov.plausible[1],
-                                                       unit=unit),
-                       "sql": implausible_query(cov.table, cov.column, content[cov.table])})
-        checks.append({"check": "unknown_unit", "table": cov.table, "column": cov.column,
-                       "rule": RULE_UNIT,
-                       "sql": unknown_unit_query(cov.table, cov.column, cov.concept_set,
-                                                  content[cov.table])})
+    for table in sorted({c.table for c in d.numeric}):
+        checks.append({"check": "covariate_values", "table": table, "column": "",
+                       "rule": "", "sql": covariate_values_query(table, content[table])})
     return checks
 
 
+def content_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Each clinical table's columns but its row id, leaving out columns that are all null."""
+    out = {}
+    for table, (pk, _) in CLINICAL_TABLES.items():
+        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != pk]
+        counts = con.execute(non_null_columns_query(table, cols)).fetchone()
+        out[table] = [c for c, n in zip(cols, counts, strict=True) if n > 0] or cols
+    return out
+
+
 def run_quality(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> pd.DataFrame:
-    """Run every check; one row per check: check, table, column, rule, count (int64)."""
-    table_columns = {t: [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()]
-                     for t in CLINICAL_TABLES}
+    """Run every check; one row per check: check, table, column, rule, count (int64).
+
+    Numeric covariates get two rows each: ``implausible`` and ``unknown_unit``.
+    """
     rows = []
-    for c in quality_queries(d, table_columns):
-        n = con.execute(c["sql"]).fetchone()[0]
-        rows.append({k: c[k] for k in ("check", "table", "column", "rule")} | {"count": int(n)})
+    for c in quality_queries(d, content_columns(con)):
+        if c["check"] != "covariate_values":
+            n = con.execute(c["sql"]).fetchone()[0]
+            rows.append({k: c[k] for k in ("check", "table", "column", "rule")} | {"count": int(n)})
+            continue
+        found = {name: (bad, unit) for name, bad, unit in con.execute(c["sql"]).fetchall()}
+        for cov in (x for x in d.numeric if x.table == c["table"]):
+            bad, unit = found.get(cov.column, (0, 0))
+            lo, hi = cov.plausible
+            rows.append({"check": "implausible", "table": cov.table, "column": cov.column,
+                         "rule": RULE_IMPLAUSIBLE.format(lo=lo, hi=hi, unit=unit_of(cov.column)),
+                         "count": int(bad)})
+            rows.append({"check": "unknown_unit", "table": cov.table, "column": cov.column,
+                         "rule": RULE_UNIT, "count": int(unit)})
     return pd.DataFrame(rows).astype({"count": "int64"})

@@ -146,7 +146,7 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         + _codeset_filter("de.drug_concept_id", exposure_sets)
         + " GROUP BY de.person_id, CAST(de.drug_exposure_start_date AS DATE)"
     )
-    label = "CASE WHEN f.on_0 = 1 THEN '{}' ELSE '{}' END".format(groups[0][0], groups[1][0])
+    label = f"CASE WHEN f.on_0 = 1 THEN '{groups[0][0]}' ELSE '{groups[1][0]}' END"
     q["first_line"] = (
         f"SELECT x.*, f.t0_date, {label} AS treatment, "
         f"{_days('x.index_date', 'f.t0_date')} AS days_dx_to_treatment "

@@ -117,12 +117,16 @@ def _check_scans(scans: pd.DataFrame) -> None:
     if bad_tp:
         raise ValueError(f"scans.timepoint: unexpected value(s) {bad_tp}; expected baseline|followup")
     vol = scans["volume_ml"].astype(float)
-    if not ((vol > 0) & (vol <= MAX_VOLUME_ML)).all():
-        raise ValueError(f"scans.volume_ml: values must be in (0, {MAX_VOLUME_ML}] ml")
+    bad = vol[~((vol > 0) & (vol <= MAX_VOLUME_ML))]
+    if len(bad):
+        raise ValueError(f"scans.volume_ml: {len(bad)} value(s) outside (0, {MAX_VOLUME_ML}] ml, "
+                         f"e.g. {bad.iloc[0]:.4g} (row {bad.index[0]})")
     for col in ("heterogeneity", "irregularity"):
         v = scans[col].astype(float)
-        if not ((v >= 0) & (v <= 1)).all():
-            raise ValueError(f"scans.{col}: values must be in [0, 1]")
+        bad = v[~((v >= 0) & (v <= 1))]
+        if len(bad):
+            raise ValueError(f"scans.{col}: {len(bad)} value(s) outside [0, 1], "
+                             f"e.g. {bad.iloc[0]:.4g} (row {bad.index[0]})")
     if scans.duplicated(["person_id", "scan_date", "timepoint"]).any():
         raise ValueError("scans: (person_id, scan_date, timepoint) must be unique")
 

@@ -97,7 +97,7 @@ def conditions(lat: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         has = lat[col].to_numpy() == 1
         day = idx - rng.integers(1, np.maximum(idx - start, 2))
         parts.append(_events(pid[has], day[has], np.full(has.sum(), concept.concept_id)))
-    other = rng.choice([v.BREAST_CANCER.concept_id, v.COLON_CANCER.concept_id, v.PROSTATE_CANCER.concept_id], size=n)
+    other = np.where(lat["sex_female"].to_numpy() == 1, v.BREAST_CANCER.concept_id, v.PROSTATE_CANCER.concept_id)
     before = lat["reason"].to_numpy() == "other_cancer_before"
     day = idx - rng.integers(0, np.maximum(idx - start, 1))
     parts.append(_events(pid[before], day[before], other[before]))
@@ -221,16 +221,39 @@ def smoking_observations(lat: pd.DataFrame, rng: np.random.Generator) -> pd.Data
 
 
 def assign_visits(event_tables: dict[str, pd.DataFrame], ids: IdCounter, rng: np.random.Generator) -> pd.DataFrame:
-    """Create one visit per (person, day) with any event and set ``visit_occurrence_id`` in place."""
-    keys = pd.concat([t[["person_id", "day"]] for t in event_tables.values()], ignore_index=True)
-    keys = keys.drop_duplicates().sort_values(["person_id", "day"], ignore_index=True)
-    keys["visit_occurrence_id"] = ids.take("visit_occurrence", len(keys))
-    for name, t in event_tables.items():
-        event_tables[name] = t.merge(keys, on=["person_id", "day"], how="left", validate="many_to_one")
-    inpatient = rng.random(len(keys)) < 0.03
-    keys["visit_concept_id"] = np.where(inpatient, v.INPATIENT_VISIT.concept_id, v.OUTPATIENT_VISIT.concept_id)
-    keys["end_day"] = keys["day"] + np.where(inpatient, rng.integers(1, 6, len(keys)), 0)
-    return keys
+    """Create one visit per (person, day) with any event and set ``visit_occurrence_id`` in place.
+
+    Visits are numbered in (person_id, day) order. Returns the visit table (person_id, day,
+    end_day, visit_concept_id, visit_occurrence_id).
+    """
+    names = list(event_tables)
+    keys = np.concatenate([_visit_key(event_tables[n]) for n in names])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    visit_ids = ids.take("visit_occurrence", len(unique))
+    start = 0
+    for n in names:
+        stop = start + len(event_tables[n])
+        event_tables[n] = event_tables[n].assign(visit_occurrence_id=visit_ids[inverse[start:stop]])
+        start = stop
+    inpatient = rng.random(len(unique)) < 0.03
+    day = unique % _DAY_RANGE
+    return pd.DataFrame({
+        "visit_occurrence_id": visit_ids,
+        "person_id": unique // _DAY_RANGE,
+        "day": day,
+        "end_day": day + np.where(inpatient, rng.integers(1, 6, len(unique)), 0),
+        "visit_concept_id": np.where(inpatient, v.INPATIENT_VISIT.concept_id, v.OUTPATIENT_VISIT.concept_id),
+    })
+
+
+_DAY_RANGE = 1 << 20  # epoch days fit in 20 bits (dates up to year 4840)
+
+
+def _visit_key(events: pd.DataFrame) -> np.ndarray:
+    day = events["day"].to_numpy(dtype=np.int64)
+    if len(day) and (day.min() < 0 or day.max() >= _DAY_RANGE):
+        raise ValueError("demo visits: event day outside 1970..4840")
+    return events["person_id"].to_numpy(dtype=np.int64) * _DAY_RANGE + day
 
 
 def duplicate_rows(df: pd.DataFrame, share: float, rng: np.random.Generator) -> tuple[pd.DataFrame, int]:

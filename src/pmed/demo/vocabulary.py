@@ -1,8 +1,11 @@
 """The OMOP vocabulary subset used by the synthetic demo data set.
 
-Every id below is a real OMOP standard concept id (OHDSI Athena vocabulary), so the cohort
-definitions written against the demo run unchanged on a real CDM. The demo writes the
-``concept``, ``concept_ancestor`` and ``concept_relationship`` tables for exactly this subset:
+The ids are OMOP standard concept ids of the OHDSI (Athena) vocabularies, so cohort definitions
+written against the demo are meant to run unchanged on a real CDM. Each id was checked against
+public OMOP code/concept tables where one could be found; the few that could NOT be confirmed
+that way are listed in :data:`UNVERIFIED` (check them against Athena before relying on them).
+The demo writes the ``concept``, ``concept_ancestor`` and ``concept_relationship`` tables for
+exactly this subset:
 a concept set ``{ancestor}`` expands via ``concept_ancestor`` to the (descendant) codes that
 the generator actually puts in the clinical tables, as on a real CDM.
 
@@ -37,22 +40,21 @@ class Concept:
 
 
 # --- clinical concepts ------------------------------------------------------------------
-NSCLC = Concept(4115276, "Non-small cell lung cancer", "Condition", "SNOMED", "Clinical Finding", "254637007")
+NSCLC = Concept(4115276, "Non-small cell lung cancer", "Condition", "SNOMED", "Disorder", "254637007")
 LUNG_ADENOCARCINOMA = Concept(
-    45768916, "Primary adenocarcinoma of lung", "Condition", "SNOMED", "Clinical Finding", "707451005"
+    45768916, "Primary adenocarcinoma of lung", "Condition", "SNOMED", "Disorder", "707451005"
 )
 LUNG_SQUAMOUS = Concept(
-    4311999, "Squamous cell carcinoma of lung", "Condition", "SNOMED", "Clinical Finding", "254634000"
+    4311999, "Squamous cell carcinoma of lung", "Condition", "SNOMED", "Disorder", "254634000"
 )
-BREAST_CANCER = Concept(4112853, "Malignant tumor of breast", "Condition", "SNOMED", "Clinical Finding", "254837009")
-COLON_CANCER = Concept(4180790, "Malignant tumor of colon", "Condition", "SNOMED", "Clinical Finding", "363406005")
+BREAST_CANCER = Concept(4112853, "Malignant tumor of breast", "Condition", "SNOMED", "Disorder", "254837009")
 PROSTATE_CANCER = Concept(
-    200962, "Primary malignant neoplasm of prostate", "Condition", "SNOMED", "Clinical Finding", "93974005"
+    200962, "Primary malignant neoplasm of prostate", "Condition", "SNOMED", "Disorder", "93974005"
 )
-COPD = Concept(255573, "Chronic obstructive lung disease", "Condition", "SNOMED", "Clinical Finding", "13645005")
-T2DM = Concept(201826, "Type 2 diabetes mellitus", "Condition", "SNOMED", "Clinical Finding", "44054006")
-HEART_FAILURE = Concept(316139, "Heart failure", "Condition", "SNOMED", "Clinical Finding", "84114007")
-CKD = Concept(46271022, "Chronic kidney disease", "Condition", "SNOMED", "Clinical Finding", "709044004")
+COPD = Concept(255573, "Chronic obstructive lung disease", "Condition", "SNOMED", "Disorder", "13645005")
+T2DM = Concept(201826, "Type 2 diabetes mellitus", "Condition", "SNOMED", "Disorder", "44054006")
+HEART_FAILURE = Concept(316139, "Heart failure", "Condition", "SNOMED", "Disorder", "84114007")
+CKD = Concept(46271022, "Chronic kidney disease", "Condition", "SNOMED", "Disorder", "709044004")
 
 PEMBROLIZUMAB = Concept(45775965, "pembrolizumab", "Drug", "RxNorm", "Ingredient", "1547545")
 NIVOLUMAB = Concept(45892628, "nivolumab", "Drug", "RxNorm", "Ingredient", "1597876")
@@ -83,21 +85,23 @@ PDL1 = Concept(
     "Measurement", "LOINC", "Lab Test", "85147-7",
 )
 ECOG = Concept(
-    36303744, "ECOG Performance Status score", "Measurement", "LOINC", "Survey", "89247-1",
+    36305384, "ECOG Performance Status score", "Measurement", "LOINC", "Clinical Observation", "89247-1",
 )
 SMOKING_STATUS = Concept(
     40766362, "Tobacco smoking status", "Observation", "LOINC", "Clinical Observation", "72166-2"
 )
 STAGE_GROUP = Concept(
-    3012737, "Stage group.clinical Cancer", "Measurement", "LOINC", "Clinical Observation", "21908-9"
+    3022698, "Stage group.clinical Cancer", "Measurement", "LOINC", "Clinical Observation", "21908-9"
 )
 
 # --- value (answer) concepts --------------------------------------------------------------
 NEVER_SMOKER = Concept(45879404, "Never smoker", "Meas Value", "LOINC", "Answer", "LA18978-9")
 FORMER_SMOKER = Concept(45883458, "Former smoker", "Meas Value", "LOINC", "Answer", "LA15920-4")
 CURRENT_SMOKER = Concept(45881517, "Current every day smoker", "Meas Value", "LOINC", "Answer", "LA18976-3")
-STAGE_III = Concept(45878134, "Stage III", "Meas Value", "LOINC", "Answer", "LA4655-3")
-STAGE_IV = Concept(45876464, "Stage IV", "Meas Value", "LOINC", "Answer", "LA4657-9")
+# OMOP Cancer Modifier stage groups (used as value_as_concept_id of the stage-group record);
+# their concept_code values below are illustrative (not looked up).
+STAGE_III = Concept(1633650, "AJCC/UICC Stage 3", "Measurement", "Cancer Modifier", "Staging/Grading", "Stage-3")
+STAGE_IV = Concept(1633308, "AJCC/UICC Stage 4", "Measurement", "Cancer Modifier", "Staging/Grading", "Stage-4")
 
 # --- units (UCUM) ---------------------------------------------------------------------------
 UNIT_CONCEPTS = (
@@ -114,7 +118,7 @@ UNIT_CONCEPTS = (
 
 # --- imaging, visits, demographics, provenance ------------------------------------------------
 CT_MODALITY = Concept(4300757, "Computed tomography", "Procedure", "SNOMED", "Procedure", "77477000")
-CHEST_SITE = Concept(4302352, "Thoracic structure", "Spec Anatomic Site", "SNOMED", "Body Structure", "51185008")
+CHEST_SITE = Concept(4199473, "Thoracic structure", "Spec Anatomic Site", "SNOMED", "Body Structure", "51185008")
 CHEST_CT = Concept(4058335, "CT of chest", "Procedure", "SNOMED", "Procedure", "169069000")
 INPATIENT_VISIT = Concept(9201, "Inpatient Visit", "Visit", "Visit", "Visit", "IP")
 OUTPATIENT_VISIT = Concept(9202, "Outpatient Visit", "Visit", "Visit", "Visit", "OP")
@@ -130,6 +134,14 @@ EHR_TYPE = Concept(32817, "EHR", "Type Concept", "Type Concept", "Type Concept",
 NO_MATCHING_CONCEPT = Concept(0, "No matching concept", "Metadata", "None", "Undefined", "No matching concept",
                               standard_concept=None)
 
+# Ids (and the two Cancer Modifier concept codes) that no public source at hand confirmed.
+UNVERIFIED: dict[int, str] = {
+    4311999: "Squamous cell carcinoma of lung (SNOMED 254634000): id not confirmed",
+    36204026: "PD-L1 22C3 tumour proportion score (LOINC 85147-7): id not confirmed",
+    1633650: "AJCC/UICC Stage 3: id confirmed, concept_code illustrative",
+    1633308: "AJCC/UICC Stage 4: id confirmed, concept_code illustrative",
+}
+
 # Direct "Is a" edges (descendant, ancestor) of this subset.
 IS_A: tuple[tuple[int, int], ...] = (
     (LUNG_ADENOCARCINOMA.concept_id, NSCLC.concept_id),
@@ -137,7 +149,7 @@ IS_A: tuple[tuple[int, int], ...] = (
 )
 
 CONCEPTS: tuple[Concept, ...] = (
-    NSCLC, LUNG_ADENOCARCINOMA, LUNG_SQUAMOUS, BREAST_CANCER, COLON_CANCER, PROSTATE_CANCER,
+    NSCLC, LUNG_ADENOCARCINOMA, LUNG_SQUAMOUS, BREAST_CANCER, PROSTATE_CANCER,
     COPD, T2DM, HEART_FAILURE, CKD,
     PEMBROLIZUMAB, NIVOLUMAB, ATEZOLIZUMAB, CISPLATIN, CARBOPLATIN, PEMETREXED,
     ALBUMIN, LDH, NEUTROPHILS, LYMPHOCYTES, HEMOGLOBIN, CREATININE, BODY_WEIGHT, BMI,
@@ -151,7 +163,7 @@ CONCEPTS: tuple[Concept, ...] = (
 
 CONCEPT_SETS: dict[str, list[int]] = {
     "nsclc": [NSCLC.concept_id],
-    "other_cancer": [BREAST_CANCER.concept_id, COLON_CANCER.concept_id, PROSTATE_CANCER.concept_id],
+    "other_cancer": [BREAST_CANCER.concept_id, PROSTATE_CANCER.concept_id],
     "immunotherapy": [PEMBROLIZUMAB.concept_id, NIVOLUMAB.concept_id, ATEZOLIZUMAB.concept_id],
     "chemotherapy": [CISPLATIN.concept_id, CARBOPLATIN.concept_id, PEMETREXED.concept_id],
     "copd": [COPD.concept_id],

@@ -79,10 +79,10 @@ def select_scans(
         if col not in cohort.columns:
             raise KeyError(f"cohort: missing column {col!r}")
     lo, hi = (int(d) for d in followup_window_days)
-    scans = image_occurrence.merge(cohort[["person_id", "t0_date"]], on="person_id", how="inner")
-    scans["days_from_t0"] = (
-        pd.to_datetime(scans["image_occurrence_date"]) - pd.to_datetime(scans["t0_date"])
-    ).dt.days
+    occurrences = image_occurrence.assign(
+        image_occurrence_date=pd.to_datetime(image_occurrence["image_occurrence_date"]))
+    scans = occurrences.merge(cohort[["person_id", "t0_date"]], on="person_id", how="inner")
+    scans["days_from_t0"] = (scans["image_occurrence_date"] - pd.to_datetime(scans["t0_date"])).dt.days
     order = ["person_id", "image_occurrence_date", "image_occurrence_id"]
     base = scans[scans["days_from_t0"].between(-int(baseline_window_days), 0)]
     base = base.sort_values(order, ascending=[True, False, True]).drop_duplicates("person_id")
@@ -150,7 +150,8 @@ def extract_all(
             excluded.append({**ident, "reason": result["error"]})
         else:
             result = {k: v for k, v in result.items() if k != "mask_sha256"}
-            rows.append({**ident, "image_occurrence_date": scan["image_occurrence_date"],
+            rows.append({**ident, "image_series_uid": scan["image_series_uid"],
+                         "image_occurrence_date": scan["image_occurrence_date"],
                          "days_from_t0": scan["days_from_t0"], **result})
     features = pd.DataFrame(rows)
     exclusions = pd.DataFrame(excluded, columns=[*KEY_COLUMNS, "reason"])
@@ -159,27 +160,42 @@ def extract_all(
 
 
 def perturbation_features(
-    scans: pd.DataFrame, raw_dir: Path, settings: Mapping, stability: Mapping, seed: int,
-    workers: int = 1, progress: bool = True,
+    scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping,
+    stability: Mapping, seed: int, workers: int = 1, progress: bool = True,
 ) -> pd.DataFrame:
     """Features of ``stability['n_images']`` seeded baseline scans under each perturbation.
 
-    Returns a long DataFrame: image_occurrence_id, perturbation, one column per feature
-    (input of :func:`pmed.imaging.stability.stability_table`). Scans that fail are skipped.
+    Results are cached like :func:`extract_all`'s (the key adds the perturbation, its
+    parameters and the seed). Returns a long DataFrame: image_occurrence_id, perturbation,
+    one column per feature (input of :func:`pmed.imaging.stability.stability_table`).
+    Scans that fail are skipped (the main pass reports them).
     """
     base = scans[scans["timepoint"] == "baseline"].sort_values("image_occurrence_id")
     n = min(int(stability["n_images"]), len(base))
     rng = np.random.default_rng(seed)
     subset = base.iloc[np.sort(rng.choice(len(base), size=n, replace=False))]
-    tasks = [
-        (Path(raw_dir), scan, kind, seed, float(stability["noise_sd_hu"]),
-         float(stability["shift_voxels"]))
-        for scan in subset.to_dict("records") for kind in stability["perturbations"]
-    ]
-    results = _map(_perturbed_scan, tasks, settings, workers, progress, "stability")
+    noise_sd, shift = float(stability["noise_sd_hu"]), float(stability["shift_voxels"])
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results, todo = {}, []
+    for scan in subset.to_dict("records"):
+        for kind in stability["perturbations"]:
+            key = rad.settings_hash({"radiomics": dict(settings), "perturbation": kind,
+                                     "noise_sd_hu": noise_sd, "shift_voxels": shift, "seed": seed})
+            cached = _read_cache(cache_dir, scan, key, Path(raw_dir))
+            if cached is not None:
+                results[(scan["image_occurrence_id"], kind)] = cached
+            else:
+                todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key))
+    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability")
+    for task, res in zip(todo, computed, strict=True):
+        if "error" not in res:
+            _write_cache(cache_dir, task[1], task[6], res)
+        results[(task[1]["image_occurrence_id"], task[2])] = res
     rows = [
-        {"image_occurrence_id": task[1]["image_occurrence_id"], "perturbation": task[2], **res}
-        for task, res in zip(tasks, results, strict=True) if "error" not in res
+        {"image_occurrence_id": ident, "perturbation": kind,
+         **{k: v for k, v in res.items() if k != "mask_sha256"}}
+        for (ident, kind), res in results.items() if "error" not in res
     ]
     return pd.DataFrame(rows)
 
@@ -189,12 +205,12 @@ def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, des
     results: list = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, mininterval=1.0)
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(settings)
+        _init_worker(settings, threads=0)
         for i, task in enumerate(tasks):
             results[i] = func(task)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dict(settings),)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dict(settings), 1)) as pool:
             futures = {pool.submit(func, task): i for i, task in enumerate(tasks)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
@@ -203,9 +219,12 @@ def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, des
     return results
 
 
-def _init_worker(settings: Mapping) -> None:
-    """Build this process's pyradiomics extractor once."""
+def _init_worker(settings: Mapping, threads: int) -> None:
+    """Build this process's pyradiomics extractor once; ``threads`` > 0 caps SimpleITK's
+    threads (1 in pool workers, so processes do not oversubscribe the cores)."""
     global _EXTRACTOR
+    if threads > 0:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _EXTRACTOR = rad.make_extractor(settings)
 
 
@@ -247,12 +266,13 @@ def _analyse_scan(task: tuple[Path, Mapping]) -> dict:
 
 def _perturbed_scan(task: tuple) -> dict:
     """Features of one scan under one perturbation, or {"error": reason}."""
-    raw_dir, scan, kind, seed, noise_sd, shift = task
+    raw_dir, scan, kind, seed, noise_sd, shift, _ = task
     try:
         image, mask = _load(raw_dir, scan)
         rng = np.random.default_rng([seed, int(scan["image_occurrence_id"])])
         image, mask = perturb(image, mask, kind, rng, noise_sd, shift)
-        return rad.extract_features(_EXTRACTOR, image, mask)
+        features = rad.extract_features(_EXTRACTOR, image, mask)
+        return {"mask_sha256": _sha256(raw_dir / scan["mask_path"]), **features}
     except Exception as err:  # the subset skips failures; the main pass reports them
         return {"error": _describe_failure(scan, err)}
 
@@ -263,6 +283,7 @@ def _sha256(path: Path) -> str:
 
 
 def _cache_file(cache_dir: Path, scan: Mapping, key: str) -> Path:
+    """``<cache_dir>/<series_uid>-<key>.parquet``."""
     return cache_dir / f"{scan['image_series_uid']}-{key}.parquet"
 
 

@@ -1,0 +1,106 @@
+"""Benchmark the imaging feature stage: seconds per image, total, features per second.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_imaging.py                    # default demo, 1 and 2 workers
+    .venv/bin/python benchmarks/bench_imaging.py --source /path/ws  # reuse a workspace's data
+
+Without ``--source`` the demo data of ``--size`` (params.yaml ``demo.sizes``) are generated
+into a temporary workspace (the CT writing time is reported too) and the cohort is built
+with the cohort stage's code. Each run uses a fresh scratch workspace whose ``data/raw`` is
+a link to the source data, so the radiomics cache starts empty and nothing of the source is
+changed. The stage runs with the params.yaml ``imaging_features`` settings; ``--workers``
+lists the worker counts to time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pmed import config
+
+
+def build_source(folder: Path, size: str, seed: int, params: dict) -> float:
+    """Generate demo data and the cohort into ``folder``; return the data-writing seconds."""
+    from pmed.cohort.definition import parse_definition
+    from pmed.cohort.extract import extract_cohort
+    from pmed.demo.generate import generate
+
+    raw = folder / "data" / "raw"
+    start = time.perf_counter()
+    generate(raw, size, seed, params["demo"], workers=int(params["demo"]["imaging_workers"]))
+    seconds = time.perf_counter() - start
+    cohort = extract_cohort(raw / "omop", parse_definition(params["cohort"]), check_quality=False)
+    processed = folder / "data" / "processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    cohort.cohort.to_parquet(processed / "cohort.parquet", index=False)
+    return seconds
+
+
+def scratch_workspace(source: Path, root: Path) -> Path:
+    """A workspace linking ``source``'s raw data and copying its cohort; empty interim."""
+    ws = Path(tempfile.mkdtemp(dir=root))
+    (ws / "data" / "processed").mkdir(parents=True)
+    (ws / "data" / "raw").symlink_to(source / "data" / "raw", target_is_directory=True)
+    shutil.copy(source / "data" / "processed" / "cohort.parquet", ws / "data" / "processed")
+    return ws
+
+
+def time_stage(source: Path, root: Path, workers: int, params: dict) -> dict:
+    """Run the stage once from an empty cache and once cached; return timings."""
+    from pmed.imaging import stage
+
+    imaging = dict(params["imaging_features"], workers=workers, progress=False)
+    os.environ["PMED_WORKSPACE"] = str(scratch_workspace(source, root))
+    start = time.perf_counter()
+    result = stage.run_stage(params["common"], imaging)
+    total = time.perf_counter() - start
+    start = time.perf_counter()
+    stage.run_stage(params["common"], imaging)
+    cached = time.perf_counter() - start
+    n_images = result.timing["n_computed"]
+    seconds = result.timing["seconds"]
+    return {
+        "workers": workers,
+        "images": n_images,
+        "excluded": len(result.exclusions),
+        "features": len(result.feature_names),
+        "extract_s": seconds,
+        "s_per_image": seconds / n_images,
+        "features_per_s": n_images * len(result.feature_names) / seconds,
+        "stage_total_s": total,
+        "stage_cached_s": cached,
+        "stability_images": int(result.stability["n_images"].max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, help="workspace with data/raw and cohort.parquet")
+    parser.add_argument("--size", default="default", help="demo size to generate (no --source)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+    params = config.load_params()
+    with tempfile.TemporaryDirectory(prefix="bench_imaging_") as tmp:
+        root = Path(tmp)
+        source = args.source
+        if source is None:
+            source = root / "source"
+            seconds = build_source(source, args.size, int(params["common"]["seed"]), params)
+            n_series = len(pd.read_parquet(source / "data" / "raw" / "omop" / "image_occurrence.parquet"))
+            print(f"demo '{args.size}': wrote EHR + {n_series} CT series in {seconds:.1f} s")
+        rows = [time_stage(Path(source).resolve(), root, w, params) for w in args.workers]
+    table = pd.DataFrame(rows).set_index("workers")
+    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
+        print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The imaging feature stage end to end (notebooks/05_imaging_features.ipynb runs it).
+
+:func:`run_stage` reads the cohort and OMOP ``image_occurrence``, extracts features
+(:mod:`pmed.imaging.extract`), computes stability (:mod:`pmed.imaging.stability`) and
+delta-radiomics (:mod:`pmed.imaging.response`), and compares features with the demo's
+ground truth when ``data/raw/ground_truth_tumours.csv`` exists. :func:`write_outputs`
+writes the processed tables; :func:`stage_metrics` the numbers for ``write_metrics``.
+
+Outputs (``config.path("processed")`` unless noted)
+
+- image_features.parquet: person_id, image_occurrence_id, timepoint + one numeric column
+  per feature (only persons of cohort.parquet).
+- image_features_settings.json: the radiomics settings, their hash, library versions.
+- image_feature_catalog.csv: per feature its IBSI tag, IBSI-verified flag, ICC and stable.
+- feature_stability.csv: feature, icc, stable, n_images, n_perturbations, icc_type.
+- image_response.parquet: per person with both scans, :func:`response.delta_table`.
+- ``config.path("interim")``/image_exclusions.csv: excluded scans and reasons (file names;
+  never shown in a report).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import radiomics
+import SimpleITK as sitk
+from scipy import stats
+
+from pmed import config
+from pmed.imaging import extract
+from pmed.imaging import radiomics as rad
+from pmed.imaging.response import delta_table
+from pmed.imaging.stability import stability_table
+
+TRUTH_FILE = "ground_truth_tumours.csv"  # written by the demo generator into data/raw
+MEASURES = [*extract.MEASURE_COLUMNS, "image_series_uid", "image_occurrence_date", "days_from_t0"]
+STABILITY_SEED_OFFSET = 501  # common.seed + offset seeds the stability subset and noise
+
+
+@dataclass
+class StageResult:
+    """Everything the stage computes (tables keyed by person_id / image_occurrence_id)."""
+
+    scans: pd.DataFrame  # selected scans (extract.SCAN_COLUMNS)
+    measured: pd.DataFrame  # analysed scans: keys, MEASURES and features
+    exclusions: pd.DataFrame  # person_id, image_occurrence_id, timepoint, reason
+    catalog: pd.DataFrame  # feature catalogue with IBSI and stability columns
+    stability: pd.DataFrame  # stability.stability_table output
+    response: pd.DataFrame  # response.delta_table output
+    truth: pd.DataFrame  # trait, feature, n, spearman, ci_low, ci_high (empty w/o truth)
+    timing: dict  # n_computed, n_cached, seconds
+    settings: dict = field(default_factory=dict)  # what image_features_settings.json holds
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.catalog["feature"].tolist()
+
+    @property
+    def features(self) -> pd.DataFrame:
+        """The image_features.parquet table: keys + numeric feature columns."""
+        return self.measured[[*extract.KEY_COLUMNS, *self.feature_names]]
+
+
+def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -> StageResult:
+    """Run the imaging feature stage on the workspace data (params as in params.yaml)."""
+    if cohort is None:
+        cohort = pd.read_parquet(config.path("processed") / "cohort.parquet")
+    occurrences = extract.load_image_occurrence(config.path("omop"))
+    scans = extract.select_scans(
+        occurrences, cohort, imaging["mask_path_template"], imaging["baseline_window_days"],
+        imaging["followup_window_days"],
+    )
+    workers = extract.n_workers(imaging["workers"])
+    settings = imaging["radiomics"]
+    progress = bool(imaging.get("progress", True))
+    measured, exclusions, timing = extract.extract_all(
+        scans, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
+        imaging["on_error"], workers, progress,
+    )
+    if measured.empty:
+        raise RuntimeError(f"imaging_features: none of {len(scans)} selected scans could be "
+                           f"analysed; see the exclusion reasons")
+    feature_names = [c for c in measured.columns if c not in [*extract.KEY_COLUMNS, *MEASURES]]
+    catalog = rad.feature_catalog(feature_names)
+    stab_params = imaging["stability"]
+    seed = int(common["seed"]) + STABILITY_SEED_OFFSET
+    analysed = scans[scans["image_occurrence_id"].isin(measured["image_occurrence_id"])]
+    perturbed = extract.perturbation_features(
+        analysed, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
+        stab_params, seed, workers, progress,
+    )
+    stability = stability_table(perturbed, float(stab_params["icc_threshold"]),
+                                str(stab_params["icc_type"]))
+    catalog = catalog.merge(stability[["feature", "icc", "stable"]], on="feature", how="left")
+    catalog["stable"] = catalog["stable"].fillna(False).astype(bool)
+    resp = imaging["response"]
+    response = delta_table(measured, list(resp["key_features"]), float(resp["pr_pct"]),
+                           float(resp["pd_pct"]), float(resp["pd_min_increase_mm"]))
+    truth = truth_correlations(measured, config.path("raw") / TRUTH_FILE,
+                               imaging.get("truth_features", {}))
+    saved = {
+        "radiomics": settings, "settings_hash": rad.settings_hash(settings),
+        "mask_path_template": imaging["mask_path_template"],
+        "baseline_window_days": imaging["baseline_window_days"],
+        "followup_window_days": imaging["followup_window_days"],
+        "versions": {"pyradiomics": radiomics.__version__, "SimpleITK": sitk.Version_VersionString(),
+                     "python": platform.python_version()},
+        "n_features": len(feature_names),
+        "n_ibsi_verified": int(catalog["ibsi_verified"].sum()),
+    }
+    return StageResult(scans, measured, exclusions, catalog, stability, response, truth,
+                       timing, saved)
+
+
+def truth_correlations(measured: pd.DataFrame, truth_file: Path, pairs: dict) -> pd.DataFrame:
+    """Spearman correlation of each feature with its true tumour trait (demo data only).
+
+    ``pairs`` maps a ground-truth column (e.g. volume_ml) to a feature name; the truth file
+    is joined on image_series_uid. CIs: Fisher z with SE sqrt(1.06 / (n - 3)) (Fieller,
+    Hartley & Pearson 1957). Returns an empty table when the file does not exist.
+    """
+    columns = ["trait", "feature", "n", "spearman", "ci_low", "ci_high"]
+    truth_file = Path(truth_file)
+    if not truth_file.is_file() or not pairs:
+        return pd.DataFrame(columns=columns)
+    truth = pd.read_csv(truth_file)
+    needed = ["image_series_uid", *pairs]
+    missing = [c for c in needed if c not in truth.columns]
+    if missing:
+        raise KeyError(f"{truth_file.name}: missing columns {missing}")
+    joined = measured.merge(truth[needed], on="image_series_uid", how="inner",
+                            suffixes=("", "_true"))
+    rows = []
+    for trait, feature in pairs.items():
+        if feature not in joined.columns:
+            raise KeyError(f"imaging_features.truth_features.{trait}: unknown feature {feature!r}")
+        true_col = f"{trait}_true" if trait in measured.columns else trait
+        ok = joined[[true_col, feature]].dropna()
+        n = len(ok)
+        rho = stats.spearmanr(ok[true_col], ok[feature]).statistic if n > 3 else np.nan
+        half = 1.959964 * np.sqrt(1.06 / (n - 3)) if n > 3 else np.nan
+        z = np.arctanh(np.clip(rho, -1 + 1e-12, 1 - 1e-12))
+        rows.append({"trait": trait, "feature": feature, "n": n, "spearman": rho,
+                     "ci_low": np.tanh(z - half), "ci_high": np.tanh(z + half)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# exclusion reason categories for reports (the full reasons name files; they stay in interim)
+REASON_CATEGORIES = {
+    "not a readable DICOM file": "corrupt DICOM file",
+    "cannot decode pixel data": "corrupt DICOM pixel data",
+    "no DICOM files": "missing image",
+    "not found": "missing image or mask",
+    "unreadable NIfTI": "corrupt mask file",
+    "mask is empty": "empty mask",
+    "does not match image": "mask/image geometry mismatch",
+    "duplicate slice position": "inconsistent DICOM series",
+    "unevenly spaced": "inconsistent DICOM series",
+    "differs from": "inconsistent DICOM series",
+}
+
+
+def reason_category(reason: str) -> str:
+    """Short, file-free category of an exclusion reason (for tables in a report)."""
+    return next((cat for text, cat in REASON_CATEGORIES.items() if text in reason), "other error")
+
+
+def write_outputs(result: StageResult) -> dict[str, Path]:
+    """Write the stage's tables (module docstring) and return their paths."""
+    processed, interim = config.path("processed"), config.path("interim")
+    processed.mkdir(parents=True, exist_ok=True)
+    interim.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "features": processed / "image_features.parquet",
+        "settings": processed / "image_features_settings.json",
+        "catalog": processed / "image_feature_catalog.csv",
+        "stability": processed / "feature_stability.csv",
+        "response": processed / "image_response.parquet",
+        "exclusions": interim / "image_exclusions.csv",
+    }
+    result.features.to_parquet(paths["features"], index=False)
+    paths["settings"].write_text(json.dumps(result.settings, indent=2, sort_keys=True) + "\n")
+    result.catalog.to_csv(paths["catalog"], index=False, float_format="%.6g")
+    result.stability.to_csv(paths["stability"], index=False, float_format="%.6g")
+    result.response.to_parquet(paths["response"], index=False)
+    result.exclusions.to_csv(paths["exclusions"], index=False)
+    return paths
+
+
+def stage_metrics(result: StageResult) -> dict:
+    """Numbers for ``write_metrics("imaging_features", ...)`` (aggregates only)."""
+    n_computed = result.timing["n_computed"]
+    metrics = {
+        "n_scans_selected": len(result.scans),
+        "n_images": len(result.measured),
+        "n_excluded": len(result.exclusions),
+        "n_features": len(result.feature_names),
+        "n_ibsi_verified": int(result.catalog["ibsi_verified"].sum()),
+        "n_stable": int(result.catalog["stable"].sum()),
+        "n_stability_images": int(result.stability["n_images"].max()) if len(result.stability) else 0,
+        "n_followup_pairs": len(result.response),
+        "n_images_computed": n_computed,
+        "seconds_per_image": result.timing["seconds"] / n_computed if n_computed else None,
+    }
+    for row in result.truth.itertuples():
+        metrics[f"truth_spearman_{row.trait}"] = {
+            "estimate": row.spearman, "ci_low": row.ci_low, "ci_high": row.ci_high,
+        }
+    return metrics
