@@ -2,11 +2,15 @@
 
 Usage::
 
-    python benchmarks/bench_cohort.py --omop DIR [--engines duckdb pandas] [--repeat 1]
+    python benchmarks/bench_cohort.py --persons 100000 1000000 [--workdir /tmp/bench_cohort]
+    python benchmarks/bench_cohort.py --omop DIR        # an existing OMOP folder
 
-Each engine runs in its own subprocess (so peak RSS is its own), prints wall time and peak
-RSS, and the two cohorts are compared for equality. Generate the data first, e.g.
-``python -m pmed.demo --size benchmark --out /tmp/bench/data/raw``.
+``--persons N`` generates the demo's EHR-only ``benchmark`` size with N persons (the demo's
+own CLI has no size override, so this calls :func:`pmed.demo.generate.generate` with
+``demo.sizes.benchmark.n_persons = N``) into ``<workdir>/p<N>/raw`` unless it is there.
+Each engine runs in its own subprocess (so peak RSS is its own), prints wall time, CPU time
+(user + system, whole process incl. imports; less sensitive than wall time to other load on
+a shared machine) and peak RSS, and the cohorts are compared for equality.
 
 The pandas version below implements the same definition (params.yaml ``cohort:``) the
 obvious way: read the needed columns of each table into memory, filter, merge, group.
@@ -17,10 +21,12 @@ the DuckDB timing is reported both with and without them).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -171,15 +177,65 @@ def _run_engine(engine: str, omop: Path, quality: bool) -> dict:
     else:
         cohort = pandas_cohort(omop, d)
     wall = time.perf_counter() - start
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_gb = usage.ru_maxrss / 1024**2  # Linux: KiB
     return {"engine": engine, "quality": quality, "wall_s": wall, "peak_rss_gb": rss_gb,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
             "persons": int(len(cohort)), "cohort": cohort}
+
+
+def generate_demo(n_persons: int, workdir: Path) -> Path:
+    """OMOP folder of an EHR-only demo data set with ``n_persons`` (generated once)."""
+    raw = workdir / f"p{n_persons}" / "raw"
+    if not (raw / "ground_truth.json").exists():
+        from pmed.demo.generate import generate
+
+        params = config.load_params()
+        demo = copy.deepcopy(params["demo"])
+        demo["sizes"]["benchmark"]["n_persons"] = n_persons
+        start = time.perf_counter()
+        generate(raw, "benchmark", params["common"]["seed"], demo)
+        print(f"generated {n_persons:,d} persons in {time.perf_counter() - start:.0f} s")
+    return raw / "omop"
+
+
+def compare_engines(omop: Path, engines: list[str]) -> list[dict]:
+    """Run each engine in a subprocess on ``omop``; print figures; check equal cohorts."""
+    results = []
+    for engine in engines:
+        out = Path(tempfile.gettempdir()) / f"bench_cohort_{engine}.parquet"
+        proc = subprocess.run([sys.executable, __file__, "--omop", str(omop), "--child",
+                               engine, "--out", str(out)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode:
+            raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["name"], res["out"] = engine, out
+        results.append(res)
+        print(f"{engine:12s} persons={res['persons']:>9,d} wall={res['wall_s']:8.2f} s "
+              f"cpu={res['cpu_s']:8.2f} s peak_rss={res['peak_rss_gb']:6.2f} GB", flush=True)
+    cohorts = {r["name"]: pd.read_parquet(r["out"]) for r in results}
+    first = results[0]["name"]
+    for r in results[1:]:
+        pd.testing.assert_frame_equal(cohorts[first], cohorts[r["name"]], check_dtype=False)
+    if len(results) > 1:
+        print(f"cohorts identical across {', '.join(cohorts)}")
+    by = {r["name"]: r for r in results}
+    if "pandas" in by and "duckdb-noqc" in by:
+        p, q = by["pandas"], by["duckdb-noqc"]
+        print(f"pandas / duckdb (extraction only): wall x{p['wall_s'] / q['wall_s']:.1f}, "
+              f"cpu x{p['cpu_s'] / q['cpu_s']:.1f}, peak RSS x{p['peak_rss_gb'] / q['peak_rss_gb']:.1f}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--omop", type=Path, required=True, help="folder of OMOP tables")
-    ap.add_argument("--engines", nargs="+", default=["duckdb", "duckdb-noqc", "pandas"])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--omop", type=Path, help="folder of OMOP tables")
+    src.add_argument("--persons", type=int, nargs="+", help="generate demo data of these sizes")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench_cohort")
+    ap.add_argument("--engines", nargs="+", default=["duckdb", "duckdb-noqc", "pandas"],
+                    help="duckdb (with quality checks), duckdb-noqc (extraction only), pandas")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -188,31 +244,10 @@ def main(argv: list[str] | None = None) -> None:
         res.pop("cohort").to_parquet(args.out, index=False)
         print(json.dumps(res))
         return
-    results = []
-    for engine in args.engines:
-        out = Path(f"/tmp/bench_cohort_{engine}.parquet")
-        proc = subprocess.run([sys.executable, __file__, "--omop", str(args.omop), "--child",
-                               engine, "--out", str(out)], capture_output=True, text=True,
-                              check=False)
-        if proc.returncode:
-            raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res["out"] = out
-        results.append(res)
-        print(f"{engine:12s} persons={res['persons']:>9,d} wall={res['wall_s']:8.2f} s "
-              f"peak_rss={res['peak_rss_gb']:6.2f} GB", flush=True)
-    cohorts = {r["engine"] + ("" if r["quality"] else "-noqc"): pd.read_parquet(r["out"])
-               for r in results}
-    names = list(cohorts)
-    for other in names[1:]:
-        pd.testing.assert_frame_equal(cohorts[names[0]], cohorts[other], check_dtype=False)
-    if len(names) > 1:
-        print(f"cohorts identical across {', '.join(names)}")
-    by = {r["engine"] + ("" if r["quality"] else "-noqc"): r for r in results}
-    if "pandas" in by and "duckdb-noqc" in by:
-        p, q = by["pandas"], by["duckdb-noqc"]
-        print(f"pandas / duckdb (extraction only): time x{p['wall_s'] / q['wall_s']:.1f}, "
-              f"peak RSS x{p['peak_rss_gb'] / q['peak_rss_gb']:.1f}")
+    folders = [args.omop] if args.omop else [generate_demo(n, args.workdir) for n in args.persons]
+    for omop in folders:
+        print(f"--- {omop}")
+        compare_engines(omop, args.engines)
 
 
 if __name__ == "__main__":

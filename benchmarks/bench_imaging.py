@@ -10,7 +10,8 @@ into a temporary workspace (the CT writing time is reported too) and the cohort 
 with the cohort stage's code. Each run uses a fresh scratch workspace whose ``data/raw`` is
 a link to the source data, so the radiomics cache starts empty and nothing of the source is
 changed. The stage runs with the params.yaml ``imaging_features`` settings; ``--workers``
-lists the worker counts to time.
+lists the worker counts to time; ``--ct-writer`` also times the synthetic CT writer
+(pmed.demo.ct) re-rendering the same scans.
 """
 
 from __future__ import annotations
@@ -81,11 +82,33 @@ def time_stage(source: Path, root: Path, workers: int, params: dict) -> dict:
     }
 
 
+def time_ct_writer(source: Path, root: Path, workers: int, seed: int) -> dict:
+    """Re-render the source's CTs (traits from ground_truth_tumours.csv) with ``workers``."""
+    import datetime as dt
+
+    from pmed.demo import ct
+
+    truth = pd.read_csv(source / "data" / "raw" / "ground_truth_tumours.csv")
+    scans = truth[["person_id", "timepoint", "volume_ml", "heterogeneity", "irregularity"]].assign(
+        scan_date=pd.to_datetime(truth["scan_date"]).dt.date,
+        patient_name="BENCH^MARK", patient_mrn="BENCH", birth_date=dt.date(1950, 1, 1),
+    )
+    out = Path(tempfile.mkdtemp(dir=root))
+    start = time.perf_counter()
+    ct.write_imaging_study(out, scans, seed, workers=workers)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return {"workers": workers, "series": len(scans), "write_s": seconds,
+            "s_per_series": seconds / len(scans)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, help="workspace with data/raw and cohort.parquet")
     parser.add_argument("--size", default="default", help="demo size to generate (no --source)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--ct-writer", action="store_true",
+                        help="also time pmed.demo.ct writing the source's CT series")
     args = parser.parse_args(argv)
     params = config.load_params()
     with tempfile.TemporaryDirectory(prefix="bench_imaging_") as tmp:
@@ -96,10 +119,14 @@ def main(argv: list[str] | None = None) -> None:
             seconds = build_source(source, args.size, int(params["common"]["seed"]), params)
             n_series = len(pd.read_parquet(source / "data" / "raw" / "omop" / "image_occurrence.parquet"))
             print(f"demo '{args.size}': wrote EHR + {n_series} CT series in {seconds:.1f} s")
+        if args.ct_writer:
+            seed = int(params["common"]["seed"])
+            writes = [time_ct_writer(Path(source), root, w, seed) for w in args.workers]
+            print(pd.DataFrame(writes).set_index("workers").to_string(float_format="{:.3f}".format))
         rows = [time_stage(Path(source).resolve(), root, w, params) for w in args.workers]
     table = pd.DataFrame(rows).set_index("workers")
-    with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
-        print(table)
+    print(table.to_string(float_format="{:.3f}".format))
+    print(f"load average during the run (1/5/15 min): {os.getloadavg()} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

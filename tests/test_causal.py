@@ -90,8 +90,10 @@ def test_weighted_km_hand_example():
 def test_unweighted_cox_matches_published_r_output():
     """R: coxph(Surv(week, arrest) ~ fin + age + prio, data=rossi).
 
-    Published R output (survival 3.x): coef fin -0.3469, age -0.0671, prio 0.0969;
-    se 0.1902, 0.0209, 0.0273.
+    R output for this model as printed in Fox & Weisberg, "Cox Proportional-Hazards
+    Regression for Survival Data in R" (appendix to An R Companion to Applied Regression):
+    coef fin -0.3469, age -0.0671, prio 0.0969; se 0.1902, 0.0209, 0.0273 (values quoted
+    from that appendix, not re-run here: no R in this environment).
     """
     fit = causal.weighted_cox(load_rossi(), "week", "arrest", ["fin", "age", "prio"])
     npt.assert_allclose(fit["coef"], [-0.3469, -0.0671, 0.0969], atol=6e-5)
@@ -174,8 +176,8 @@ def test_weighted_cox_rossi_robust_se_equals_numpy_sandwich():
 
 
 def test_weighted_cox_singleton_clusters_equal_robust_and_pairs_sum_scores():
-    """cluster(id) with one row per cluster is the plain robust SE; with pairs, the sandwich
-    sums the rows' dfbeta residuals within each pair (checked against the numpy sandwich)."""
+    """cluster(id) with one row per cluster gives the plain robust SE; clustering rows in
+    pairs changes the SE but not the coefficients."""
     rossi = load_rossi()
     rossi["week"] = rossi["week"] + np.arange(len(rossi)) / (100 * len(rossi))
     w = np.ones(len(rossi))

@@ -11,6 +11,7 @@ import datetime as dt
 import math
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pytest
 import sqlglot
@@ -342,8 +343,8 @@ def test_csv_input_gives_the_same_cohort(fixture_result, tmp_path):
 def test_every_query_transpiles_to_postgres_and_spark():
     d = parse_definition(definition_dict())
     cols = {t: ["person_id", "value_as_number"] for t in quality.CLINICAL_TABLES}
-    sqls = list(queries.cohort_queries(d).values()) + [c["sql"] for c in
-                                                       quality.quality_queries(d, cols)]
+    sqls = [*queries.setup_queries(d).values(), *queries.cohort_queries(d).values()]
+    sqls += [c["sql"] for c in quality.quality_queries(d, cols)]
     sqls.append(quality.non_null_columns_query("measurement", ["person_id", "unit_concept_id"]))
     for sql in sqls:
         for dialect in ("postgres", "spark"):
@@ -351,6 +352,22 @@ def test_every_query_transpiles_to_postgres_and_spark():
             sqlglot.parse_one(out, read=dialect)  # the output parses back in its dialect
     pg = queries.transpile(queries.cohort_queries(d)["adult"], "postgres")
     assert "MAKE_DATE(" in pg and "DATE_FROM_PARTS" not in pg
+
+
+def test_sql_script_reproduces_the_cohort(fixture_result):
+    """The rendered script, run as-is on plain views of the OMOP files, gives the same cohort;
+    its postgres and spark versions parse in their dialects."""
+    folder, d, res = fixture_result
+    con = duckdb.connect()
+    for f in folder.glob("*.parquet"):
+        con.execute(f"CREATE VIEW {f.stem} AS SELECT * FROM read_parquet('{f}')")
+    script = queries.render_script(d, "duckdb")
+    *setup, final = [s for s in script.split(";\n") if s.strip()]
+    for statement in setup:
+        con.execute(statement)
+    pd.testing.assert_frame_equal(contract.coerce(con.execute(final).df()), res.cohort)
+    for dialect in ("postgres", "spark"):
+        assert len(sqlglot.parse(queries.render_script(d, dialect), read=dialect)) == len(setup) + 1
 
 
 def test_write_outputs_atomic_and_complete(fixture_result, tmp_path):
@@ -391,6 +408,18 @@ def test_wrong_type(tmp_path):
     frames["death"]["death_date"] = frames["death"]["death_date"].astype(str) + "x"
     with pytest.raises(CohortError, match=r"'death'.*column 'death_date' has type VARCHAR, expected date"):
         extract_cohort(write_tables(frames, tmp_path), parse_definition(definition_dict()))
+
+
+def test_bad_value_in_csv_names_file_and_column(tmp_path):
+    frames = build_fixture().frames()
+    co = frames["condition_occurrence"]
+    co["condition_start_date"] = co["condition_start_date"].astype(str)
+    co.loc[3, "condition_start_date"] = "2020-13-45"
+    folder = write_tables(frames, tmp_path, fmt="csv")
+    with pytest.raises(CohortError, match="failed on the OMOP input") as err:
+        extract_cohort(folder, parse_definition(definition_dict()))
+    assert "condition_occurrence.csv" in str(err.value)
+    assert 'converting column "condition_start_date"' in str(err.value)
 
 
 def test_unknown_concept_id(tmp_path):

@@ -25,7 +25,7 @@ IMAGING = {
     "baseline_window_days": 90,
     "followup_window_days": [42, 112],
     "radiomics": {
-        "resampled_spacing_mm": [2.0, 2.0, 2.0], "interpolator": "sitkBSpline",
+        "resampled_spacing_mm": [2.0, 2.0, 2.0], "interpolator": "sitkLinear",
         "resegment_range_hu": [-500, 400], "bin_width": 25,
         "feature_classes": ["firstorder", "shape", "glcm"], "image_types": {"Original": {}},
     },

@@ -395,28 +395,28 @@ def fit_ph_remedy(
     kept = [c for c in covariates if c not in strata]
     if not timevarying:
         return fit_cox(frame, duration_col, event_col, kept, strata=strata), remedies
-    # Counting-process (start, stop] data with one split at cut_time.
+    # Split follow-up at cut_time into an early record (0, min(T, c)] and, for T > c, a late
+    # record (c, T]. Every late event time exceeds c, so all late records are at risk from c:
+    # stratifying by period (separate baseline hazards before/after c, which do not overlap
+    # in time) gives exactly the counting-process partial likelihood without delayed entry.
     early = frame.copy()
-    early["start"] = 0.0
     early["stop"] = np.minimum(frame[duration_col], cut_time)
     early["event_tv"] = np.where(frame[duration_col] <= cut_time, frame[event_col], 0)
+    early["period_after_cut"] = 0
     late = frame[frame[duration_col] > cut_time].copy()
-    late["start"] = cut_time
     late["stop"] = late[duration_col]
     late["event_tv"] = late[event_col]
+    late["period_after_cut"] = 1
     for v in timevarying:
         early[f"{v}:late"] = 0.0
         late[f"{v}:late"] = late[v]
     long = pd.concat([early, late], ignore_index=True)
-    long = long[long["stop"] > long["start"]]
     tv_cols = kept + [f"{v}:late" for v in timevarying]
-    # Split records with delayed entry give the same partial likelihood as the unsplit data.
     model = CoxPHFitter()
     model.fit(
-        long[["start", "stop", "event_tv", *tv_cols, *strata]],
+        long[["stop", "event_tv", *tv_cols, *strata, "period_after_cut"]],
         duration_col="stop",
         event_col="event_tv",
-        entry_col="start",
-        strata=strata or None,
+        strata=[*strata, "period_after_cut"],
     )
     return model, remedies

@@ -33,14 +33,8 @@ class CohortResult:
     quality: pd.DataFrame
 
 
-def _window_bounds(window: tuple[int | None, int | None]) -> tuple[int, int]:
-    start, end = window
-    return (-queries.UNBOUNDED_DAYS if start is None else start,
-            queries.UNBOUNDED_DAYS if end is None else end)
-
-
 def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> None:
-    """Create the small tables the queries join: concept sets, numeric and coded rules.
+    """Create the definition's rule tables and expand them to concept ids (setup queries).
 
     Also checks every concept id of the definition (sets, units, values) against ``concept``.
     """
@@ -48,35 +42,14 @@ def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> Non
     extra |= {f"values of {c.name}": [v for ids in c.levels.values() for v in ids] + c.reference
               for c in d.categorical}
     omop.check_concepts(con, d.concept_sets | {k: v for k, v in extra.items() if v})
-    con.execute("CREATE OR REPLACE TEMP TABLE definition_concepts "
-                "(codeset_name VARCHAR, concept_id BIGINT)")
-    con.executemany("INSERT INTO definition_concepts VALUES (?, ?)",
-                    [(n, c) for n, ids in d.concept_sets.items() for c in ids])
-    con.execute(f"CREATE OR REPLACE TEMP TABLE codesets AS "
-                f"{queries.codesets_query(d.include_descendants)}")
-    con.execute("CREATE OR REPLACE TEMP TABLE numeric_rules (column_name VARCHAR, table_name "
-                "VARCHAR, concept_id BIGINT, unit_concept_id BIGINT, factor DOUBLE, "
-                "plausible_low DOUBLE, plausible_high DOUBLE, window_start INTEGER, "
-                "window_end INTEGER)")
-    for c in d.numeric:
-        ids = [r[0] for r in con.execute("SELECT concept_id FROM codesets WHERE codeset_name "
-                                         "= ?", [c.concept_set]).fetchall()]
-        start, end = _window_bounds(c.window)
-        con.executemany("INSERT INTO numeric_rules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(c.column, c.table, cid, unit, factor, *c.plausible, start, end)
-                         for cid in ids for unit, factor in c.units.items()])
-    con.execute("CREATE OR REPLACE TEMP TABLE categorical_rules (covariate VARCHAR, table_name "
-                "VARCHAR, concept_id BIGINT, value_concept_id BIGINT, level_column VARCHAR, "
-                "window_start INTEGER, window_end INTEGER)")
-    for c in d.categorical:
-        ids = [r[0] for r in con.execute("SELECT concept_id FROM codesets WHERE codeset_name "
-                                         "= ?", [c.concept_set]).fetchall()]
-        start, end = _window_bounds(c.window)
-        values = [(v, lvl) for lvl, vs in c.levels.items() for v in vs]
-        values += [(v, None) for v in c.reference]
-        con.executemany("INSERT INTO categorical_rules VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(c.name, c.table, cid, v, lvl, start, end)
-                         for cid in ids for v, lvl in values])
+    for name, (columns, rows) in queries.rule_tables(d).items():
+        cols = ", ".join(f"{c} {t}" for c, t in columns)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({cols})")
+        if rows:
+            marks = ", ".join("?" for _ in columns)
+            con.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+    for name, sql in queries.setup_queries(d).items():
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
 
 
 def attrition_labels(d: CohortDefinition) -> dict[str, str]:
@@ -103,18 +76,16 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
         Raises :class:`CohortError` on bad input, or when a criterion leaves nobody.
     """
     con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads)
+    step = "loading the definition's concept sets"
     try:
         load_rule_tables(con, d)
+        step = "the data-quality checks"
         qc = quality.run_quality(con, d) if check_quality else pd.DataFrame()
         labels = attrition_labels(d)
         rows = []
         for name, sql in queries.cohort_queries(d).items():
-            if name == "codesets":
-                continue
-            try:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-            except duckdb.Error as err:
-                raise CohortError(f"cohort query {name!r} failed: {err}") from err
+            step = f"cohort query {name!r}"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
             if name in labels:
                 n = con.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
                 previous = rows[-1]["remaining"] if rows else n
@@ -123,6 +94,9 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
                     raise CohortError(f"cohort: no person left after criterion "
                                       f"{labels[name]!r} (step {name!r}); expected >= 1")
         frame = con.execute("SELECT * FROM cohort").df()
+    except duckdb.Error as err:
+        # e.g. a CSV value that does not convert to the column's OMOP type
+        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: {err}") from err
     finally:
         con.close()
     cohort = contract.coerce(frame)

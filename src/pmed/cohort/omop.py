@@ -121,11 +121,11 @@ def connect(folder: Path, memory_limit: str = "3GB", threads: int = 2) -> duckdb
 def check_concepts(con: duckdb.DuckDBPyConnection, concept_sets: dict[str, list[int]]) -> None:
     """CohortError naming the set and ids if any concept id of the definition is not in concept."""
     rows = [(name, cid) for name, ids in concept_sets.items() for cid in ids]
-    con.execute("CREATE OR REPLACE TEMP TABLE definition_concepts "
+    con.execute("CREATE OR REPLACE TEMP TABLE checked_concepts "
                 "(codeset_name VARCHAR, concept_id BIGINT)")
-    con.executemany("INSERT INTO definition_concepts VALUES (?, ?)", rows)
+    con.executemany("INSERT INTO checked_concepts VALUES (?, ?)", rows)
     missing = con.execute(
-        "SELECT codeset_name, concept_id FROM definition_concepts d "
+        "SELECT codeset_name, concept_id FROM checked_concepts d "
         "WHERE NOT EXISTS (SELECT 1 FROM concept c WHERE c.concept_id = d.concept_id) "
         "ORDER BY codeset_name, concept_id"
     ).fetchall()

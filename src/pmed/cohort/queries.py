@@ -1,10 +1,12 @@
-"""The cohort definition as SQL: portable SELECT statements run in order as temp tables.
+"""The cohort definition as SQL: portable statements run in order as temp tables.
 
 Every query is written in DuckDB's dialect using only constructs that sqlglot transpiles to
 PostgreSQL and Spark SQL (:func:`transpile`; tested for every query), and reads OMOP CDM
-v5.4 tables by their standard names plus four small rule tables the engine loads from the
-definition (``codesets``, ``definition_concepts``, ``numeric_rules``, ``categorical_rules``).
-Day offsets are ``DATE_DIFF('day', index_date, event_date)``: negative before index.
+v5.4 tables by their standard names plus three small rule tables holding the definition as
+data (:func:`rule_tables`: ``definition_concepts``, ``numeric_rule_spec``,
+``categorical_rule_spec``). :func:`render_script` writes the whole extraction as one SQL
+script for another engine. Day offsets are ``DATE_DIFF('day', index_date, event_date)``:
+negative before index.
 """
 
 from __future__ import annotations
@@ -66,6 +68,95 @@ def codesets_query(include_descendants: bool) -> str:
             "ON ca.ancestor_concept_id = d.concept_id")
 
 
+def _window_bounds(window: tuple[int | None, int | None]) -> tuple[int, int]:
+    start, end = window
+    return (-UNBOUNDED_DAYS if start is None else start,
+            UNBOUNDED_DAYS if end is None else end)
+
+
+def rule_tables(d: CohortDefinition) -> dict[str, tuple[list[tuple[str, str]], list[tuple]]]:
+    """The definition as three small tables: {name: ([(column, SQL type)], rows)}.
+
+    ``definition_concepts`` (codeset_name, concept_id): the concept sets' own ids;
+    ``numeric_rule_spec``: one row per numeric covariate and unit (factor to the contract
+    unit, plausible range, window in days with open ends as +-UNBOUNDED_DAYS);
+    ``categorical_rule_spec``: one row per coded covariate and value concept (its indicator
+    column, NULL for reference values).
+    """
+    numeric = []
+    for c in d.numeric:
+        start, end = _window_bounds(c.window)
+        numeric += [(c.column, c.table, c.concept_set, unit, factor, *c.plausible, start, end)
+                    for unit, factor in c.units.items()]
+    categorical = []
+    for c in d.categorical:
+        start, end = _window_bounds(c.window)
+        values = [(v, lvl) for lvl, vs in c.levels.items() for v in vs]
+        values += [(v, None) for v in c.reference]
+        categorical += [(c.name, c.table, c.concept_set, v, lvl, start, end) for v, lvl in values]
+    return {
+        "definition_concepts": ([("codeset_name", "VARCHAR"), ("concept_id", "BIGINT")],
+                                [(n, c) for n, ids in d.concept_sets.items() for c in ids]),
+        "numeric_rule_spec": ([("column_name", "VARCHAR"), ("table_name", "VARCHAR"),
+                               ("codeset_name", "VARCHAR"), ("unit_concept_id", "BIGINT"),
+                               ("factor", "DOUBLE"), ("plausible_low", "DOUBLE"),
+                               ("plausible_high", "DOUBLE"), ("window_start", "INTEGER"),
+                               ("window_end", "INTEGER")], numeric),
+        "categorical_rule_spec": ([("covariate", "VARCHAR"), ("table_name", "VARCHAR"),
+                                   ("codeset_name", "VARCHAR"), ("value_concept_id", "BIGINT"),
+                                   ("level_column", "VARCHAR"), ("window_start", "INTEGER"),
+                                   ("window_end", "INTEGER")], categorical),
+    }
+
+
+def setup_queries(d: CohortDefinition) -> dict[str, str]:
+    """Ordered {temp table: SELECT} expanding the rule tables to concept ids.
+
+    ``codesets`` (codeset_name, concept_id) with descendants; ``numeric_rules`` and
+    ``categorical_rules``: the rule specs joined to their concept sets' ids.
+    """
+    return {
+        "codesets": codesets_query(d.include_descendants),
+        "numeric_rules": (
+            "SELECT s.column_name, s.table_name, cs.concept_id, s.unit_concept_id, s.factor, "
+            "s.plausible_low, s.plausible_high, s.window_start, s.window_end FROM "
+            "numeric_rule_spec AS s JOIN codesets AS cs ON cs.codeset_name = s.codeset_name"
+        ),
+        "categorical_rules": (
+            "SELECT s.covariate, s.table_name, cs.concept_id, s.value_concept_id, "
+            "s.level_column, s.window_start, s.window_end FROM categorical_rule_spec AS s "
+            "JOIN codesets AS cs ON cs.codeset_name = s.codeset_name"
+        ),
+    }
+
+
+def _literal(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)
+
+
+def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
+    """The whole extraction as one SQL script for ``dialect`` (statements end with ``;``).
+
+    Creates and fills the rule tables, then one temporary table per step; the cohort is
+    ``SELECT * FROM cohort`` at the end. The OMOP tables must exist under their CDM names.
+    """
+    statements = []
+    for name, (columns, rows) in rule_tables(d).items():
+        cols = ", ".join(f"{c} {t}" for c, t in columns)
+        statements.append(f"CREATE TABLE {name} ({cols})")
+        if rows:
+            values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
+            statements.append(f"INSERT INTO {name} VALUES {values}")
+    for name, sql in {**setup_queries(d), **cohort_queries(d)}.items():
+        statements.append(f"CREATE TEMPORARY TABLE {name} AS {sql}")
+    statements.append("SELECT * FROM cohort")
+    return ";\n\n".join(transpile(s, dialect) for s in statements) + ";\n"
+
+
 def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     """Ordered {temp table name: SELECT} building the cohort and its attrition.
 
@@ -82,7 +173,6 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     groups = list(d.exposure_groups.items())
     exposure_sets = [s for _, s in groups]
     q: dict[str, str] = {}
-    q["codesets"] = codesets_query(d.include_descendants)
     q["qualifying_dx"] = (
         "SELECT person_id, MIN(CAST(condition_start_date AS DATE)) AS index_date "
         "FROM condition_occurrence WHERE "
@@ -193,6 +283,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     Numeric values: records of the covariate's set in its window whose unit has a factor
     and whose converted value is plausible; the last one wins (latest date, then the
     highest record id). Coded values: likewise, among records with a known value concept.
+    An exact duplicate record carries the same value, so duplicates cannot change the result.
     """
     q: dict[str, str] = {}
     flags = []
@@ -211,7 +302,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
             continue
         offset = _days("b.index_date", f"t.{table}_date")
         parts.append(
-            f"SELECT DISTINCT t.person_id, r.column_name, CAST(t.{table}_date AS DATE) AS "
+            f"SELECT t.person_id, r.column_name, CAST(t.{table}_date AS DATE) AS "
             f"value_date, t.{table}_id AS record_id, t.value_as_number * r.factor AS value "
             f"FROM {table} AS t JOIN base_cohort AS b ON b.person_id = t.person_id "
             f"JOIN numeric_rules AS r ON r.table_name = '{table}' AND r.concept_id = "
@@ -232,7 +323,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
             continue
         offset = _days("b.index_date", f"t.{table}_date")
         parts.append(
-            f"SELECT DISTINCT t.person_id, r.covariate, CAST(t.{table}_date AS DATE) AS "
+            f"SELECT t.person_id, r.covariate, CAST(t.{table}_date AS DATE) AS "
             f"value_date, t.{table}_id AS record_id, r.level_column "
             f"FROM {table} AS t JOIN base_cohort AS b ON b.person_id = t.person_id "
             f"JOIN categorical_rules AS r ON r.table_name = '{table}' AND r.concept_id = "

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -170,6 +171,8 @@ def pyradiomics_settings(settings: Mapping) -> dict:
 
     Keys read: ``resampled_spacing_mm`` ([x, y, z] or null), ``interpolator``,
     ``resegment_range_hu`` ([low, high] or null), ``bin_width`` (grey levels; HU for CT).
+    Resampling is done by :func:`resample_to_grid` before pyradiomics (whose own grid
+    depends on where the image starts), so no ``resampledPixelSpacing`` is passed.
     """
     for key in ("resampled_spacing_mm", "interpolator", "resegment_range_hu", "bin_width"):
         if key not in settings:
@@ -183,16 +186,23 @@ def pyradiomics_settings(settings: Mapping) -> dict:
         "label": 1,
         "additionalInfo": False,  # diagnostics (image hashes etc.) take longer than features
     }
-    if settings["resampled_spacing_mm"] is not None:
-        out["resampledPixelSpacing"] = [float(s) for s in settings["resampled_spacing_mm"]]
     if settings["resegment_range_hu"] is not None:
         low, high = (float(v) for v in settings["resegment_range_hu"])
         out["resegmentRange"] = [low, high]
     return out
 
 
-def make_extractor(settings: Mapping) -> featureextractor.RadiomicsFeatureExtractor:
-    """A pyradiomics extractor with the feature classes and image types of ``settings``.
+@dataclass
+class Extractor:
+    """A configured pyradiomics extractor plus the resampling done before it."""
+
+    pyradiomics: featureextractor.RadiomicsFeatureExtractor
+    spacing_mm: tuple[float, float, float] | None  # isotropic target (x, y, z); None = keep
+    interpolator: int  # SimpleITK interpolator for the image (the mask uses nearest neighbour)
+
+
+def make_extractor(settings: Mapping) -> Extractor:
+    """An :class:`Extractor` with the feature classes and image types of ``settings``.
 
     ``settings['feature_classes']`` lists pyradiomics classes (default features of each);
     ``settings['image_types']`` maps pyradiomics image types to their options,
@@ -209,22 +219,29 @@ def make_extractor(settings: Mapping) -> featureextractor.RadiomicsFeatureExtrac
     extractor.disableAllImageTypes()
     for image_type, options in settings["image_types"].items():
         extractor.enableImageTypeByName(image_type, customArgs=dict(options or {}))
-    return extractor
+    spacing = settings["resampled_spacing_mm"]
+    return Extractor(
+        extractor,
+        None if spacing is None else tuple(float(v) for v in spacing),
+        getattr(sitk, settings["interpolator"]),
+    )
 
 
-def extract_features(
-    extractor: featureextractor.RadiomicsFeatureExtractor, image: sitk.Image, mask: sitk.Image
-) -> dict[str, float]:
+def extract_features(extractor: Extractor, image: sitk.Image, mask: sitk.Image) -> dict[str, float]:
     """IBSI-corrected features of one image and mask, keyed ``<image>_<class>_<feature>``.
 
-    ``image`` in HU, ``mask`` binary (1 = tumour) with the image geometry. Kurtosis is
-    returned as excess kurtosis (``..._firstorder_ExcessKurtosis``), PCA axis lengths with
-    the N - 1 covariance (module docstring).
+    ``image`` in HU, ``mask`` binary (1 = tumour) with the image geometry. The pair is
+    cropped around the mask and, if configured, resampled (:func:`resample_to_grid`).
+    Kurtosis is returned as excess kurtosis (``..._firstorder_ExcessKurtosis``), PCA axis
+    lengths with the N - 1 covariance (module docstring).
     """
+    anchor = image.GetOrigin()
     image, mask = crop_to_mask(image, mask, CROP_MARGIN_VOXELS)
-    result = extractor.execute(image, mask, label=1)
-    spacing = extractor.settings.get("resampledPixelSpacing") or image.GetSpacing()
-    n_voxels = _shape_voxel_count(result, spacing)
+    if extractor.spacing_mm is not None:
+        image, mask = resample_to_grid(image, mask, extractor.spacing_mm,
+                                       extractor.interpolator, anchor)
+    result = extractor.pyradiomics.execute(image, mask, label=1)
+    n_voxels = _shape_voxel_count(result, image.GetSpacing())
     features: dict[str, float] = {}
     for key, value in result.items():
         if key.startswith("diagnostics_"):
@@ -239,6 +256,34 @@ def extract_features(
     return features
 
 
+def resample_to_grid(
+    image: sitk.Image, mask: sitk.Image, spacing_mm, interpolator: int, anchor_mm,
+) -> tuple[sitk.Image, sitk.Image]:
+    """Image and mask resampled to ``spacing_mm`` on a grid anchored at ``anchor_mm``.
+
+    The new voxel centres are ``anchor + direction @ (k * spacing)`` for integer k (the
+    anchor is the uncropped image's origin), covering the physical extent of ``image``;
+    so a crop never shifts the grid and features do not depend on it. Image: the given
+    interpolator; mask: nearest neighbour (as pyradiomics does).
+    """
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    old = np.array(image.GetSpacing())
+    new = np.array(spacing_mm, dtype=float)
+    start = direction.T @ (np.array(image.GetOrigin()) - np.array(anchor_mm))
+    low = start - 0.5 * old  # outer voxel edges along the image axes, mm from the anchor
+    high = start + (np.array(image.GetSize()) - 0.5) * old
+    k_low = np.ceil(low / new - 1e-6)
+    k_high = np.floor(high / new + 1e-6)
+    reference = sitk.Image([int(n) for n in k_high - k_low + 1], sitk.sitkUInt8)
+    reference.SetSpacing(tuple(new))
+    reference.SetDirection(image.GetDirection())
+    reference.SetOrigin(tuple(np.array(anchor_mm) + direction @ (k_low * new)))
+    identity = sitk.Transform()
+    resampled = sitk.Resample(image, reference, identity, interpolator, -1024.0, sitk.sitkFloat32)
+    resampled_mask = sitk.Resample(mask, reference, identity, sitk.sitkNearestNeighbor, 0)
+    return resampled, resampled_mask
+
+
 def _shape_voxel_count(result: Mapping, spacing) -> float:
     """Voxels of the mask the shape class used: VoxelVolume / voxel volume (pyradiomics
     VoxelVolume is exactly N times the voxel volume, after any resampling)."""
@@ -251,8 +296,7 @@ def _shape_voxel_count(result: Mapping, spacing) -> float:
 def crop_to_mask(image: sitk.Image, mask: sitk.Image, margin: int) -> tuple[sitk.Image, sitk.Image]:
     """Image and mask cropped to the mask's bounding box plus ``margin`` voxels per side.
 
-    Features are unchanged (pyradiomics crops likewise after resampling) while resampling
-    works on far fewer voxels.
+    pyradiomics crops likewise; cropping first lets resampling work on far fewer voxels.
     """
     array = sitk.GetArrayViewFromImage(mask)
     nonzero = np.nonzero(array)
