@@ -460,3 +460,12 @@ def test_unit_keys_given_as_strings_are_ids():
     alb["units"] = {"g/L": 0.1}
     with pytest.raises(CohortError, match=r"albumin_g_dl.units must be an integer, got 'g/L'"):
         parse_definition(spec)
+
+
+def test_cli_prints_the_script_for_params_yaml(capsys):
+    from pmed.cohort.__main__ import main
+
+    main(["--sql", "postgres"])
+    out = capsys.readouterr().out
+    assert out.startswith("CREATE TABLE definition_concepts") and "MAKE_DATE(" in out
+    assert out.rstrip().endswith("SELECT * FROM cohort;")

@@ -3,7 +3,9 @@
 It lists, for the run it describes: each notebook stage's HTML report, the stage metrics
 (reports/metrics/*.json, flattened), the params.yaml used, the data version (the md5 that
 data.dvc records for data/raw) and the versions of the key packages. Aggregates only: the
-metrics files are already small-cell suppressed by the stages.
+metrics files are already small-cell suppressed by the stages. Before writing, it audits
+every report, metrics and plot file for the raw extract's direct identifiers (MRNs, DICOM
+patient names/IDs, study/series UIDs) and fails the stage if it finds any.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pmed import config, runner
+from pmed import config, privacy, runner
 
 KEY_PACKAGES = ["pmed", "pandas", "numpy", "duckdb", "lifelines", "statsmodels",
                 "scikit-learn", "scikit-survival", "pyradiomics-bhklab", "pydicom",
@@ -92,7 +94,23 @@ def build_index() -> str:
            f"{style}</head><body>{''.join(parts)}</body></html>\n"
 
 
+def audit_reports() -> None:
+    """Stop with an error if any report, metrics or plot file holds a raw-data identifier.
+
+    The error names the files and how many identifiers each holds, never the identifiers.
+    """
+    files = [*config.path("reports").glob("*.html"), *config.path("metrics").glob("*.json"),
+             *config.path("plots").glob("*.csv")]
+    leaks = privacy.find_leaks(files, privacy.raw_identifiers(config.path("omop"),
+                                                             config.path("raw")))
+    if leaks:
+        where = "; ".join(f"{Path(f).name}: {len(ids)}" for f, ids in sorted(leaks.items()))
+        raise SystemExit(f"privacy audit failed, raw-data identifiers found in: {where}")
+    print(f"[pmed] report: privacy audit passed on {len(files)} report files")
+
+
 def main() -> int:
+    audit_reports()
     out = config.path("reports") / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_index(), encoding="utf-8")

@@ -1,0 +1,51 @@
+"""Small-cell suppression and the identifier audit of report files."""
+
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+
+from pmed import privacy
+
+
+def test_format_count_suppresses_only_small_positive_counts():
+    assert [privacy.format_count(n, 11) for n in [0, 1, 10, 11, 250]] == [
+        "0", "<11", "<11", "11", "250"]
+    assert privacy.format_count(float("nan"), 11) == ""
+
+
+def test_suppress_counts_integer_columns_by_default():
+    df = pd.DataFrame({"group": ["a", "b"], "n": [5, 40], "pct": [0.1, 0.9]})
+    out = privacy.suppress_counts(df, 11)
+    assert out["n"].tolist() == ["<11", "40"] and out["pct"].tolist() == [0.1, 0.9]
+
+
+def test_mask_small_for_figures():
+    np.testing.assert_array_equal(privacy.mask_small([0, 3, 12], 11), [0, np.nan, 12])
+
+
+def _write_dicom(path, name, mrn):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[name])
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName, ds.PatientID = name, mrn
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_audit_finds_planted_identifiers(tmp_path):
+    omop, raw = tmp_path / "raw" / "omop", tmp_path / "raw"
+    omop.mkdir(parents=True)
+    (raw / "imaging" / "s1").mkdir(parents=True)
+    pd.DataFrame({"person_id": [1], "person_source_value": ["MRN0001"]}).to_parquet(
+        omop / "person.parquet")
+    pd.DataFrame({"image_study_uid": ["1.2.3.4"], "image_series_uid": ["1.2.3.5"],
+                  "local_path": ["imaging/s1"]}).to_csv(omop / "image_occurrence.csv", index=False)
+    _write_dicom(raw / "imaging" / "s1" / "0001.dcm", "DOE^JANE", "PID777")
+    ids = privacy.raw_identifiers(omop, raw)
+    assert {"MRN0001", "1.2.3.4", "1.2.3.5", "DOE^JANE", "PID777"} <= ids
+    clean, leaky = tmp_path / "clean.html", tmp_path / "leaky.html"
+    clean.write_text("<p>n = 42, HR 0.71 (0.65-0.78), MRN00012</p>")
+    leaky.write_text("<td>DOE^JANE</td><td>x</td>")
+    assert privacy.find_leaks([clean, leaky], ids) == {str(leaky): ["DOE^JANE"]}
