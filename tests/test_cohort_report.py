@@ -64,12 +64,16 @@ def test_suppress_cell(cell, expected):
 def test_flow_diagram_suppresses_small_counts():
     attrition = pd.DataFrame({"criterion": ["Dx", "Adult", "Treated"],
                               "remaining": [500, 495, 300], "excluded": [0, 5, 195]})
-    fig = flow_diagram(attrition, {"immunotherapy": 293, "chemotherapy": 7}, min_cell=11)
+    fig = flow_diagram(attrition, {"immunotherapy": 293, "chemotherapy": 7}, min_cell=11,
+                       reasons=["under 18", "untreated"])
     texts = " | ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "Excluded: under 18\nn = <11" in texts and "Excluded: untreated\nn = 195" in texts
     assert "n = 500" in texts and "n = 195" in texts and "n = 293" in texts
     assert texts.count("n = <11") == 2 and "n = 5\n" not in texts and "n = 7" not in texts
     with pytest.raises(KeyError, match="excluded"):
         flow_diagram(attrition.drop(columns="excluded"), {}, 11)
+    with pytest.raises(ValueError, match="1 reasons for 2 steps"):
+        flow_diagram(attrition, {}, 11, reasons=["x"])
 
 
 def test_median_followup_reverse_km_by_hand():

@@ -39,7 +39,7 @@ def test_km_plot_suppresses_small_numbers_at_risk():
 def test_other_figures_build():
     tab = pd.DataFrame({"term": ["a", "b"], "hr": [1.5, 0.7], "hr_ci_low": [1.1, 0.5], "hr_ci_high": [2.0, 0.9]})
     fig = plots.forest_plot(tab)
-    assert "1.50 (1.10-2.00)" in _texts(fig)
+    assert "1.5 (1.1-2)" in _texts(fig)
     plt.close(fig)
     p = np.linspace(0.05, 0.9, 100)
     y = (np.arange(100) % 3 == 0).astype(float)

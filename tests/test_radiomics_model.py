@@ -345,3 +345,20 @@ def test_join_baseline_features_keeps_radiomics_of_baseline_scans():
     assert "diagnostics_Versions_PyRadiomics" not in out
     with pytest.raises(KeyError, match="timepoint"):
         rm.join_baseline_features(cohort, features.drop(columns="timepoint"))
+
+
+def test_preprocessor_clusters_do_not_chain():
+    """A ~ B and B ~ C above the threshold but A, C only r ~ 0.8: complete linkage keeps two
+    representatives (single linkage would chain all three into one cluster)."""
+    rng = np.random.default_rng(SEED)
+    n = 500
+    b = rng.normal(size=n)
+    e = rng.normal(0, 0.3, n)
+    a, c = b + e, b - e  # r(a, b) = r(b, c) ~ 1 / sqrt(1.09) = 0.96, r(a, c) ~ 0.91 / 1.09 = 0.83
+    X = pd.DataFrame({"original_glcm_A": a, "original_glcm_B": b, "original_glcm_C": c})
+    r = X.corr("spearman").abs()
+    assert r.loc["original_glcm_A", "original_glcm_B"] > 0.9 and r.loc["original_glcm_B", "original_glcm_C"] > 0.9
+    assert r.loc["original_glcm_A", "original_glcm_C"] < 0.9
+    pre = rm.RadiomicsPreprocessor(corr_threshold=0.9).fit(X)
+    assert len(pre.selected_features_) == 2
+    assert sorted(len(m) for m in pre.clusters_.values()) == [1, 2]

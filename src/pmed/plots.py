@@ -13,9 +13,13 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from pmed.privacy import format_count
+
+#: Candidate tick positions of ratio (HR / OR) axes on a log scale.
+_RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
@@ -49,7 +53,7 @@ def km_plot(
         raise KeyError(f"km_plot: groups {missing} have curves but no numbers-at-risk row")
     n_rows = len(curves)
     fig = plt.figure(figsize=(7.5, 5.0 + 0.28 * n_rows))
-    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.08)
+    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.22)
     ax = fig.add_subplot(grid[0])
     tab = fig.add_subplot(grid[1], sharex=ax)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -62,7 +66,8 @@ def km_plot(
         for t, n in zip(times, at_risk.loc[label], strict=True):
             tab.text(t, n_rows - 1 - i, format_count(n, min_cell), ha="center", va="center", color=colour, fontsize=8)
     ax.set_ylim(0, 1.02)
-    ax.set_xlim(0, max(times) * 1.02 if times else None)
+    if times:  # margin on the left so the first column of counts clears the group labels
+        ax.set_xlim(-0.06 * max(times), max(times) * 1.04)
     ax.set_ylabel("Survival probability")
     ax.legend(loc="upper right", frameon=False)
     ax.grid(alpha=0.3)
@@ -74,7 +79,7 @@ def km_plot(
     tab.set_yticks(range(n_rows))
     tab.set_yticklabels(list(curves)[::-1], fontsize=8)
     tab.set_xlabel(time_label)
-    tab.set_title("Number at risk", fontsize=8, loc="left")
+    tab.set_title("Number at risk", fontsize=8, loc="left", pad=3)
     for side in ("top", "right", "left"):
         tab.spines[side].set_visible(False)
     tab.tick_params(axis="y", length=0)
@@ -97,10 +102,15 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     )
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
     ax.set_xscale("log")
+    lo_all, hi_all = float(table["hr_ci_low"].min()), float(table["hr_ci_high"].max())
+    ticks = [v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1] or [1.0]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
     ax.set_yticklabels(table[label_col])
     for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy(), strict=True):
-        ax.annotate(f"{h:.2f} ({lo:.2f}-{hi:.2f})", xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.annotate(f"{h:.3g} ({lo:.3g}-{hi:.3g})", xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title)
@@ -164,6 +174,8 @@ def schoenfeld_plot(
 ):
     """Scaled Schoenfeld residuals against time: binned means +- 2 SE and a LOWESS smooth.
 
+    The residuals estimate beta(t) - beta (lifelines' scaled Schoenfeld residuals).
+
     ``residuals`` is the output of :func:`pmed.survival.scaled_schoenfeld` (one row per event
     with a ``time`` column). Per-event points are not drawn (aggregates only); a flat smooth
     around 0 supports proportional hazards for that term.
@@ -181,8 +193,11 @@ def schoenfeld_plot(
         mean = pd.Series(r).groupby(bins).mean()
         se = pd.Series(r).groupby(bins).std() / np.sqrt(pd.Series(r).groupby(bins).size())
         ax.errorbar(centre, mean, yerr=2 * se, fmt="o", ms=3, color="0.35", capsize=1.5)
-        smooth = lowess(r, t, frac=0.5, return_sorted=True)
-        ax.plot(smooth[:, 0], smooth[:, 1], color="C3", lw=1.5)
+        # it=0: a local mean (robustness iterations would discount the skewed residuals of
+        # rare binary covariates); drawn only over the span of the bin centres (aggregates).
+        smooth = lowess(r, t, frac=0.5, it=0, return_sorted=True)
+        inside = (smooth[:, 0] >= centre.min()) & (smooth[:, 0] <= centre.max())
+        ax.plot(smooth[inside, 0], smooth[inside, 1], color="C3", lw=1.5)
         ax.axhline(0, color="0.5", ls="--", lw=1)
         name = term if p_values is None else f"{term} (p = {p_values.get(term, float('nan')):.3f})"
         ax.set_title(name, fontsize=9)

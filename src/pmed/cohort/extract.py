@@ -52,11 +52,20 @@ def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> Non
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
 
 
+def _step_values(d: CohortDefinition) -> dict:
+    return {"prior_observation_days": d.prior_observation_days,
+            "min_age_years": d.min_age_years, "max_days_to_treatment": d.max_days_to_treatment}
+
+
 def attrition_labels(d: CohortDefinition) -> dict[str, str]:
     """Step table name -> criterion text, in order."""
-    values = {"prior_observation_days": d.prior_observation_days,
-              "min_age_years": d.min_age_years, "max_days_to_treatment": d.max_days_to_treatment}
-    return {step: text.format(**values) for step, text in queries.ATTRITION_STEPS.items()}
+    return {step: text.format(**_step_values(d)) for step, text in queries.ATTRITION_STEPS.items()}
+
+
+def exclusion_reasons(d: CohortDefinition) -> list[str]:
+    """Why persons fail each attrition step after the first, in order (flow diagram text)."""
+    return [queries.EXCLUSION_REASONS[step].format(**_step_values(d))
+            for step in list(queries.ATTRITION_STEPS)[1:]]
 
 
 def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB",

@@ -16,7 +16,8 @@ BOX = {"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "black", 
 SIDE = {"boxstyle": "round,pad=0.4", "facecolor": "#f2f2f2", "edgecolor": "0.4", "linewidth": 1}
 
 
-def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int) -> Figure:
+def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int,
+                 reasons: list[str] | None = None) -> Figure:
     """The flow diagram as a figure.
 
     Parameters
@@ -24,11 +25,16 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int)
     attrition : columns criterion, remaining, excluded (one row per step, in order).
     groups : {group label: persons} in the final cohort.
     min_cell : minimum cell size; smaller counts print as "<k".
+    reasons : why persons fail each step after the first (default: "not: <criterion>").
     """
     for col in ("criterion", "remaining", "excluded"):
         if col not in attrition.columns:
             raise KeyError(f"flow_diagram: attrition table needs column {col!r}")
     steps = attrition.reset_index(drop=True)
+    if reasons is None:
+        reasons = [f"not: {c[0].lower()}{c[1:]}" for c in steps["criterion"].iloc[1:]]
+    if len(reasons) != len(steps) - 1:
+        raise ValueError(f"flow_diagram: {len(reasons)} reasons for {len(steps) - 1} steps")
     n_rows = len(steps) + 1
     fig, ax = plt.subplots(figsize=(8.5, 1.05 * n_rows + 0.6))
     ax.set_xlim(0, 1)
@@ -47,7 +53,7 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int)
                 ha="center", va="center", fontsize=9, bbox=BOX)
         y_mid = (y_prev + y) / 2
         ax.plot([0.32, 0.6], [y_mid, y_mid], color="0.4", linewidth=1)
-        ax.text(0.62, y_mid, f"Excluded: {step['criterion'].lower()}\n"
+        ax.text(0.62, y_mid, f"Excluded: {reasons[i - 1]}\n"
                 f"n = {format_count(step['excluded'], min_cell)}",
                 ha="left", va="center", fontsize=8, bbox=SIDE)
     y_last, y_groups = y_of[len(steps) - 1], y_of[len(steps)]

@@ -275,6 +275,15 @@ ATTRITION_STEPS = {
     "first_line": "First-line exposure within {max_days_to_treatment} days after index",
     "alive_at_t0": "Alive at treatment start",
 }
+# Why a person fails each step (for the flow diagram's exclusion boxes); first step: none.
+EXCLUSION_REASONS = {
+    "prior_obs": "< {prior_observation_days} days of observation before index",
+    "adult": "age at index < {min_age_years:g} years",
+    "no_prior_cancer": "other cancer up to index",
+    "no_prior_treatment": "study drug before index",
+    "first_line": "no single-group first line within {max_days_to_treatment} days",
+    "alive_at_t0": "death recorded before treatment start",
+}
 
 
 def covariate_queries(d: CohortDefinition) -> dict[str, str]:
