@@ -88,7 +88,7 @@ ECOG = Concept(
     36305384, "ECOG Performance Status score", "Measurement", "LOINC", "Clinical Observation", "89247-1",
 )
 SMOKING_STATUS = Concept(
-    40766362, "Tobacco smoking status", "Observation", "LOINC", "Clinical Observation", "72166-2"
+    43054909, "Tobacco smoking status", "Observation", "LOINC", "Clinical Observation", "72166-2"
 )
 STAGE_GROUP = Concept(
     3022698, "Stage group.clinical Cancer", "Measurement", "LOINC", "Clinical Observation", "21908-9"
@@ -100,8 +100,8 @@ FORMER_SMOKER = Concept(45883458, "Former smoker", "Meas Value", "LOINC", "Answe
 CURRENT_SMOKER = Concept(45881517, "Current every day smoker", "Meas Value", "LOINC", "Answer", "LA18976-3")
 # OMOP Cancer Modifier stage groups (used as value_as_concept_id of the stage-group record);
 # their concept_code values below are illustrative (not looked up).
-STAGE_III = Concept(1633650, "AJCC/UICC Stage 3", "Measurement", "Cancer Modifier", "Staging/Grading", "Stage-3")
-STAGE_IV = Concept(1633308, "AJCC/UICC Stage 4", "Measurement", "Cancer Modifier", "Staging/Grading", "Stage-4")
+STAGE_III = Concept(1633650, "AJCC/UICC Stage 3", "Measurement", "Cancer Modifier", "Staging/Grading", "AJCC/UICC-Stage-3")
+STAGE_IV = Concept(1633308, "AJCC/UICC Stage 4", "Measurement", "Cancer Modifier", "Staging/Grading", "AJCC/UICC-Stage-4")
 
 # --- units (UCUM) ---------------------------------------------------------------------------
 UNIT_CONCEPTS = (
@@ -138,8 +138,8 @@ NO_MATCHING_CONCEPT = Concept(0, "No matching concept", "Metadata", "None", "Und
 UNVERIFIED: dict[int, str] = {
     4311999: "Squamous cell carcinoma of lung (SNOMED 254634000): id not confirmed",
     36204026: "PD-L1 22C3 tumour proportion score (LOINC 85147-7): id not confirmed",
-    1633650: "AJCC/UICC Stage 3: id confirmed, concept_code illustrative",
-    1633308: "AJCC/UICC Stage 4: id confirmed, concept_code illustrative",
+    1633650: "AJCC/UICC Stage 3: id confirmed; concept_code follows the Cancer Modifier pattern, not seen written out",
+    1633308: "AJCC/UICC Stage 4: id confirmed; concept_code follows the Cancer Modifier pattern, not seen written out",
 }
 
 # Direct "Is a" edges (descendant, ancestor) of this subset.
