@@ -193,8 +193,11 @@ def write_outputs(result: StageResult) -> dict[str, Path]:
 
 
 def stage_metrics(result: StageResult) -> dict:
-    """Numbers for ``write_metrics("imaging_features", ...)`` (aggregates only)."""
-    n_computed = result.timing["n_computed"]
+    """Numbers for ``write_metrics("imaging_features", ...)`` (aggregates only).
+
+    Only results: cache hits and timings vary between runs of the same data and params, so
+    they are printed by the notebook (and measured by benchmarks/bench_imaging.py) instead.
+    """
     metrics = {
         "n_scans_selected": len(result.scans),
         "n_images": len(result.measured),
@@ -204,8 +207,6 @@ def stage_metrics(result: StageResult) -> dict:
         "n_stable": int(result.catalog["stable"].sum()),
         "n_stability_images": int(result.stability["n_images"].max()) if len(result.stability) else 0,
         "n_followup_pairs": len(result.response),
-        "n_images_computed": n_computed,
-        "seconds_per_image": result.timing["seconds"] / n_computed if n_computed else None,
     }
     for row in result.truth.itertuples():
         metrics[f"truth_spearman_{row.trait}"] = {
