@@ -1,0 +1,367 @@
+"""Cross-validated risk prediction of death by a horizon (stage 03_outcomes).
+
+Three models predict the risk of death by ``horizon`` days after t0:
+
+* ``"cox"``: penalised Cox model (:func:`pmed.survival.fit_cox`) on the full follow-up of
+  everyone; risk = 1 - S(horizon | x).
+* ``"logistic"``: logistic regression (statsmodels GLM) of the binary horizon outcome with
+  inverse probability of censoring weights (IPCW, :func:`pmed.metrics.horizon_outcome`) as
+  variance weights; people censored before the horizon (unknown status) are left out.
+* ``"gbm"``: scikit-learn ``GradientBoostingClassifier`` on the same rows with the IPCW
+  weights as sample weights (main-effect features only: trees find interactions themselves).
+
+:func:`cross_validated_predictions` returns out-of-fold predictions (each person's risk comes
+from models fitted without that person's fold) and the held-out permutation importance of
+the gradient boosting model; :func:`out_of_fold_metrics` evaluates them with
+:func:`pmed.metrics.risk_metrics` and percentile bootstrap CIs (:func:`pmed.metrics.bootstrap`,
+models not refitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.inspection import permutation_importance
+from sklearn.model_selection import KFold
+
+from pmed import metrics
+from pmed import survival as sv
+
+__all__ = [
+    "MODELS",
+    "METRIC_ORDER",
+    "ModelSettings",
+    "CVPredictions",
+    "fold_splits",
+    "fit_weighted_logistic",
+    "predict_logistic",
+    "odds_ratio_table",
+    "fit_gbm",
+    "cross_validated_predictions",
+    "out_of_fold_metrics",
+    "metric_table",
+    "metrics_by_model",
+    "importance_table",
+    "high_risk_groups",
+]
+
+MODELS = ("cox", "logistic", "gbm")
+"""Keys of the three models, in the order they are fitted and reported."""
+
+METRIC_ORDER = (
+    "harrell_c", "uno_c", "td_auc", "auroc", "auprc", "brier", "ibs", "calibration_slope",
+    "calibration_intercept", "oe_ratio", "net_benefit", "sensitivity", "ppv",
+)
+"""Row order of :func:`metric_table` (names of :func:`pmed.metrics.risk_metrics`)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Predictors and hyper-parameters of the three models.
+
+    Attributes
+    ----------
+    features : tuple of str
+        Main-effect columns (all models; the only inputs of gradient boosting).
+    interactions : tuple of str
+        Product terms ``"a:b"`` added to the Cox and logistic models
+        (:func:`pmed.survival.add_interactions`).
+    cox_penalizer, cox_l1_ratio : float
+        lifelines ``penalizer`` and elastic-net mix (0 = ridge, 1 = lasso) of the Cox model.
+    gb_n_estimators, gb_max_depth : int
+        Boosting rounds and depth of each tree.
+    gb_learning_rate : float
+        Shrinkage of gradient boosting.
+    permutation_repeats : int
+        Shuffles per feature for permutation importance.
+    """
+
+    features: tuple[str, ...]
+    interactions: tuple[str, ...] = ()
+    cox_penalizer: float = 0.0
+    cox_l1_ratio: float = 0.0
+    gb_n_estimators: int = 100
+    gb_max_depth: int = 2
+    gb_learning_rate: float = 0.05
+    permutation_repeats: int = 3
+
+    @property
+    def terms(self) -> list[str]:
+        """Columns of the Cox and logistic models: features then interactions."""
+        return [*self.features, *self.interactions]
+
+    @classmethod
+    def from_params(cls, outcomes: Mapping) -> ModelSettings:
+        """Settings from the ``outcomes`` section of params.yaml (``covariates`` etc.)."""
+        return cls(
+            features=tuple(outcomes["covariates"]),
+            interactions=tuple(outcomes["interactions"]),
+            cox_penalizer=float(outcomes["cox_penalizer"]),
+            cox_l1_ratio=float(outcomes["cox_l1_ratio"]),
+            gb_n_estimators=int(outcomes["gb_n_estimators"]),
+            gb_max_depth=int(outcomes["gb_max_depth"]),
+            gb_learning_rate=float(outcomes["gb_learning_rate"]),
+            permutation_repeats=int(outcomes["permutation_repeats"]),
+        )
+
+
+@dataclass
+class CVPredictions:
+    """Out-of-fold predictions of :func:`cross_validated_predictions` for n people.
+
+    Attributes
+    ----------
+    risk : dict of str to array, shape (n,)
+        Predicted probability of death by the horizon per model key (:data:`MODELS`).
+    cox_survival : array, shape (n, k)
+        Penalised-Cox S(t | x) at the k ``times`` (last = horizon).
+    importances : array, shape (n_folds, n_features)
+        Mean decrease in held-out weighted AUROC of gradient boosting per shuffled feature.
+    fold : array of int, shape (n,)
+        Fold (0 .. n_folds - 1) in which each person was held out.
+    """
+
+    risk: dict[str, np.ndarray]
+    cox_survival: np.ndarray
+    importances: np.ndarray
+    fold: np.ndarray
+
+
+def fold_splits(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled k-fold (train, test) row positions of n rows (scikit-learn ``KFold``).
+
+    Every row is in exactly one test fold; test folds differ in size by at most one.
+    """
+    if n_folds < 2 or n_folds > n:
+        raise ValueError(f"fold_splits: need 2 <= n_folds <= n (n = {n}), got n_folds = {n_folds}")
+    return list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros((n, 1))))
+
+
+def _design(X: pd.DataFrame) -> pd.DataFrame:
+    return sm.add_constant(X.astype(float), has_constant="add")
+
+
+def fit_weighted_logistic(X: pd.DataFrame, y, weights, cov_type: str = "nonrobust"):
+    """Logistic regression of ``y`` on ``X`` plus an intercept, with case weights.
+
+    Parameters
+    ----------
+    X : DataFrame, shape (n, p)
+        Predictors (no missing values); their names label the coefficients.
+    y : array, shape (n,)
+        Outcome 0/1 (no NaN: drop people with unknown status first).
+    weights : array, shape (n,)
+        Case weights (e.g. IPCW), passed as statsmodels ``var_weights``.
+    cov_type : str
+        statsmodels covariance type, e.g. ``"HC0"`` for robust (sandwich) standard errors.
+
+    Returns
+    -------
+    statsmodels GLMResults with parameters ``const`` and the columns of ``X`` (log odds).
+    """
+    y = np.asarray(y, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    if np.isnan(y).any():
+        raise ValueError("fit_weighted_logistic: y has NaN (unknown outcome); drop those rows")
+    if y.shape != weights.shape or len(y) != len(X):
+        raise ValueError(f"fit_weighted_logistic: X has {len(X)} rows, y {y.shape}, weights {weights.shape}")
+    return sm.GLM(y, _design(X), family=sm.families.Binomial(), var_weights=weights).fit(cov_type=cov_type)
+
+
+def predict_logistic(fit, X: pd.DataFrame) -> np.ndarray:
+    """Predicted probabilities, shape (n,), of a :func:`fit_weighted_logistic` model."""
+    return np.asarray(fit.predict(_design(X)), dtype=float)
+
+
+def odds_ratio_table(fit, terms: Sequence[str]) -> pd.DataFrame:
+    """Odds ratio per unit of each term with its Wald CI (of the fit's ``cov_type``) and p-value.
+
+    Returns a DataFrame with columns ``term``, ``odds_ratio``, ``or_ci_low``, ``or_ci_high``,
+    ``p_value``, one row per term in the order given.
+    """
+    terms = list(terms)
+    ci = fit.conf_int()
+    return pd.DataFrame({
+        "term": terms,
+        "odds_ratio": np.exp(fit.params[terms]),
+        "or_ci_low": np.exp(ci.loc[terms, 0]),
+        "or_ci_high": np.exp(ci.loc[terms, 1]),
+        "p_value": fit.pvalues[terms],
+    }).reset_index(drop=True)
+
+
+def fit_gbm(X: pd.DataFrame, y, weights, settings: ModelSettings, seed: int) -> GradientBoostingClassifier:
+    """Gradient boosting classifier of ``y`` (0/1, shape (n,)) on ``X`` with case weights."""
+    gbm = GradientBoostingClassifier(
+        n_estimators=settings.gb_n_estimators, max_depth=settings.gb_max_depth,
+        learning_rate=settings.gb_learning_rate, random_state=seed,
+    )
+    return gbm.fit(X, y, sample_weight=weights)
+
+
+def cross_validated_predictions(
+    data: pd.DataFrame,
+    time_col: str,
+    event_col: str,
+    y,
+    weights,
+    times: Sequence[float],
+    settings: ModelSettings,
+    n_folds: int,
+    seed_cv: int,
+    seed_gb: int,
+) -> CVPredictions:
+    """Out-of-fold risk of death by the horizon from the three models.
+
+    For each fold of :func:`fold_splits` the models are fitted on the other folds only and
+    predict the held-out rows; permutation importance of gradient boosting (weighted AUROC,
+    ``settings.permutation_repeats`` shuffles, seed ``seed_gb``) is computed on the held-out
+    rows with known status.
+
+    Parameters
+    ----------
+    data : DataFrame, shape (n, ...)
+        One row per person, no missing predictors: ``time_col`` (days), ``event_col`` (0/1)
+        and the ``settings.terms`` columns (interaction columns already added).
+    y : array, shape (n,)
+        Death by the horizon (1), alive at it (0), NaN if censored before it.
+    weights : array, shape (n,)
+        IPCW weights of ``y`` (0 where ``y`` is NaN); see :func:`pmed.metrics.horizon_outcome`.
+    times : sequence of float, length k
+        Days at which the Cox survival is predicted; the last one is the horizon.
+    n_folds, seed_cv : int
+        Number of folds and the seed of the fold assignment.
+    seed_gb : int
+        ``random_state`` of gradient boosting and of permutation importance.
+    """
+    terms, features = settings.terms, list(settings.features)
+    sv.require_columns(data, [time_col, event_col, *terms], "cross_validated_predictions data")
+    y = np.asarray(y, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    n = len(data)
+    if y.shape != (n,) or w.shape != (n,):
+        raise ValueError(f"cross_validated_predictions: data has {n} rows, y {y.shape}, weights {w.shape}")
+    known = ~np.isnan(y)
+    X = data[terms].astype(float)
+    if X.isna().any().any():
+        raise ValueError("cross_validated_predictions: predictors have missing values (impute first)")
+    frame = data[[time_col, event_col, *terms]]
+    risk = {k: np.full(n, np.nan) for k in MODELS}
+    cox_surv = np.full((n, len(times)), np.nan)
+    fold = np.full(n, -1)
+    importances = []
+    for i, (train, test) in enumerate(fold_splits(n, n_folds, seed_cv)):
+        fold[test] = i
+        cox = sv.fit_cox(frame.iloc[train], time_col, event_col, terms,
+                         penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
+        cox_surv[test] = sv.predict_survival(cox, frame.iloc[test], times)
+        risk["cox"][test] = 1 - cox_surv[test, -1]
+        fit_rows = train[known[train]]
+        logit = fit_weighted_logistic(X.iloc[fit_rows], y[fit_rows], w[fit_rows])
+        risk["logistic"][test] = predict_logistic(logit, X.iloc[test])
+        gbm = fit_gbm(X.iloc[fit_rows][features], y[fit_rows], w[fit_rows], settings, seed_gb)
+        risk["gbm"][test] = gbm.predict_proba(X.iloc[test][features])[:, 1]
+        held = test[known[test]]
+        perm = permutation_importance(gbm, X.iloc[held][features], y[held], sample_weight=w[held],
+                                      scoring="roc_auc", n_repeats=settings.permutation_repeats,
+                                      random_state=seed_gb)
+        importances.append(perm.importances_mean)
+    return CVPredictions(risk=risk, cox_survival=cox_surv, importances=np.array(importances), fold=fold)
+
+
+def _all_metrics(idx, time, event, cv: CVPredictions, horizon, threshold, times) -> dict[str, float]:
+    out = {}
+    for k, r in cv.risk.items():
+        res = metrics.risk_metrics(time[idx], event[idx], r[idx], horizon, threshold,
+                                   survival=cv.cox_survival[idx] if k == "cox" else None, times=times)
+        out.update({f"{k}.{name}": v for name, v in res.items()})
+    return out
+
+
+def out_of_fold_metrics(
+    time,
+    event,
+    cv: CVPredictions,
+    horizon: float,
+    threshold: float,
+    times: Sequence[float],
+    n_boot: int,
+    seed: int,
+    n_jobs: int = 1,
+) -> dict[str, dict]:
+    """:func:`pmed.metrics.risk_metrics` of every model's out-of-fold risk, with bootstrap CIs.
+
+    Parameters
+    ----------
+    time, event : array, shape (n,)
+        Follow-up (days) and death indicator of the people in ``cv``.
+    horizon : float
+        Days; the risk is of death by then (``times[-1]`` must equal it).
+    threshold : float
+        Predicted risk at or above which a person is "high risk".
+    n_boot, seed, n_jobs : int
+        Bootstrap resamples of people (models not refitted), their seed, joblib processes.
+
+    Returns
+    -------
+    ``{"<model>.<metric>": {"estimate", "ci_low", "ci_high", "n_boot"}}`` (see
+    :func:`pmed.metrics.ci_table`), models in :data:`MODELS` order; ``ibs`` for Cox only.
+    """
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=int)
+    if float(times[-1]) != float(horizon):
+        raise ValueError(f"out_of_fold_metrics: times must end at the horizon ({horizon}), got {list(times)}")
+    if time.shape != cv.fold.shape:
+        raise ValueError(f"out_of_fold_metrics: {time.size} times for {cv.fold.size} predictions")
+    statistic = partial(_all_metrics, time=time, event=event, cv=cv, horizon=horizon,
+                        threshold=threshold, times=times)
+    point = statistic(np.arange(time.size))
+    reps = metrics.bootstrap(statistic, time.size, n_boot, seed, n_jobs=n_jobs)
+    return metrics.ci_table(point, reps)
+
+
+def metric_table(cis: Mapping[str, dict], labels: Mapping[str, str], digits: int = 3) -> pd.DataFrame:
+    """Wide table "estimate (ci_low-ci_high)": rows :data:`METRIC_ORDER`, columns model labels.
+
+    ``cis`` as returned by :func:`out_of_fold_metrics`; ``labels`` maps model keys to column
+    names. Metrics a model lacks (``ibs`` except Cox) are NaN.
+    """
+    rows = []
+    for name, v in cis.items():
+        model, metric = name.split(".", 1)
+        value = f"{v['estimate']:.{digits}f} ({v['ci_low']:.{digits}f}-{v['ci_high']:.{digits}f})"
+        rows.append({"model": labels[model], "metric": metric, "value": value})
+    return pd.DataFrame(rows).pivot(index="metric", columns="model", values="value").reindex(list(METRIC_ORDER))
+
+
+def metrics_by_model(cis: Mapping[str, dict]) -> dict[str, dict[str, dict]]:
+    """Regroup ``{"<model>.<metric>": ci}`` into ``{model: {metric: ci}}`` (for metrics JSON)."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, v in cis.items():
+        model, metric = name.split(".", 1)
+        out.setdefault(model, {})[metric] = v
+    return out
+
+
+def importance_table(importances, features: Sequence[str]) -> pd.DataFrame:
+    """Mean and SD across folds of the permutation importance, one row per feature.
+
+    ``importances`` has shape (n_folds, n_features) (:attr:`CVPredictions.importances`);
+    returns columns ``feature``, ``importance`` (mean decrease in AUROC), ``sd`` (population
+    SD across folds, ddof = 0).
+    """
+    imp = np.asarray(importances, dtype=float)
+    if imp.ndim != 2 or imp.shape[1] != len(features):
+        raise ValueError(f"importance_table: expected shape (n_folds, {len(features)}), got {imp.shape}")
+    return pd.DataFrame({"feature": list(features), "importance": imp.mean(axis=0), "sd": imp.std(axis=0)})
+
+
+def high_risk_groups(risk, threshold: float) -> np.ndarray:
+    """Label per person, shape (n,): "high risk" if ``risk >= threshold``, else "not high risk"."""
+    return np.where(np.asarray(risk, dtype=float) >= threshold, "high risk", "not high risk")
