@@ -33,15 +33,28 @@ def chunk_rng(seed: int, chunk: int) -> np.random.Generator:
     return np.random.default_rng([seed, STREAM, chunk])
 
 
-def latent_chunk(seed: int, demo_params: dict, size: str, chunk: int = 0) -> pd.DataFrame:
-    """Re-simulate the latent person table of one chunk exactly as :func:`generate` made it."""
+def latent_chunk(seed: int, demo_params: dict, size: str, chunk: int = 0,
+                 image_signal: bool | None = None) -> pd.DataFrame:
+    """Re-simulate the latent person table of one chunk exactly as :func:`generate` made it.
+
+    ``image_signal`` as in :func:`generate` (None: ``demo_params["image_signal"]``, default True).
+    """
     cfg = size_config(demo_params, size)
     n_total, size_chunk = int(cfg["n_persons"]), int(demo_params["chunk_size"])
     first = chunk * size_chunk
     if first >= n_total:
         raise IndexError(f"demo size {size!r} has no chunk {chunk} ({n_total} persons)")
     return model.simulate_latent(min(size_chunk, n_total - first), first + 1, chunk_rng(seed, chunk),
-                                 demo_params["rates"])
+                                 demo_params["rates"], image_signal=resolve_image_signal(demo_params, image_signal))
+
+
+def resolve_image_signal(demo_params: dict, image_signal: bool | None = None) -> bool:
+    """Whether tumour traits enter the hazard: ``image_signal`` if given, else params.yaml
+    ``demo.image_signal`` (True when the key is absent)."""
+    value = demo_params.get("image_signal", True) if image_signal is None else image_signal
+    if not isinstance(value, bool):
+        raise TypeError(f"params.yaml demo.image_signal must be true or false (got {value!r})")
+    return value
 
 
 def size_config(demo_params: dict, size: str) -> dict:
@@ -76,7 +89,8 @@ class _Writers:
             w.close()
 
 
-def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: int = 1) -> dict:
+def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: int = 1,
+             image_signal: bool | None = None) -> dict:
     """Generate the demo data set into ``out_dir`` (the ``data/raw`` folder) and return the truth.
 
     Parameters
@@ -92,8 +106,17 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
         The params.yaml ``demo`` section.
     workers : int
         Processes for the CT renderer.
+    image_signal : bool or None
+        False: the tumour traits have no effect on hazard (log-HR 0; a null data set for the
+        added value of imaging). The latent simulation draws the same random numbers, so
+        covariates, treatment, traits and baseline CTs equal the signal-on data; death times
+        and what depends on them (follow-up, records after t0, who gets a follow-up CT) differ.
+        None: params ``demo.image_signal`` (True when absent). With the signal off
+        ``ground_truth.json`` holds ``image_traits.image_signal: false`` and zero trait log-HRs
+        (the key is absent when on, so the default files are unchanged).
     """
     cfg = size_config(demo_params, size)
+    signal = resolve_image_signal(demo_params, image_signal)
     rates = demo_params["rates"]
     out_dir = Path(out_dir)
     omop_dir = out_dir / "omop"
@@ -108,7 +131,7 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
     n_total, chunk = int(cfg["n_persons"]), int(demo_params["chunk_size"])
     for k, first in enumerate(range(0, n_total, chunk)):
         rng = chunk_rng(seed, k)
-        lat = model.simulate_latent(min(chunk, n_total - first), first + 1, rng, rates)
+        lat = model.simulate_latent(min(chunk, n_total - first), first + 1, rng, rates, image_signal=signal)
         chunk_scans = _select_scans(lat, cfg, rng) if k == 0 and cfg.get("n_imaged", 0) else None
         procs = _write_chunk(lat, rng, ids, writers, rates, seed, truth, chunk_scans)
         if chunk_scans is not None:
@@ -129,7 +152,7 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
         tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers)
     writers.close()
 
-    gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows)
+    gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal)
     if tumours is not None:
         tumours.to_csv(out_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
         gt["image_traits"]["n_imaged_persons"] = int(tumours["person_id"].nunique())
@@ -406,7 +429,7 @@ class _Truth:
         if first_chunk:
             self.marginal_hr = _marginal_hr(t0, t1)
 
-    def result(self, seed, size, cfg, rates, table_rows) -> dict:
+    def result(self, seed, size, cfg, rates, table_rows, image_signal: bool = True) -> dict:
         s1 = self.s365["immunotherapy"] / self.n_eligible
         s0 = self.s365["chemotherapy"] / self.n_eligible
         denominators = {  # table, what the rate is a share of
@@ -438,6 +461,22 @@ class _Truth:
         trait_sd = {"log_tumour_volume_ml": model.TRAIT_DIST["log_tumour_volume_ml"]["sd"],
                     "heterogeneity": float(np.sqrt(2 * 3 / (5**2 * 6)))}
         eligible = np.sort(np.concatenate(self.eligible)) if self.eligible else np.array([], np.int64)
+        trait_hr = model.trait_log_hr(image_signal)
+        image_traits = {
+            "log_hr_per_unit": trait_hr,
+            "log_hr_per_sd": {k: trait_hr[k] * trait_sd[k] for k in trait_sd},
+            "sd": trait_sd,
+            "distribution": model.TRAIT_DIST,
+            "irregularity_log_hr": 0.0,
+            "note": "traits of every person enter the hazard; omitted from EHR-only Cox models. "
+                    "Baseline traits of imaged persons in ground_truth_tumours.csv",
+            "file": "ground_truth_tumours.csv",
+        }
+        if not image_signal:  # key only when off, so the default ground truth stays byte-identical
+            image_traits["image_signal"] = False
+            image_traits["note"] = ("image_signal off: no trait affects the hazard (all trait log-HRs 0); "
+                                    "traits and baseline CTs as with the signal on. Baseline traits of "
+                                    "imaged persons in ground_truth_tumours.csv")
         return {
             "seed": seed, "size": size, "n_persons": self.n_persons, "n_eligible": self.n_eligible,
             "eligible_person_ids": eligible.tolist(),
@@ -476,16 +515,7 @@ class _Truth:
                 "note": "index_year_c = calendar year of index_date minus 2019; ecog is the true value "
                         "(also when the record is missing)",
             },
-            "image_traits": {
-                "log_hr_per_unit": dict(model.TRAIT_LOG_HR),
-                "log_hr_per_sd": {k: model.TRAIT_LOG_HR[k] * trait_sd[k] for k in trait_sd},
-                "sd": trait_sd,
-                "distribution": model.TRAIT_DIST,
-                "irregularity_log_hr": 0.0,
-                "note": "traits of every person enter the hazard; omitted from EHR-only Cox models. "
-                        "Baseline traits of imaged persons in ground_truth_tumours.csv",
-                "file": "ground_truth_tumours.csv",
-            },
+            "image_traits": image_traits,
             "lab_trajectories": {
                 "primary": "ldh_u_l",
                 "slope_per_30d": {c: {k: t[k] for k in ("immunotherapy", "chemotherapy")}

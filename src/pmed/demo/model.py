@@ -103,7 +103,14 @@ DECIMALS = {
 }
 
 
-def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rates: dict) -> pd.DataFrame:
+def trait_log_hr(image_signal: bool = True) -> dict[str, float]:
+    """True log-HR per unit of each hazard-bearing tumour trait: :data:`TRAIT_LOG_HR`, or 0 for
+    every trait when ``image_signal`` is False (the images then carry no prognostic signal)."""
+    return {k: (b if image_signal else 0.0) for k, b in TRAIT_LOG_HR.items()}
+
+
+def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rates: dict,
+                    image_signal: bool = True) -> pd.DataFrame:
     """Simulate ``n`` persons' latent baseline, treatment, survival and tumour traits.
 
     Parameters
@@ -117,6 +124,9 @@ def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rate
     rates : dict
         ``ineligible`` {reason: share of persons}, ``missing`` {column: share},
         ``loss_to_follow_up`` share (see params.yaml ``demo.rates``).
+    image_signal : bool
+        False: the tumour traits get log-HR 0 (:func:`trait_log_hr`). The same random numbers
+        are drawn either way; only the death times (and what follows from them) change.
 
     Returns
     -------
@@ -205,7 +215,7 @@ def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rate
     het = rng.beta(TRAIT_DIST["heterogeneity"]["beta_a"], TRAIT_DIST["heterogeneity"]["beta_b"], n)
     irr = rng.beta(TRAIT_DIST["irregularity"]["beta_a"], TRAIT_DIST["irregularity"]["beta_b"], n)
 
-    lp_x = linear_predictor(cov, treated=np.zeros(n)) + _trait_lp(log_vol, het)
+    lp_x = linear_predictor(cov, treated=np.zeros(n)) + _trait_lp(log_vol, het, trait_log_hr(image_signal))
     lp = lp_x + treated_eff * (LOG_HR["treated"] + LOG_HR["treated:pdl1_pct"] * cov["pdl1_pct"].to_numpy())
     u_death = rng.random(n)
     t_death = weibull_time(u_death, lp)
@@ -265,8 +275,8 @@ def linear_predictor(cov: pd.DataFrame, treated: np.ndarray) -> np.ndarray:
     return lp
 
 
-def _trait_lp(log_vol: np.ndarray, het: np.ndarray) -> np.ndarray:
-    return TRAIT_LOG_HR["log_tumour_volume_ml"] * log_vol + TRAIT_LOG_HR["heterogeneity"] * het
+def _trait_lp(log_vol: np.ndarray, het: np.ndarray, log_hr: dict[str, float]) -> np.ndarray:
+    return log_hr["log_tumour_volume_ml"] * log_vol + log_hr["heterogeneity"] * het
 
 
 def weibull_time(u: np.ndarray, lp: np.ndarray) -> np.ndarray:
