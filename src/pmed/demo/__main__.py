@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="master seed (default: common.seed)")
     parser.add_argument("--workers", type=int, default=demo["imaging_workers"],
                         help="processes rendering CTs (default: demo.imaging_workers)")
-    parser.add_argument("--no-image-signal", dest="image_signal", action="store_false",
+    parser.add_argument("--image-signal", action=argparse.BooleanOptionalAction,
                         default=demo.get("image_signal", True),
-                        help="tumour traits get no effect on hazard (null data for the added value "
-                             "of imaging; default: demo.image_signal)")
+                        help="tumour traits affect hazard; --no-image-signal: trait log-HRs 0, null "
+                             "data for the added value of imaging (default: demo.image_signal)")
     args = parser.parse_args(argv)
     gt = generate(args.out, args.size, args.seed, demo, workers=args.workers, image_signal=args.image_signal)
     print(f"pmed.demo: wrote {gt['n_persons']} persons ({gt['n_eligible']} eligible) to {args.out}")

@@ -107,7 +107,8 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
     workers : int
         Processes for the CT renderer.
     image_signal : bool or None
-        False: the tumour traits have no effect on hazard (log-HR 0; a null data set for the
+        False: the tumour traits have no effect on hazard (log-HR 0, their log-hazard term
+        replaced by its mean :data:`pmed.demo.model.TRAIT_LP_MEAN`; a null data set for the
         added value of imaging). The latent simulation draws the same random numbers, so
         covariates, treatment, traits and baseline CTs equal the signal-on data; death times
         and what depends on them (follow-up, records after t0, who gets a follow-up CT) differ.
@@ -474,7 +475,10 @@ class _Truth:
         }
         if not image_signal:  # key only when off, so the default ground truth stays byte-identical
             image_traits["image_signal"] = False
+            image_traits["lp_offset"] = model.TRAIT_LP_MEAN
             image_traits["note"] = ("image_signal off: no trait affects the hazard (all trait log-HRs 0); "
+                                    "the traits' log-hazard term is the constant lp_offset (its mean with "
+                                    "the signal on) for every person, so the hazard level stays comparable; "
                                     "traits and baseline CTs as with the signal on. Baseline traits of "
                                     "imaged persons in ground_truth_tumours.csv")
         return {

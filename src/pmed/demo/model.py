@@ -71,6 +71,14 @@ TRAIT_DIST = {
     "heterogeneity": {"beta_a": 2.0, "beta_b": 3.0},  # SD = 0.2
     "irregularity": {"beta_a": 2.0, "beta_b": 2.0},  # no effect on hazard
 }
+# Population mean of the traits' log-hazard term (volume clipping ignored). With the image
+# signal off this constant replaces the term, so the hazard level and the number of deaths stay
+# close to those of the signal-on data while no trait affects the hazard.
+TRAIT_LP_MEAN = (
+    TRAIT_LOG_HR["log_tumour_volume_ml"] * TRAIT_DIST["log_tumour_volume_ml"]["mean"]
+    + TRAIT_LOG_HR["heterogeneity"] * TRAIT_DIST["heterogeneity"]["beta_a"]
+    / (TRAIT_DIST["heterogeneity"]["beta_a"] + TRAIT_DIST["heterogeneity"]["beta_b"])
+)
 WEIBULL_SHAPE = 1.2  # rho; h0(t) = lambda * rho * t^(rho-1), t in days
 # lambda chosen so that median survival is ~11 months at the mean linear predictor
 WEIBULL_SCALE = 1.6e-4
@@ -125,8 +133,9 @@ def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rate
         ``ineligible`` {reason: share of persons}, ``missing`` {column: share},
         ``loss_to_follow_up`` share (see params.yaml ``demo.rates``).
     image_signal : bool
-        False: the tumour traits get log-HR 0 (:func:`trait_log_hr`). The same random numbers
-        are drawn either way; only the death times (and what follows from them) change.
+        False: the tumour traits get log-HR 0 (:func:`trait_log_hr`); their term of the log
+        hazard is the constant :data:`TRAIT_LP_MEAN` instead. The same random numbers are drawn
+        either way; only the death times (and what follows from them) change.
 
     Returns
     -------
@@ -215,7 +224,7 @@ def simulate_latent(n: int, first_person_id: int, rng: np.random.Generator, rate
     het = rng.beta(TRAIT_DIST["heterogeneity"]["beta_a"], TRAIT_DIST["heterogeneity"]["beta_b"], n)
     irr = rng.beta(TRAIT_DIST["irregularity"]["beta_a"], TRAIT_DIST["irregularity"]["beta_b"], n)
 
-    lp_x = linear_predictor(cov, treated=np.zeros(n)) + _trait_lp(log_vol, het, trait_log_hr(image_signal))
+    lp_x = linear_predictor(cov, treated=np.zeros(n)) + _trait_lp(log_vol, het, image_signal)
     lp = lp_x + treated_eff * (LOG_HR["treated"] + LOG_HR["treated:pdl1_pct"] * cov["pdl1_pct"].to_numpy())
     u_death = rng.random(n)
     t_death = weibull_time(u_death, lp)
@@ -275,8 +284,11 @@ def linear_predictor(cov: pd.DataFrame, treated: np.ndarray) -> np.ndarray:
     return lp
 
 
-def _trait_lp(log_vol: np.ndarray, het: np.ndarray, log_hr: dict[str, float]) -> np.ndarray:
-    return log_hr["log_tumour_volume_ml"] * log_vol + log_hr["heterogeneity"] * het
+def _trait_lp(log_vol: np.ndarray, het: np.ndarray, image_signal: bool) -> np.ndarray:
+    """The tumour traits' term of the true log hazard (:data:`TRAIT_LP_MEAN` when the signal is off)."""
+    if not image_signal:
+        return np.full(len(log_vol), TRAIT_LP_MEAN)
+    return TRAIT_LOG_HR["log_tumour_volume_ml"] * log_vol + TRAIT_LOG_HR["heterogeneity"] * het
 
 
 def weibull_time(u: np.ndarray, lp: np.ndarray) -> np.ndarray:
