@@ -33,6 +33,7 @@ $(STAMP): requirements.lock pyproject.toml
 data: venv
 	@if [ -d data/raw ]; then \
 		echo "==> data/raw exists: using it (delete it to regenerate the demo)"; \
+		mkdir -p data/raw/truth; \
 	else \
 		echo "==> data/raw absent: generating the demo data set"; \
 		$(BIN)/python -m pmed.demo && $(BIN)/dvc commit --force --quiet data.dvc; \
@@ -53,18 +54,18 @@ lint: venv
 	@echo "==> ruff"
 	$(BIN)/ruff check src tests benchmarks notebooks
 
-$(CI_WS)/data/raw/ground_truth.json: $(DEMO_SRC) params.yaml | venv
+$(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) params.yaml | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
 	rm -rf $(CI_WS)
 	$(BIN)/python -m pmed.demo --size ci --out $(CI_WS)/data/raw
 
-nbval: venv $(CI_WS)/data/raw/ground_truth.json
+nbval: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> nbval: executing every notebook on the CI data, comparing the checked cells"
 	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pytest -p no:cacheprovider \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		$(NOTEBOOKS)
 
-nbval-refresh: venv $(CI_WS)/data/raw/ground_truth.json
+nbval-refresh: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> re-executing notebooks on the CI data and storing the checked cells' outputs"
 	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
 

@@ -187,7 +187,7 @@ def _run_engine(engine: str, omop: Path, quality: bool) -> dict:
 def generate_demo(n_persons: int, workdir: Path) -> Path:
     """OMOP folder of an EHR-only demo data set with ``n_persons`` (generated once)."""
     raw = workdir / f"p{n_persons}" / "raw"
-    if not (raw / "ground_truth.json").exists():
+    if not (raw / "truth" / "ground_truth.json").exists():
         from pmed.demo.generate import generate
 
         params = config.load_params()

@@ -88,7 +88,7 @@ def time_ct_writer(source: Path, root: Path, workers: int, seed: int) -> dict:
 
     from pmed.demo import ct
 
-    truth = pd.read_csv(source / "data" / "raw" / "ground_truth_tumours.csv")
+    truth = pd.read_csv(source / "data" / "raw" / "truth" / "ground_truth_tumours.csv")
     scans = truth[["person_id", "timepoint", "volume_ml", "heterogeneity", "irregularity"]].assign(
         scan_date=pd.to_datetime(truth["scan_date"]).dt.date,
         patient_name="BENCH^MARK", patient_mrn="BENCH", birth_date=dt.date(1950, 1, 1),

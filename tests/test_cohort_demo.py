@@ -35,7 +35,7 @@ def demo(tmp_path_factory):
     demo_params["sizes"]["ci"]["n_imaged"] = 0
     raw = tmp_path_factory.mktemp("demo_ci") / "raw"
     generate(raw, "ci", params["common"]["seed"], demo_params)
-    truth = json.loads((raw / "ground_truth.json").read_text())
+    truth = json.loads((raw / "truth" / "ground_truth.json").read_text())
     d = parse_definition(params["cohort"])
     return raw / "omop", d, truth, extract_cohort(raw / "omop", d, threads=1)
 

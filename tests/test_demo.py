@@ -36,7 +36,7 @@ def tables(ci_dir) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def truth(ci_dir) -> dict:
-    return json.loads((ci_dir / "ground_truth.json").read_text())
+    return json.loads((ci_dir / "truth" / "ground_truth.json").read_text())
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -105,7 +105,7 @@ def test_nsclc_data_use_descendant_codes_found_only_through_the_hierarchy(tables
 
 def test_image_occurrence_points_at_real_series_and_masks(ci_dir, tables):
     img = tables["image_occurrence"]
-    tumours = pd.read_csv(ci_dir / "ground_truth_tumours.csv")
+    tumours = pd.read_csv(ci_dir / "truth" / "ground_truth_tumours.csv")
     assert len(img) == len(tumours) >= 60
     for row in img.itertuples():
         series = ci_dir / row.local_path

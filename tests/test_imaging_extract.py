@@ -74,7 +74,8 @@ def workspace(tmp_path_factory) -> Path:
     })
     occ.to_parquet(raw / "omop" / "image_occurrence.parquet")
     truth = scans[["volume_ml", "heterogeneity"]].assign(image_series_uid=series["image_series_uid"])
-    truth.to_csv(raw / stage.TRUTH_FILE, index=False)
+    (raw / "truth").mkdir(exist_ok=True)
+    truth.to_csv(raw / "truth" / stage.TRUTH_FILE, index=False)
     bad = raw / series.loc[6, "local_path"] / "0020.dcm"  # person 5
     bad.write_bytes(bad.read_bytes()[:300])
     (ws / "data" / "processed").mkdir(parents=True)

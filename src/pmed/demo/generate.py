@@ -96,8 +96,8 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
     Parameters
     ----------
     out_dir : Path
-        Destination; ``omop/``, ``imaging/``, ``ground_truth.json`` and
-        ``ground_truth_tumours.csv`` inside it are replaced.
+        Destination; ``omop/``, ``imaging/`` and ``truth/`` (``ground_truth.json``,
+        ``ground_truth_tumours.csv``) inside it are replaced.
     size : str
         Entry of ``demo_params["sizes"]`` (``n_persons``, ``n_imaged``, ``followup_share``).
     seed : int
@@ -121,10 +121,12 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
     rates = demo_params["rates"]
     out_dir = Path(out_dir)
     omop_dir = out_dir / "omop"
-    for sub in (omop_dir, out_dir / "imaging"):
+    truth_dir = out_dir / "truth"
+    for sub in (omop_dir, out_dir / "imaging", truth_dir):
         if sub.exists():
             shutil.rmtree(sub)
     omop_dir.mkdir(parents=True)
+    truth_dir.mkdir()
     writers = _Writers(omop_dir)
     ids = omop.IdCounter()
     truth = _Truth()
@@ -155,10 +157,10 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
 
     gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal)
     if tumours is not None:
-        tumours.to_csv(out_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
+        tumours.to_csv(truth_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
         gt["image_traits"]["n_imaged_persons"] = int(tumours["person_id"].nunique())
         gt["image_traits"]["n_followup_scans"] = int((tumours["timepoint"] == "followup").sum())
-    (out_dir / "ground_truth.json").write_text(json.dumps(_rounded(gt), indent=1, sort_keys=True) + "\n")
+    (truth_dir / "ground_truth.json").write_text(json.dumps(_rounded(gt), indent=1, sort_keys=True) + "\n")
     return gt
 
 

@@ -3,7 +3,7 @@
 :func:`run_stage` reads the cohort and OMOP ``image_occurrence``, extracts features
 (:mod:`pmed.imaging.extract`), computes stability (:mod:`pmed.imaging.stability`) and
 delta-radiomics (:mod:`pmed.imaging.response`), and compares features with the demo's
-ground truth when ``data/raw/ground_truth_tumours.csv`` exists. :func:`write_outputs`
+ground truth when ``data/raw/truth/ground_truth_tumours.csv`` exists. :func:`write_outputs`
 writes the processed tables; :func:`stage_metrics` the numbers for ``write_metrics``.
 
 Outputs (``config.path("processed")`` unless noted)
@@ -37,7 +37,7 @@ from pmed.imaging import radiomics as rad
 from pmed.imaging.response import delta_table
 from pmed.imaging.stability import stability_table
 
-TRUTH_FILE = "ground_truth_tumours.csv"  # written by the demo generator into data/raw
+TRUTH_FILE = "ground_truth_tumours.csv"  # written by the demo generator into data/raw/truth
 MEASURES = [*extract.MEASURE_COLUMNS, "image_series_uid", "image_occurrence_date", "days_from_t0"]
 STABILITY_SEED_OFFSET = 501  # common.seed + offset seeds the stability subset and noise
 
@@ -101,7 +101,7 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     resp = imaging["response"]
     response = delta_table(measured, list(resp["key_features"]), float(resp["pr_pct"]),
                            float(resp["pd_pct"]), float(resp["pd_min_increase_mm"]))
-    truth = truth_correlations(measured, config.path("raw") / TRUTH_FILE,
+    truth = truth_correlations(measured, config.path("truth") / TRUTH_FILE,
                                imaging.get("truth_features", {}))
     saved = {
         "radiomics": settings, "settings_hash": rad.settings_hash(settings),
