@@ -23,3 +23,8 @@ def test_stage_notebook_needs_exactly_one_ipynb():
     assert runner.stage_notebook(spec) == config.ROOT / "notebooks/01_cohort.ipynb"
     with pytest.raises(ValueError, match="exactly one"):
         runner.stage_notebook({"deps": ["src/pmed"]})
+
+
+def test_missing_kernel_names_the_fix():
+    with pytest.raises(SystemExit, match="make venv"):
+        runner.require_kernel("no-such-kernel-pmed")

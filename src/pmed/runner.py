@@ -75,6 +75,15 @@ def render_html(executed: Path, html: Path) -> None:
     tmp.replace(html)
 
 
+def require_kernel(name: str) -> None:
+    """Stop with a clear message if the Jupyter kernel ``name`` is not installed."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if name not in KernelSpecManager().find_kernel_specs():
+        raise SystemExit(f"Jupyter kernel {name!r} is not installed: run `make venv` "
+                         f"(it registers the project's .venv as kernel {name!r})")
+
+
 def run_stage(stage: str) -> Path:
     """Execute the stage's notebook into reports/executed/ and render reports/<name>.html."""
     import papermill
@@ -84,6 +93,7 @@ def run_stage(stage: str) -> Path:
     parameters = stage_parameters(spec, config.load_params())
     executed = config.path("executed") / notebook.name
     html = config.path("reports") / f"{notebook.stem}.html"
+    require_kernel(KERNEL)
     executed.parent.mkdir(parents=True, exist_ok=True)  # papermill does not create it
     start = time.perf_counter()
     print(f"[pmed] {stage}: executing {notebook.relative_to(config.ROOT)}", flush=True)
