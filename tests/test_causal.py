@@ -92,8 +92,9 @@ def test_unweighted_cox_matches_published_r_output():
 
     R output for this model as printed in Fox & Weisberg, "Cox Proportional-Hazards
     Regression for Survival Data in R" (appendix to An R Companion to Applied Regression):
-    coef fin -0.3469, age -0.0671, prio 0.0969; se 0.1902, 0.0209, 0.0273 (values quoted
-    from that appendix, not re-run here: no R in this environment).
+    coef fin -0.3469, age -0.0671, prio 0.0969; se 0.1902, 0.0209, 0.0273. These values were
+    recalled from that appendix: neither the page nor R was available here to confirm them,
+    so treat this as a regression check until they are re-checked against R.
     """
     fit = causal.weighted_cox(load_rossi(), "week", "arrest", ["fin", "age", "prio"])
     npt.assert_allclose(fit["coef"], [-0.3469, -0.0671, 0.0969], atol=6e-5)
