@@ -243,3 +243,77 @@ def test_iptw_removes_confounding_in_simulation():
     adj = causal.risk_difference(time, event, t, w, 1.0)["difference"]
     assert crude < -0.1
     assert abs(adj) < 0.05  # ~3 SE (0.015 over 20 seeds); the crude bias is > 0.1
+
+
+def test_effects_table_matches_direct_calls_and_hand_km():
+    """Unweighted KM by hand at horizon 2: S1 = 3/4, S0 = 3/8, difference 3/8; HR = plain Cox."""
+    time = np.array([1.0, 3.0, 0.5, 1.5, 4.0, 2.5, 5.0, 0.8])
+    event = np.array([1, 0, 1, 1, 0, 1, 1, 0])
+    treated = np.array([1, 1, 0, 0, 0, 1, 1, 0])
+    rd, hr, table = causal.effects_table(time, event, treated, {"crude": None}, horizon=2.0)
+    # treated: 1(d), 2.5(d), 3(c), 5(d) -> S(2) = 3/4
+    # controls: 0.5(d, 4 at risk), 0.8(c), 1.5(d, 2 at risk), 4(c) -> S(2) = (3/4)(1/2) = 3/8
+    assert rd["crude"]["survival_control"] == pytest.approx(3 / 8)
+    assert rd["crude"]["difference"] == pytest.approx(3 / 4 - 3 / 8)
+    df = pd.DataFrame({"time": time, "event": event, "treated": treated})
+    cox = causal.weighted_cox(df, "time", "event", ["treated"]).loc["treated"]
+    assert hr["crude"]["estimate"] == pytest.approx(cox["hr"])
+    assert list(table.columns) == ["analysis", "survival_difference", "hr", "hr_ci_low", "hr_ci_high"]
+    assert table.loc[0, "hr_ci_high"] == pytest.approx(cox["ci_high"])
+    with pytest.raises(KeyError, match="matched"):
+        causal.effects_table(time, event, treated, {"crude": None}, 2.0, clusters={"matched": np.arange(8)})
+
+
+def test_effects_table_weights_and_clusters_equal_direct_calls():
+    rng = np.random.default_rng(3)
+    n = 200
+    treated = rng.integers(0, 2, n)
+    time = rng.exponential(300, n) * np.where(treated == 1, 1.5, 1.0)
+    event = (rng.uniform(size=n) < 0.8).astype(int)
+    w = rng.uniform(0.5, 2.0, n)
+    cl = np.arange(n) // 2
+    rd, hr, table = causal.effects_table(time, event, treated, {"a": w, "b": w}, 365.0, clusters={"b": cl})
+    assert rd["a"] == causal.risk_difference(time, event, treated, w, 365.0)
+    df = pd.DataFrame({"time": time, "event": event, "treated": treated})
+    ref = causal.weighted_cox(df, "time", "event", ["treated"], w, cluster=cl).loc["treated"]
+    assert hr["b"]["ci_low"] == pytest.approx(ref["ci_low"])
+    assert hr["a"]["estimate"] == pytest.approx(hr["b"]["estimate"])  # clustering changes the SE only
+    assert hr["a"]["ci_low"] != pytest.approx(hr["b"]["ci_low"])
+    assert table["analysis"].tolist() == ["a", "b"]
+
+
+def test_bootstrap_iptw_difference_equals_explicit_replicates():
+    """Same seed: the helper equals bootstrap_ci over a hand-written replicate function."""
+    rng = np.random.default_rng(5)
+    n = 150
+    X = pd.DataFrame({"x": rng.normal(size=n)})
+    treated = (rng.uniform(size=n) < 1 / (1 + np.exp(-X["x"].to_numpy()))).astype(int)
+    time = rng.exponential(400, n)
+    event = (rng.uniform(size=n) < 0.7).astype(int)
+
+    def rep(idx):
+        ps_b = causal.fit_propensity(X.iloc[idx], treated[idx])
+        w_b = causal.iptw_weights(treated[idx], ps_b, truncate_quantile=0.99)
+        return causal.risk_difference(time[idx], event[idx], treated[idx], w_b, 365.0)["difference"]
+
+    lo, hi, reps = causal.bootstrap_iptw_difference(X, time, event, treated, 365.0, 12, 9, truncate_quantile=0.99)
+    ref_lo, ref_hi, ref_reps = causal.bootstrap_ci(rep, n, 12, 9)
+    npt.assert_allclose(reps, ref_reps)
+    assert (lo, hi) == (ref_lo, ref_hi)
+    assert lo < hi
+    with pytest.raises(ValueError, match="same length"):
+        causal.bootstrap_iptw_difference(X.iloc[:10], time, event, treated, 365.0, 12, 9)
+
+
+def test_truth_comparison_hand_example():
+    est = {"hr": {"crude": {"estimate": 0.9, "ci_low": 0.8, "ci_high": 1.0},
+                  "iptw": {"estimate": 0.7, "ci_low": 0.6, "ci_high": 0.74}},
+           "rd": {"crude": {"estimate": 0.1}}}
+    tab = causal.truth_comparison(est, {"hr": 0.75, "rd": 0.08})
+    assert tab["analysis"].tolist() == ["crude", "iptw", "crude"]
+    assert tab["true_inside_ci"].tolist() == [False, False, False]  # 0.75 > 0.74; no CI for rd
+    npt.assert_allclose(tab["bias"], [0.15, -0.05, 0.02])
+    tab2 = causal.truth_comparison(est, {"hr": 0.85, "rd": 0.08})
+    assert tab2["true_inside_ci"].tolist() == [True, False, False]
+    with pytest.raises(KeyError, match="rd"):
+        causal.truth_comparison(est, {"hr": 0.75})

@@ -130,3 +130,30 @@ def test_dr_learner_with_gradient_boosting_nuisance():
     assert scores[["mu0", "mu1"]].stack().between(0, 1).all()
     cate = hte.cross_fit_cate(X, scores["psi"], scores["fold"])
     assert np.corrcoef(cate["cate"], true_cate)[0, 1] > 0.6
+
+
+def test_recommendation_table_columns_and_labels():
+    cate = pd.DataFrame({"cate": [0.1, -0.1, 0.01, 0.1], "ci_low": [0.02, -0.2, -0.05, -0.01],
+                         "ci_high": [0.2, -0.01, 0.07, 0.2]})
+    tab = hte.recommendation_table(np.array([7, 8, 9, 10]), cate, band=0.02)
+    assert tab["recommendation"].tolist() == [
+        "immunotherapy", "chemotherapy", "no clear preference", "no clear preference"]
+    assert tab["person_id"].dtype == np.int64
+    npt.assert_array_equal(tab["predicted_benefit"], cate["cate"])
+    with pytest.raises(ValueError, match="person ids"):
+        hte.recommendation_table(np.array([7, 8]), cate, 0.02)
+    with pytest.raises(KeyError, match="ci_high"):
+        hte.recommendation_table(np.array([7, 8, 9, 10]), cate.drop(columns="ci_high"), 0.02)
+
+
+def test_agreement_with_truth_hand_example():
+    """Policy right for patients 1, 2, 4 of 4 -> 3/4; firm: patients 1 (right), 3 (wrong) -> 1/2."""
+    policy = np.array([1, 0, 1, 0])
+    rec = np.array(["immunotherapy", "no clear preference", "immunotherapy", "no clear preference"])
+    true_better = np.array([True, False, False, False])
+    out = hte.agreement_with_truth(policy, rec, true_better)
+    assert out == {"policy": 0.75, "firm": 0.5, "n_firm": 2}
+    none_firm = hte.agreement_with_truth(policy, np.full(4, "no clear preference"), true_better)
+    assert np.isnan(none_firm["firm"]) and none_firm["n_firm"] == 0
+    with pytest.raises(ValueError, match="shape"):
+        hte.agreement_with_truth(policy[:3], rec, true_better)

@@ -63,3 +63,55 @@ def test_importance_plot_orders_bars():
     plt.close(fig)
     with pytest.raises(KeyError, match="sd"):
         plots.importance_plot(tab.drop(columns="sd"))
+
+
+def test_ps_overlap_and_love_plot():
+    rng = np.random.default_rng(2)
+    ps = rng.uniform(0.05, 0.95, 100)
+    t = (np.arange(100) % 2).astype(int)
+    fig = plots.ps_overlap_plot(ps, t, {1: "immunotherapy", 0: "chemotherapy"}, n_bins=10)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 20  # 10 bars per group
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == ["immunotherapy", "chemotherapy"]
+    assert ax.get_ylabel() == "Density"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="shape"):
+        plots.ps_overlap_plot(ps, t[:5], {1: "a", 0: "b"})
+    bal = pd.DataFrame({"covariate": ["a", "b", "c"], "smd_crude": [0.3, -0.05, 0.15],
+                        "smd_iptw": [0.01, 0.02, -0.03], "smd_matched": [0.05, 0.0, 0.02]})
+    fig = plots.love_plot(bal, 0.1)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "c", "a"]  # by |crude SMD|
+    assert len(ax.collections) == 3 and ax.lines[0].get_xdata()[0] == 0.1
+    plt.close(fig)
+    with pytest.raises(KeyError, match="smd_matched"):
+        plots.love_plot(bal.drop(columns="smd_matched"), 0.1)
+
+
+def test_qini_calibration_plot_shows_no_counts():
+    qc = pd.DataFrame({"fraction": [0, 0.5, 1], "gain": [0, 0.04, 0.05], "random": [0, 0.025, 0.05]})
+    calib = pd.DataFrame({"group": [1, 2], "n": [5, 40], "predicted": [-0.02, 0.1],
+                          "observed": [0.0, 0.08], "ci_low": [-0.1, 0.02], "ci_high": [0.1, 0.14]})
+    fig = plots.qini_calibration_plot(qc, calib)
+    ax1, ax2 = fig.axes
+    assert len(ax1.lines) == 2 and ax1.get_title() == "Qini curve (held-out predictions)"
+    assert ax2.get_ylabel() == "Observed benefit (DR estimate, 95% CI)"
+    assert len(ax2.containers) == 1  # one errorbar series
+    npt_lim = ax2.lines[-2].get_xdata()  # identity line spans [min(ci_low, predicted), max(...)]
+    assert list(npt_lim) == [-0.1, 0.14]
+    assert not any(t in ("5", "40", "<11") for t in _texts(fig))  # group sizes never drawn
+    plt.close(fig)
+    with pytest.raises(KeyError, match="ci_high"):
+        plots.qini_calibration_plot(qc, calib.drop(columns="ci_high"))
+
+
+def test_trajectory_plot_panels_and_lines():
+    lines = pd.DataFrame({"treated": [1, 1, 1, 0, 0], "trajectory": [1, 1, 2, 3, 3],
+                          "months": [0, 1, 0, 0, 2], "observed": [5, 4, 6, 5, 5.5],
+                          "fitted": [5, 4.2, 5.8, 5.1, 5.4]})
+    means = pd.DataFrame({"treated": [1, 1, 0, 0], "months": [0, 2, 0, 2], "fitted": [5, 4, 5, 5.5]})
+    fig = plots.trajectory_plot(lines, means, {1: "immunotherapy", 0: "chemotherapy"}, "ldh_u_l")
+    a1, a0 = fig.axes
+    assert len(a1.lines) == 2 * 2 + 1 and len(a0.lines) == 2 * 1 + 1  # dots + fit per trajectory, mean
+    assert a1.get_title().startswith("immunotherapy") and a1.get_ylabel() == "ldh_u_l"
+    plt.close(fig)

@@ -383,3 +383,130 @@ def e_value(estimate: float, ci_low: float, ci_high: float, scale: str = "rr") -
     else:
         e_ci = _e(lo) if est > 1 else _e(hi)
     return {"estimate": _e(est), "ci": e_ci}
+
+
+def bootstrap_iptw_difference(
+    X: pd.DataFrame,
+    time: np.ndarray,
+    event: np.ndarray,
+    treated: np.ndarray,
+    horizon: float,
+    n_boot: int,
+    seed: int,
+    trim: float = 0.0,
+    truncate_quantile: float | None = None,
+) -> tuple[float, float, np.ndarray]:
+    """Percentile bootstrap 95% CI of the IPTW survival difference at ``horizon``.
+
+    In every replicate persons are resampled, the propensity model is refitted on the
+    resampled ``X`` (:func:`fit_propensity`), stabilised weights are recomputed
+    (:func:`iptw_weights` with ``trim`` and ``truncate_quantile``) and
+    :func:`risk_difference` is taken.
+
+    Parameters
+    ----------
+    X : DataFrame (n, p), design matrix (:func:`design_matrix`).
+    time : (n,) days; event : (n,) 1 = death; treated : (n,) 1 = immunotherapy.
+    horizon : days. n_boot : replicates. seed : seed of the resampling.
+
+    Returns
+    -------
+    (ci_low, ci_high, replicates (n_boot,)) of S_1(horizon) - S_0(horizon) (probability).
+    """
+    t = _check_binary(treated)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event)
+    if not len(X) == len(time) == len(event) == len(t):
+        raise ValueError(
+            f"bootstrap_iptw_difference: X ({len(X)}), time ({len(time)}), event ({len(event)}) "
+            f"and treated ({len(t)}) must have the same length"
+        )
+
+    def replicate(idx: np.ndarray) -> float:
+        t_b = t[idx]
+        ps_b = fit_propensity(X.iloc[idx], t_b)
+        w_b = iptw_weights(t_b, ps_b, trim=trim, truncate_quantile=truncate_quantile)
+        return risk_difference(time[idx], event[idx], t_b, w_b, horizon)["difference"]
+
+    return bootstrap_ci(replicate, len(t), n_boot, seed)
+
+
+def effects_table(
+    time: np.ndarray,
+    event: np.ndarray,
+    treated: np.ndarray,
+    weights: dict[str, np.ndarray | None],
+    horizon: float,
+    clusters: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, dict, pd.DataFrame]:
+    """Survival difference and hazard ratio of treatment under several weightings.
+
+    For each analysis ``k`` in ``weights``: :func:`risk_difference` at ``horizon`` with the
+    weights (None = all 1) and :func:`weighted_cox` of ``treated`` with the weights (None =
+    unweighted, model-based SE) and the cluster ids ``clusters[k]`` if given.
+
+    Parameters
+    ----------
+    time : (n,) days; event : (n,) 1 = death; treated : (n,) 1 = immunotherapy.
+    weights : analysis name -> (n,) case weights or None.
+    horizon : days.
+    clusters : analysis name -> (n,) cluster ids (e.g. :func:`pair_ids`), optional.
+
+    Returns
+    -------
+    rd : name -> output of :func:`risk_difference`.
+    hr : name -> ``{"estimate", "ci_low", "ci_high"}`` of the HR (1 vs 0).
+    table : DataFrame, one row per analysis in ``weights`` order: ``analysis`` (the name),
+        ``survival_difference``, ``hr``, ``hr_ci_low``, ``hr_ci_high``.
+    """
+    t = _check_binary(treated)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event)
+    clusters = clusters or {}
+    unknown = sorted(set(clusters) - set(weights))
+    if unknown:
+        raise KeyError(f"effects_table: clusters given for analyses {unknown} not in weights")
+    df = pd.DataFrame({"time": time, "event": event, "treated": t})
+    rd, hr = {}, {}
+    for k, w in weights.items():
+        rd[k] = risk_difference(time, event, t, np.ones(len(t)) if w is None else w, horizon)
+        c = weighted_cox(df, "time", "event", ["treated"], w, cluster=clusters.get(k)).loc["treated"]
+        hr[k] = {"estimate": float(c["hr"]), "ci_low": float(c["ci_low"]), "ci_high": float(c["ci_high"])}
+    table = pd.DataFrame({
+        "analysis": list(weights),
+        "survival_difference": [rd[k]["difference"] for k in weights],
+        "hr": [hr[k]["estimate"] for k in weights],
+        "hr_ci_low": [hr[k]["ci_low"] for k in weights],
+        "hr_ci_high": [hr[k]["ci_high"] for k in weights],
+    })
+    return rd, hr, table
+
+
+def truth_comparison(
+    estimates: dict[str, dict[str, dict]], truth: dict[str, float]
+) -> pd.DataFrame:
+    """Estimates next to true values: bias and whether the CI covers the truth.
+
+    Parameters
+    ----------
+    estimates : estimand -> analysis -> ``{"estimate", "ci_low", "ci_high"}`` (a missing CI
+        limit counts as NaN).
+    truth : estimand -> true value (NaN if unknown).
+
+    Returns
+    -------
+    DataFrame ``estimand``, ``analysis``, ``estimate``, ``ci_low``, ``ci_high``, ``true``,
+    ``true_inside_ci`` (False when a limit is NaN), ``bias`` (estimate - true).
+    """
+    missing = sorted(set(estimates) - set(truth))
+    if missing:
+        raise KeyError(f"truth_comparison: no true value for estimand(s) {missing}")
+    rows = [
+        (name, analysis, float(d["estimate"]), float(d.get("ci_low", np.nan)),
+         float(d.get("ci_high", np.nan)), float(truth[name]))
+        for name, by_analysis in estimates.items() for analysis, d in by_analysis.items()
+    ]
+    table = pd.DataFrame(rows, columns=["estimand", "analysis", "estimate", "ci_low", "ci_high", "true"])
+    table["true_inside_ci"] = (table["ci_low"] <= table["true"]) & (table["true"] <= table["ci_high"])
+    table["bias"] = table["estimate"] - table["true"]
+    return table

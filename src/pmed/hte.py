@@ -343,3 +343,70 @@ def true_better_immunotherapy(
         if key in truth:
             log_hr = log_hr + float(truth[key]) * df[m].to_numpy(float)
     return log_hr < 0
+
+
+def recommendation_table(
+    person_id: np.ndarray, cate: pd.DataFrame, band: float
+) -> pd.DataFrame:
+    """Per-patient predicted benefit and recommendation (:func:`recommend`).
+
+    Parameters
+    ----------
+    person_id : (n,) person ids.
+    cate : output of :func:`cross_fit_cate` (n rows; ``cate``, ``ci_low``, ``ci_high``:
+        survival difference at the horizon, immunotherapy minus chemotherapy).
+    band : no-preference band of :func:`recommend` (survival probability).
+
+    Returns
+    -------
+    DataFrame (n rows): ``person_id`` (int64), ``predicted_benefit``, ``ci_low``,
+    ``ci_high``, ``recommendation`` (one of :data:`RECOMMENDATIONS`).
+    """
+    missing = [c for c in ("cate", "ci_low", "ci_high") if c not in cate.columns]
+    if missing:
+        raise KeyError(f"recommendation_table: cate table lacks column(s) {missing}")
+    person_id = np.asarray(person_id, dtype="int64")
+    if len(person_id) != len(cate):
+        raise ValueError(f"recommendation_table: {len(person_id)} person ids but {len(cate)} cate rows")
+    rec = recommend(cate["cate"], cate["ci_low"], cate["ci_high"], band)
+    return pd.DataFrame({
+        "person_id": person_id,
+        "predicted_benefit": cate["cate"].to_numpy(),
+        "ci_low": cate["ci_low"].to_numpy(),
+        "ci_high": cate["ci_high"].to_numpy(),
+        "recommendation": pd.Series(rec, dtype="string").to_numpy(),
+    })
+
+
+def agreement_with_truth(
+    policy: np.ndarray, recommendation: np.ndarray, true_better: np.ndarray
+) -> dict:
+    """Share of patients whose recommended treatment is the truly better one.
+
+    Parameters
+    ----------
+    policy : (n,) point recommendation, 1 = immunotherapy, 0 = chemotherapy.
+    recommendation : (n,) labels of :func:`recommend`.
+    true_better : (n,) bool, immunotherapy truly better (:func:`true_better_immunotherapy`).
+
+    Returns
+    -------
+    dict: ``policy`` (share of all patients where ``policy == 1`` matches ``true_better``),
+    ``firm`` (the same share among patients with a firm recommendation, i.e. not "no clear
+    preference"; NaN if there are none), ``n_firm`` (count of firm recommendations).
+    """
+    policy = np.asarray(policy)
+    rec = np.asarray(recommendation, dtype=object)
+    true_better = np.asarray(true_better, dtype=bool)
+    if not policy.shape == rec.shape == true_better.shape:
+        raise ValueError(
+            f"agreement_with_truth: policy {policy.shape}, recommendation {rec.shape} and "
+            f"true_better {true_better.shape} differ in shape"
+        )
+    firm = rec != RECOMMENDATIONS[2]
+    firm_agree = np.mean((rec[firm] == RECOMMENDATIONS[0]) == true_better[firm]) if firm.any() else np.nan
+    return {
+        "policy": float(np.mean((policy == 1) == true_better)),
+        "firm": float(firm_agree),
+        "n_firm": int(firm.sum()),
+    }

@@ -23,7 +23,7 @@ _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
-    "importance_plot",
+    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_plot",
 ]
 
 
@@ -223,4 +223,113 @@ def importance_plot(table: pd.DataFrame, xlabel: str = "Decrease in AUROC when p
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def ps_overlap_plot(ps: np.ndarray, treated: np.ndarray, labels: Mapping[int, str], n_bins: int = 40):
+    """Density histograms of the propensity score by treatment group (overlap check).
+
+    Parameters
+    ----------
+    ps : (n,) propensity scores in [0, 1]; treated : (n,) 0/1 group.
+    labels : group value -> legend label; groups are drawn in this order.
+    n_bins : equal-width bins on [0, 1].
+    """
+    ps = np.asarray(ps, dtype=float)
+    treated = np.asarray(treated)
+    if ps.shape != treated.shape:
+        raise ValueError(f"ps_overlap_plot: ps {ps.shape} and treated {treated.shape} differ in shape")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.linspace(0, 1, n_bins + 1)
+    for arm, label in labels.items():
+        ax.hist(ps[treated == arm], bins=bins, alpha=0.5, density=True, label=label)
+    ax.set_xlabel("Propensity score P(immunotherapy | covariates)")
+    ax.set_ylabel("Density")
+    ax.legend(frameon=False)
+    ax.set_title("Propensity-score overlap")
+    return fig
+
+
+def love_plot(balance: pd.DataFrame, threshold: float, analyses: Sequence[str] = ("crude", "iptw", "matched")):
+    """|SMD| per covariate for each analysis (love plot), sorted by the first analysis.
+
+    ``balance`` is the output of :func:`pmed.causal.balance_table` (``covariate`` and
+    ``smd_<analysis>`` columns); ``threshold`` (|SMD|) is drawn as a dashed line.
+    """
+    cols = [f"smd_{a}" for a in analyses]
+    missing = [c for c in ["covariate", *cols] if c not in balance.columns]
+    if missing:
+        raise KeyError(f"love_plot: balance table lacks column(s) {missing}")
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(balance) + 1.2))
+    order = balance.sort_values(cols[0], key=np.abs)
+    y = np.arange(len(order))
+    for col, marker in zip(cols, ("o", "s", "^", "D", "v"), strict=False):
+        ax.scatter(order[col].abs(), y, marker=marker, label=col.removeprefix("smd_"), s=18)
+    ax.axvline(threshold, ls="--", color="0.5")
+    ax.set_yticks(y)
+    ax.set_yticklabels(order["covariate"], fontsize=7)
+    ax.set_xlabel("|Standardised mean difference|")
+    ax.legend(frameon=False, loc="lower right")
+    ax.set_title("Covariate balance (love plot)")
+    return fig
+
+
+def qini_calibration_plot(qcurve: pd.DataFrame, calib: pd.DataFrame):
+    """Qini curve (left) and calibration of predicted vs observed benefit (right).
+
+    Parameters
+    ----------
+    qcurve : output of :func:`pmed.hte.qini_curve` (``fraction``, ``gain``, ``random``;
+        gains in survival probability per patient).
+    calib : output of :func:`pmed.hte.benefit_calibration` (``predicted``, ``observed``,
+        ``ci_low``, ``ci_high``; survival differences). Group sizes are not drawn.
+    """
+    missing = [c for c in ("fraction", "gain", "random") if c not in qcurve.columns]
+    missing += [c for c in ("predicted", "observed", "ci_low", "ci_high") if c not in calib.columns]
+    if missing:
+        raise KeyError(f"qini_calibration_plot: inputs lack column(s) {missing}")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(qcurve["fraction"], qcurve["gain"], label="ranked by predicted benefit")
+    ax1.plot(qcurve["fraction"], qcurve["random"], ls="--", color="0.5", label="random")
+    ax1.set_xlabel("Fraction treated with immunotherapy (highest predicted benefit first)")
+    ax1.set_ylabel("Cumulative survival gain per patient")
+    ax1.set_title("Qini curve (held-out predictions)")
+    ax1.legend(frameon=False)
+    ax2.errorbar(calib["predicted"], calib["observed"],
+                 yerr=[calib["observed"] - calib["ci_low"], calib["ci_high"] - calib["observed"]],
+                 fmt="o", capsize=3)
+    lim = [min(calib["ci_low"].min(), calib["predicted"].min()),
+           max(calib["ci_high"].max(), calib["predicted"].max())]
+    ax2.plot(lim, lim, ls="--", color="0.5")
+    ax2.axhline(0, color="0.8", lw=1)
+    ax2.set_xlabel("Predicted benefit (mean in group)")
+    ax2.set_ylabel("Observed benefit (DR estimate, 95% CI)")
+    ax2.set_title("Calibration of predicted benefit")
+    return fig
+
+
+def trajectory_plot(lines: pd.DataFrame, means: pd.DataFrame, labels: Mapping[int, str], ylabel: str):
+    """Spaghetti plot of lab trajectories, one panel per treatment group (shared y axis).
+
+    Parameters
+    ----------
+    lines : output of :func:`pmed.longitudinal.spaghetti_data` (``treated``, ``trajectory``
+        (anonymous id), ``months``, ``observed``, ``fitted``); each trajectory is drawn as
+        dots (observed) and a line (fitted by the mixed model).
+    means : fitted group means (``treated``, ``months``, ``fitted``), drawn thick.
+    labels : group value -> panel title prefix, panels in this order.
+    ylabel : lab name and unit.
+    """
+    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (arm, label) in zip(axes, labels.items(), strict=True):
+        for _, one in lines[lines["treated"] == arm].groupby("trajectory"):
+            ax.plot(one["months"], one["observed"], "o", ms=2, color="0.6", alpha=0.6)
+            ax.plot(one["months"], one["fitted"], lw=0.8, color="C0", alpha=0.5)
+        m = means[means["treated"] == arm]
+        ax.plot(m["months"], m["fitted"], lw=2.5, color="C3", label="fitted group mean")
+        ax.set_title(f"{label}: observed (dots) and fitted (lines)")
+        ax.set_xlabel("Months since start of treatment")
+        ax.legend(frameon=False)
+    axes[0].set_ylabel(ylabel)
     return fig
