@@ -211,6 +211,19 @@ def recommend(cate: np.ndarray, ci_low: np.ndarray, ci_high: np.ndarray, band: f
     return out
 
 
+def _cumulative_gain(score, psi, name: str) -> tuple[np.ndarray, float]:
+    """``(cum, mean(psi))``: cum[k] = (1/n) sum of psi over the k highest scores, cum[0] = 0.
+
+    Ties keep input order; ``cum`` has n + 1 entries.
+    """
+    score = np.asarray(score, dtype=float)
+    psi = np.asarray(psi, dtype=float)
+    if score.shape != psi.shape:
+        raise ValueError(f"{name}: score {score.shape} and psi {psi.shape} differ in shape")
+    order = np.argsort(-score, kind="stable")
+    return np.r_[0.0, np.cumsum(psi[order])] / psi.size, float(psi.mean())
+
+
 def qini_curve(score: np.ndarray, psi: np.ndarray, n_points: int = 101) -> pd.DataFrame:
     """Qini curve: cumulative DR gain when treating the top fraction ranked by ``score``.
 
@@ -221,16 +234,11 @@ def qini_curve(score: np.ndarray, psi: np.ndarray, n_points: int = 101) -> pd.Da
 
     Returns DataFrame ``fraction``, ``gain``, ``random`` with ``n_points`` rows.
     """
-    score = np.asarray(score, dtype=float)
-    psi = np.asarray(psi, dtype=float)
-    if score.shape != psi.shape:
-        raise ValueError(f"qini_curve: score {score.shape} and psi {psi.shape} differ in shape")
-    n = psi.size
-    order = np.argsort(-score, kind="stable")
-    cum = np.r_[0.0, np.cumsum(psi[order])] / n
+    cum, mean_psi = _cumulative_gain(score, psi, "qini_curve")
+    n = cum.size - 1
     fraction = np.linspace(0, 1, n_points)
     k = np.ceil(fraction * n - 1e-9).astype(int)
-    return pd.DataFrame({"fraction": fraction, "gain": cum[k], "random": fraction * psi.mean()})
+    return pd.DataFrame({"fraction": fraction, "gain": cum[k], "random": fraction * mean_psi})
 
 
 def qini_coefficient(score: np.ndarray, psi: np.ndarray) -> float:
@@ -239,15 +247,10 @@ def qini_coefficient(score: np.ndarray, psi: np.ndarray) -> float:
     ``Q = (1/n) sum_{k=1..n} [gain(k/n) - (k/n) mean(psi)]`` (units of ``psi``: survival
     probability). Positive when high scores pick persons with larger benefit.
     """
-    score = np.asarray(score, dtype=float)
-    psi = np.asarray(psi, dtype=float)
-    if score.shape != psi.shape:
-        raise ValueError(f"qini_coefficient: score {score.shape} and psi {psi.shape} differ in shape")
-    n = psi.size
-    order = np.argsort(-score, kind="stable")
-    gain = np.cumsum(psi[order]) / n
-    random = np.arange(1, n + 1) / n * psi.mean()
-    return float(np.mean(gain - random))
+    cum, mean_psi = _cumulative_gain(score, psi, "qini_coefficient")
+    n = cum.size - 1
+    random = np.arange(1, n + 1) / n * mean_psi
+    return float(np.mean(cum[1:] - random))
 
 
 def benefit_calibration(

@@ -14,12 +14,13 @@ from pmed import config
 SIGNIFICANT_DIGITS = 6
 
 
-def _clean(value):
-    """JSON-ready copy of ``value``: numpy scalars to Python, floats to 6 significant digits."""
+def json_ready(value):
+    """JSON-ready copy of ``value``: numpy scalars to Python, floats to 6 significant digits,
+    NaN/inf to None."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (bool, np.bool_)):
@@ -37,7 +38,7 @@ def write_metrics(stage: str, metrics: dict) -> Path:
     out = config.path("metrics") / f"{stage}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(json_ready(metrics), indent=2, sort_keys=True) + "\n")
     tmp.replace(out)
     return out
 

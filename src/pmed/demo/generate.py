@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from pmed.demo import model, omop, schema
 from pmed.demo import vocabulary as v
+from pmed.report import json_ready
 
 IMAGING_SEED_OFFSET = 101  # seed offset of the CT renderer
 # Random stream of the person simulation: chunk k draws from default_rng([seed, STREAM, k]).
@@ -160,7 +161,7 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
         tumours.to_csv(truth_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
         gt["image_traits"]["n_imaged_persons"] = int(tumours["person_id"].nunique())
         gt["image_traits"]["n_followup_scans"] = int((tumours["timepoint"] == "followup").sum())
-    (truth_dir / "ground_truth.json").write_text(json.dumps(_rounded(gt), indent=1, sort_keys=True) + "\n")
+    (truth_dir / "ground_truth.json").write_text(json.dumps(json_ready(gt), indent=1, sort_keys=True) + "\n")
     return gt
 
 
@@ -539,19 +540,6 @@ class _Truth:
             "size_config": cfg,
             "table_rows": dict(sorted(table_rows.items())),
         }
-
-
-def _rounded(value):
-    """JSON-ready copy with floats rounded to 6 significant digits."""
-    if isinstance(value, dict):
-        return {str(k): _rounded(x) for k, x in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rounded(x) for x in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(f"{float(value):.6g}")
-    return value
 
 
 def _marginal_hr(t0: np.ndarray, t1: np.ndarray) -> dict:
