@@ -58,6 +58,126 @@ def test_uno_c_equals_scikit_survival_with_ties_and_censoring():
     npt.assert_allclose(mt.uno_c(t, e, r, tau=40, train_time=tt, train_event=ee), expected, rtol=1e-12)
 
 
+def _random_survival(rng, n):
+    """Small data with many tied times, tied risks and censorings at event times."""
+    t = rng.integers(1, rng.integers(2, 25), n).astype(float)
+    e = rng.integers(0, 2, n)
+    r = rng.integers(0, rng.integers(1, 10), n).astype(float)
+    if rng.random() < 0.3:
+        r = r + rng.normal(size=n)  # continuous risks
+    return t, e, r
+
+
+def test_concordance_hand_case_ties_in_time_and_censoring_at_event_time():
+    """Times 2 (event, risk 5), 2 (event, risk 1), 2 (censored, risk 3), 4 (event, risk 3),
+    5 (censored, risk 3). Comparable pairs of the first event: the censoring at 2 and times
+    4, 5 (not the other event at 2): risks 3, 3, 3 all lower -> 3 concordant of 3. Second
+    event (risk 1): 0 of 3. Event at 4: vs time 5, tied risk -> 0.5 of 1. C = 3.5 / 7."""
+    t, e, r = [2, 2, 2, 4, 5], [1, 1, 0, 1, 0], [5, 1, 3, 3, 3]
+    npt.assert_allclose(mt.harrell_c(t, e, r), 3.5 / 7, rtol=1e-15)
+    less, equal, total = mt._concordance_counts(np.array(t, float), np.array(e), np.array(r, float))
+    npt.assert_array_equal(less, [3, 0, 0, 0, 0])
+    npt.assert_array_equal(equal, [0, 0, 0, 1, 0])
+    npt.assert_array_equal(total, [3, 3, 0, 1, 0])
+
+
+def test_harrell_c_equals_lifelines_and_sksurv_over_random_draws():
+    """400 random data sets (sizes 2-120, ties everywhere): lifelines' concordance_index
+    (higher score = longer survival, so minus the risk) and sksurv's
+    concordance_index_censored with exact risk ties (tied_tol=0)."""
+    from lifelines.utils import concordance_index
+    from sksurv.metrics import concordance_index_censored
+
+    rng = np.random.default_rng(20261129)
+    n_checked = 0
+    for _ in range(400):
+        t, e, r = _random_survival(rng, int(rng.integers(2, 120)))
+        try:
+            expected = concordance_index_censored(e.astype(bool), t, r, tied_tol=0)[0]
+        except Exception:  # no comparable pair: ours must refuse as well
+            with pytest.raises(ValueError, match="no comparable pairs"):
+                mt.harrell_c(t, e, r)
+            continue
+        got = mt.harrell_c(t, e, r)
+        assert abs(got - expected) <= 1e-12
+        assert abs(got - concordance_index(t, -r, e)) <= 1e-12
+        n_checked += 1
+    assert n_checked > 300
+
+
+def test_uno_c_equals_sksurv_ipcw_over_random_draws():
+    """Uno's C against sksurv's concordance_index_ipcw (tied_tol=0), tau inside follow-up,
+    training sample = test sample and a separate one."""
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(20261130)
+    n_checked = 0
+    for _ in range(200):
+        n = int(rng.integers(20, 150))
+        t, e, r = _random_survival(rng, n)
+        e[t == t.max()] = 0  # no event at the last time, where the censoring KM drops to 0
+        tau = float(rng.choice(t))
+        test = Surv.from_arrays(e.astype(bool), t)
+        train_t = np.r_[t, rng.integers(1, int(t.max()) + 1, n).astype(float)]
+        train_e = np.r_[e, rng.integers(0, 2, n)]
+        train_e[train_t == train_t.max()] = 0
+        for tt, ee in ((None, None), (train_t, train_e)):
+            train = test if tt is None else Surv.from_arrays(ee.astype(bool), tt)
+            try:
+                expected = concordance_index_ipcw(train, test, r, tau=tau, tied_tol=0)[0]
+            except Exception:
+                continue
+            if not np.isfinite(expected):
+                continue
+            got = mt.uno_c(t, e, r, tau=tau, train_time=tt, train_event=ee)
+            assert abs(got - expected) <= 1e-12
+            n_checked += 1
+    assert n_checked > 200
+
+
+def test_td_auc_brier_ibs_equal_sksurv_over_random_draws():
+    """td-AUC (1-D and 2-D risks, tied risks), Brier score and integrated Brier score
+    against scikit-survival's cumulative_dynamic_auc, brier_score, integrated_brier_score."""
+    from sksurv.metrics import brier_score, cumulative_dynamic_auc, integrated_brier_score
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(20261131)
+    for _ in range(100):
+        n = int(rng.integers(30, 200))
+        t, e, r = _random_survival(rng, n)
+        e[t == t.max()] = 0  # no event at the last time, where the censoring KM drops to 0
+        inside = np.unique(t[(t >= t.min()) & (t < t.max())])
+        if inside.size < 3:
+            continue
+        times = np.sort(rng.choice(inside, 3, replace=False))
+        y = Surv.from_arrays(e.astype(bool), t)
+        r2 = r[:, None] + rng.integers(0, 3, (n, 3))
+        surv = rng.uniform(0, 1, (n, 3))
+        for risk in (r, r2):
+            expected = cumulative_dynamic_auc(y, y, risk, times)[0]
+            npt.assert_allclose(mt.td_auc(t, e, risk, times), expected, rtol=1e-12, atol=1e-14)
+        npt.assert_allclose(mt.brier_score(t, e, surv, times), brier_score(y, y, surv, times)[1], rtol=1e-12)
+        npt.assert_allclose(mt.integrated_brier_score(t, e, surv, times),
+                            integrated_brier_score(y, y, surv, times), rtol=1e-12)
+
+
+def test_risk_metrics_by_model_equals_single_calls():
+    rng = np.random.default_rng(13)
+    n = 300
+    lp = rng.normal(size=n)
+    t_ev = rng.exponential(np.exp(-lp) * 300)
+    cens = rng.uniform(50, 900, n)
+    t, e = np.round(np.minimum(t_ev, cens)) + 1, (t_ev <= cens).astype(int)
+    risks = {"a": 1 / (1 + np.exp(-lp)), "b": 1 / (1 + np.exp(-lp - rng.normal(size=n)))}
+    times = [100.0, 200.0]
+    curves = {"a": np.column_stack([1 - risks["a"] / 2, 1 - risks["a"]])}
+    both = mt.risk_metrics_by_model(t, e, risks, 200.0, 0.5, curves, times)
+    assert list(both) == ["a", "b"] and "ibs" in both["a"] and "ibs" not in both["b"]
+    assert both["a"] == mt.risk_metrics(t, e, risks["a"], 200.0, 0.5, survival=curves["a"], times=times)
+    assert both["b"] == mt.risk_metrics(t, e, risks["b"], 200.0, 0.5)
+
+
 def test_uno_c_without_censoring_equals_harrell():
     t, e, r = _uncensored()
     npt.assert_allclose(mt.uno_c(t, e, r, tau=t.max() + 1), mt.harrell_c(t, e, r), rtol=1e-10)

@@ -1,10 +1,12 @@
 """Discrimination and accuracy metrics for risk predictions, and bootstrap CIs.
 
 Survival metrics (Harrell's and Uno's C, cumulative/dynamic time-dependent AUC, Brier score,
-integrated Brier score) wrap scikit-survival; inverse-probability-of-censoring weights (IPCW)
-come from the Kaplan-Meier estimate of the censoring distribution of the *training* data
-(``train_time``/``train_event``; default: the evaluation data themselves). Binary metrics
-(AUROC, AUPRC, sensitivity, PPV) accept case weights so that a horizon outcome with IPCW
+integrated Brier score) equal scikit-survival's (tested on random data with ties) but run in
+O(n log n) time and O(n) memory: the concordance counts come from one sort and a bitwise
+radix count of later subjects with lower risk, not from pairs. Inverse-probability-of-censoring
+weights (IPCW) come from the Kaplan-Meier estimate of the censoring distribution of the
+*training* data (scikit-survival's ``CensoringDistributionEstimator``; ``train_time``/
+``train_event``, default: the evaluation data themselves). Binary metrics (AUROC, AUPRC, sensitivity, PPV) accept case weights so that a horizon outcome with IPCW
 weights (:func:`horizon_outcome`) is evaluated without bias from censoring.
 
 ``risk`` is always "higher = worse" (e.g. predicted probability of death by the horizon,
@@ -13,17 +15,16 @@ or a Cox linear predictor); ``survival`` arrays hold predicted S(t | x) with sha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sksurv.metrics import brier_score as _sks_brier
-from sksurv.metrics import cumulative_dynamic_auc
-from sksurv.metrics import integrated_brier_score as _sks_ibs
 from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
+from pmed.parallel import run_tasks
 from pmed.survival import check_survival_data
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "auprc",
     "sensitivity_ppv",
     "risk_metrics",
+    "risk_metrics_by_model",
+    "resamples",
     "bootstrap",
     "ci_table",
 ]
@@ -93,12 +96,50 @@ def horizon_outcome(time, event, horizon: float) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "known": known, "ipcw": w})
 
 
-def _concordance_counts(time, event, risk, block: int = 256):
-    """Per-event pair counts for concordance indices, in O(n sqrt(n)) vectorised work.
+def _later_smaller_equal(rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position k of ``rank`` (n,) non-negative ints: #{j > k: rank_j < rank_k}, #{j > k: rank_j == rank_k}.
+
+    Bitwise radix partition, most significant bit first: at each bit the positions are
+    stably split, within their segment of equal higher bits, into bit 0 then bit 1, and
+    every element with bit 1 counts the bit-0 elements after it in its segment. O(n log n)
+    time (vectorised O(n) work per bit of the largest rank), O(n) memory.
+    """
+    n = rank.size
+    idx = np.int32 if n < 2**31 - 1 else np.int64  # narrower indices: less memory traffic
+    rank = rank.astype(idx)
+    pos = np.arange(n, dtype=idx)
+    perm = pos.copy()
+    seg_start, seg_end = np.zeros(n, dtype=idx), np.full(n, n, dtype=idx)
+    less = np.zeros(n, dtype=np.int64)
+    for b in range(int(rank.max()).bit_length() - 1 if n else -1, -1, -1):
+        bit = (rank[perm] >> b) & 1
+        zero = 1 - bit
+        cz = np.cumsum(zero, dtype=idx)  # zeros at arranged positions <= k
+        zeros_to_end = cz[seg_end - 1]
+        zeros_before_seg = cz[seg_start] - zero[seg_start]
+        less[perm] += bit * (zeros_to_end - cz)  # bit-0 elements after k in its segment
+        split = seg_start + zeros_to_end - zeros_before_seg
+        zeros_before_k = cz - zero - zeros_before_seg
+        new_pos = np.where(bit == 0, seg_start + zeros_before_k, split + (pos - seg_start - zeros_before_k))
+        perm[new_pos] = perm.copy()
+        seg_start[new_pos], seg_end[new_pos] = np.where(bit == 0, seg_start, split), np.where(bit == 0, split, seg_end)
+    equal = np.empty(n, dtype=np.int64)
+    equal[perm] = seg_end - 1 - pos  # segments are now the classes of equal rank, in position order
+    return less, equal
+
+
+def _concordance_counts(time, event, risk):
+    """Per-event pair counts for concordance indices, in O(n log n) time and O(n) memory.
 
     Event i is comparable with every j with T_j > T_i and with censored j with T_j = T_i
-    (scikit-survival's and lifelines' convention). Returns, for each subject (0 for censored
-    ones): the number of comparable j with lower risk, with equal risk, and in total.
+    (scikit-survival's, lifelines' and R ``survival::concordance``'s convention; two events
+    at the same time are not comparable). Risks are tied only when exactly equal. Returns,
+    for each subject (0 for censored ones): the number of comparable j with lower risk,
+    with equal risk, and in total (int64 arrays, shape (n,)).
+
+    Subjects are ordered by time, events before censorings at the same time and, among
+    events at one time, by decreasing risk; every later subject is comparable except the
+    later events at the same time, which all have lower or equal risk and are subtracted.
     """
     t = np.asarray(time, dtype=float)
     e = np.asarray(event).astype(bool)
@@ -106,36 +147,28 @@ def _concordance_counts(time, event, risk, block: int = 256):
     if r.shape != t.shape or np.any(~np.isfinite(r)):
         raise ValueError(f"concordance: risk must be finite with shape {t.shape}, got {r.shape}")
     n = t.size
-    order = np.lexsort((~e, t))  # by time, events before censored at the same time
-    time_rank = np.unique(t, return_inverse=True)[1]
-    key = 2 * time_rank + (~e)
-    key_sorted = key[order]
-    r_sorted = r[order]
-    ev = np.flatnonzero(e)
-    start = np.searchsorted(key_sorted, 2 * time_rank[ev] + 1, side="left")  # first comparable
-    rq = r[ev]
-    n_blocks = -(-n // block)
-    less_blocks = np.zeros((ev.size, n_blocks + 1))
-    equal_blocks = np.zeros((ev.size, n_blocks + 1))
-    for b in range(n_blocks):
-        sorted_block = np.sort(r_sorted[b * block:(b + 1) * block])
-        lo = np.searchsorted(sorted_block, rq, side="left")
-        less_blocks[:, b] = lo
-        equal_blocks[:, b] = np.searchsorted(sorted_block, rq, side="right") - lo
-    less_suffix = np.cumsum(less_blocks[:, ::-1], axis=1)[:, ::-1]
-    equal_suffix = np.cumsum(equal_blocks[:, ::-1], axis=1)[:, ::-1]
-    first_full = -(-start // block)
-    rows = np.arange(ev.size)
-    less = less_suffix[rows, first_full]
-    equal = equal_suffix[rows, first_full]
-    partial = start[:, None] + np.arange(block)[None, :]
-    valid = partial < np.minimum(first_full * block, n)[:, None]
-    vals = r_sorted[np.clip(partial, 0, n - 1)]
-    less = less + np.sum(valid & (vals < rq[:, None]), axis=1)
-    equal = equal + np.sum(valid & (vals == rq[:, None]), axis=1)
-    out_less, out_equal, out_total = np.zeros(n), np.zeros(n), np.zeros(n)
-    out_less[ev], out_equal[ev], out_total[ev] = less, equal, n - start
+    order = np.lexsort((-r, ~e, t))
+    rank = np.unique(r[order], return_inverse=True)[1].astype(np.int64).ravel()
+    less, equal = _later_smaller_equal(rank)
+    ev = np.flatnonzero(e[order])  # arranged positions of the events
+    t_ev, rank_ev = t[order][ev], rank[ev]
+    new_time = np.r_[True, t_ev[1:] != t_ev[:-1]]
+    new_class = new_time | np.r_[True, rank_ev[1:] != rank_ev[:-1]]
+    time_end = _run_end(new_time)  # index (among events) past the last event at this time
+    class_end = _run_end(new_class)  # ... past the last event at this time with this risk
+    k = np.arange(ev.size)
+    out_less, out_equal, out_total = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    out_less[order[ev]] = less[ev] - (time_end - class_end)
+    out_equal[order[ev]] = equal[ev] - (class_end - 1 - k)
+    out_total[order[ev]] = (n - 1 - ev) - (time_end - 1 - k)
     return out_less, out_equal, out_total
+
+
+def _run_end(starts: np.ndarray) -> np.ndarray:
+    """For runs marked by ``starts`` (bool (m,), True at each run's first element): the end
+    (exclusive) of each element's run."""
+    first = np.flatnonzero(starts)
+    return np.repeat(np.r_[first[1:], starts.size], np.diff(np.r_[first, starts.size]))
 
 
 def harrell_c(time, event, risk) -> float:
@@ -160,14 +193,18 @@ def uno_c(time, event, risk, tau: float, train_time=None, train_event=None) -> f
 
     Pairs are weighted by 1 / G(T_i)^2, G the KM censoring survival of the training data
     (scikit-survival's ``CensoringDistributionEstimator``); events at T_i >= tau get weight 0.
+    Equals scikit-survival's ``concordance_index_ipcw`` with exact risk ties (``tied_tol=0``).
     """
     t, e = check_survival_data(time, event, "uno_c")
-    counts = _concordance_counts(t, e, risk)
-    return _uno_from_counts(t, e, tau, _train(time, event, train_time, train_event, "uno_c"), *counts)
+    cens = _censoring(_train(time, event, train_time, train_event, "uno_c"))
+    return _uno_from_counts(t, e, tau, cens, *_concordance_counts(t, e, risk))
 
 
-def _uno_from_counts(t, e, tau, train, less, equal, total):
-    cens = CensoringDistributionEstimator().fit(train)
+def _censoring(train) -> CensoringDistributionEstimator:
+    return CensoringDistributionEstimator().fit(train)
+
+
+def _uno_from_counts(t, e, tau, cens, less, equal, total):
     w = np.zeros(t.size)
     early = t < tau
     w[early] = cens.predict_ipcw(_surv(t[early], e[early], "uno_c")) ** 2
@@ -176,34 +213,93 @@ def _uno_from_counts(t, e, tau, train, less, equal, total):
     return float(np.sum(w * (less + 0.5 * equal)) / np.sum(w * total))
 
 
+def _check_times(t, times, name) -> np.ndarray:
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    if times.ndim != 1 or np.any(np.diff(times) <= 0):
+        raise ValueError(f"{name}: times must be strictly increasing, got {times.tolist()}")
+    if times.max() >= t.max() or times.min() < t.min():
+        raise ValueError(f"{name}: all times must be within the follow-up of the data [{t.min()}; {t.max()}[")
+    return times
+
+
+def _td_auc_fitted(cens, t, e, risk, times, tied_tol: float = 1e-8) -> np.ndarray:
+    """td-AUC at ``times`` with a fitted censoring estimator: O(n log n) per time point.
+
+    Cases (event by s) weigh 1 / G(T_i), controls (T_j > s) 1; pairs ordered by risk count
+    1, ties 1/2, risks within ``tied_tol`` of their neighbour in sorted order being tied
+    (scikit-survival's ``cumulative_dynamic_auc``).
+    """
+    times = _check_times(t, times, "td_auc")
+    risk = np.asarray(risk, dtype=float)
+    if risk.shape not in ((t.size,), (t.size, times.size)):
+        raise ValueError(f"td_auc: risk must have shape ({t.size},) or ({t.size}, {times.size}), got {risk.shape}")
+    ipcw = cens.predict_ipcw(_surv(t, e, "td_auc"))
+    auc = np.empty(times.size)
+    for k, s in enumerate(times):
+        r = risk if risk.ndim == 1 else risk[:, k]
+        o = np.argsort(-r, kind="stable")
+        group = np.cumsum(np.r_[True, np.abs(np.diff(r[o])) > tied_tol]) - 1
+        case_w = np.bincount(group, weights=(ipcw * ((t <= s) & (e == 1)))[o])
+        controls = np.bincount(group, weights=(t > s)[o].astype(float))
+        below = controls.sum() - np.cumsum(controls)  # controls with lower risk than the group
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc[k] = np.sum(case_w * (below + 0.5 * controls)) / (case_w.sum() * controls.sum())
+    return auc
+
+
+def _brier_fitted(cens, t, e, survival, times) -> np.ndarray:
+    times = _check_times(t, times, "brier_score")
+    surv = np.asarray(survival, dtype=float).reshape(t.size, -1)
+    if surv.shape[1] != times.size:
+        raise ValueError(f"brier_score: survival has {surv.shape[1]} columns for {times.size} times")
+    g_times = cens.predict_proba(times)
+    g_times[g_times == 0] = np.inf
+    g_obs = cens.predict_proba(t)
+    g_obs[g_obs == 0] = np.inf
+    event = e == 1
+    return np.array([
+        np.mean(surv[:, k] ** 2 * ((t <= s) & event) / g_obs + (1 - surv[:, k]) ** 2 * (t > s) / g_times[k])
+        for k, s in enumerate(times)
+    ])
+
+
+def _ibs_fitted(cens, t, e, survival, times) -> float:
+    times = _check_times(t, times, "integrated_brier_score")
+    if times.size < 2:
+        raise ValueError("integrated_brier_score: at least two time points are needed")
+    return float(np.trapezoid(_brier_fitted(cens, t, e, survival, times), times) / (times[-1] - times[0]))
+
+
 def td_auc(time, event, risk, times: Sequence[float], train_time=None, train_event=None) -> np.ndarray:
     """Cumulative/dynamic AUC(t) at each of ``times`` (IPCW; Uno 2007, Hung & Chiang 2010).
 
     Cases: event by t; controls: still event-free after t. Returns shape (len(times),).
-    ``risk`` may be (n,) (one score for all times) or (n, len(times)).
+    ``risk`` may be (n,) (one score for all times) or (n, len(times)); ``times`` strictly
+    increasing within [min, max[ of the follow-up. Equals scikit-survival's
+    ``cumulative_dynamic_auc`` (one sort per time point, no n x n work).
     """
-    test = _surv(time, event, "td_auc")
-    train = _train(time, event, train_time, train_event, "td_auc")
-    auc, _ = cumulative_dynamic_auc(train, test, np.asarray(risk, dtype=float), np.asarray(times, dtype=float))
-    return np.asarray(auc, dtype=float)
+    t, e = check_survival_data(time, event, "td_auc")
+    cens = _censoring(_train(time, event, train_time, train_event, "td_auc"))
+    return _td_auc_fitted(cens, t, e, risk, times)
 
 
 def brier_score(time, event, survival, times: Sequence[float], train_time=None, train_event=None) -> np.ndarray:
-    """IPCW Brier score at each of ``times`` (Graf et al. 1999); ``survival`` shape (n, k)."""
-    test = _surv(time, event, "brier_score")
-    train = _train(time, event, train_time, train_event, "brier_score")
-    surv = np.asarray(survival, dtype=float).reshape(len(test), -1)
-    _, bs = _sks_brier(train, test, surv, np.asarray(times, dtype=float))
-    return np.asarray(bs, dtype=float)
+    """IPCW Brier score at each of ``times`` (Graf et al. 1999); ``survival`` shape (n, k).
+
+    Equals scikit-survival's ``brier_score``.
+    """
+    t, e = check_survival_data(time, event, "brier_score")
+    cens = _censoring(_train(time, event, train_time, train_event, "brier_score"))
+    return _brier_fitted(cens, t, e, survival, times)
 
 
 def integrated_brier_score(
     time, event, survival, times: Sequence[float], train_time=None, train_event=None
 ) -> float:
     """Integrated Brier score over ``times`` (trapezoid rule, divided by the time range)."""
-    test = _surv(time, event, "integrated_brier_score")
-    train = _train(time, event, train_time, train_event, "integrated_brier_score")
-    return float(_sks_ibs(train, test, np.asarray(survival, dtype=float), np.asarray(times, dtype=float)))
+    t, e = check_survival_data(time, event, "integrated_brier_score")
+    cens = _censoring(_train(time, event, train_time, train_event, "integrated_brier_score"))
+    return _ibs_fitted(cens, t, e, survival, times)
 
 
 def _binary_inputs(y, score, weights, name):
@@ -277,31 +373,57 @@ def risk_metrics(
     ``calibration_intercept``, ``oe_ratio``, ``net_benefit``, ``sensitivity``, ``ppv``
     (binary measures IPCW-weighted, see :func:`horizon_outcome`), and ``ibs`` if curves given.
     """
+    curves = None if survival is None else {"model": survival}
+    return risk_metrics_by_model(time, event, {"model": risk}, horizon, threshold, curves, times,
+                                 train_time, train_event)["model"]
+
+
+def risk_metrics_by_model(
+    time,
+    event,
+    risks: Mapping[str, np.ndarray],
+    horizon: float,
+    threshold: float,
+    survival: Mapping[str, np.ndarray] | None = None,
+    times: Sequence[float] | None = None,
+    train_time=None,
+    train_event=None,
+) -> dict[str, dict[str, float]]:
+    """:func:`risk_metrics` of several models' risks ``{model: (n,)}`` for the same people.
+
+    The horizon outcome, its IPCW weights and the censoring distribution are computed once
+    and shared (the same values as separate :func:`risk_metrics` calls). ``survival`` maps
+    some of the models to curves (n, k) at ``times`` (their ``ibs``). Returns
+    ``{model: metrics}`` in the order of ``risks``.
+    """
     from pmed import calibration as cal
 
-    risk = np.asarray(risk, dtype=float)
-    out = horizon_outcome(time, event, horizon)
-    y, w = out["y"].to_numpy(), out["ipcw"].to_numpy()
-    kw = {"train_time": train_time, "train_event": train_event}
-    slope = cal.calibration_slope_intercept(y, risk, w)
     t, e = check_survival_data(time, event, "risk_metrics")
-    counts = _concordance_counts(t, e, risk)
-    train = _train(time, event, train_time, train_event, "risk_metrics")
-    res = {
-        "harrell_c": _harrell_from_counts(*counts),
-        "uno_c": _uno_from_counts(t, e, horizon, train, *counts),
-        "td_auc": float(td_auc(time, event, risk, [horizon], **kw)[0]),
-        "brier": float(brier_score(time, event, 1 - risk[:, None], [horizon], **kw)[0]),
-        "auroc": auroc(y, risk, w),
-        "auprc": auprc(y, risk, w),
-        "calibration_slope": slope["slope"],
-        "calibration_intercept": slope["intercept"],
-        "oe_ratio": cal.observed_expected(y, risk, w),
-        "net_benefit": cal.net_benefit(y, risk, threshold, w),
-    }
-    res.update({k: v for k, v in sensitivity_ppv(y, risk >= threshold, w).items() if k in ("sensitivity", "ppv")})
-    if survival is not None:
-        res["ibs"] = integrated_brier_score(time, event, survival, times, **kw)
+    out = horizon_outcome(t, e, horizon)
+    y, w = out["y"].to_numpy(), out["ipcw"].to_numpy()
+    cens = _censoring(_train(time, event, train_time, train_event, "risk_metrics"))
+    survival = survival or {}
+    res = {}
+    for name, risk in risks.items():
+        risk = np.asarray(risk, dtype=float)
+        counts = _concordance_counts(t, e, risk)
+        slope = cal.calibration_slope_intercept(y, risk, w)
+        m = {
+            "harrell_c": _harrell_from_counts(*counts),
+            "uno_c": _uno_from_counts(t, e, horizon, cens, *counts),
+            "td_auc": float(_td_auc_fitted(cens, t, e, risk, [horizon])[0]),
+            "brier": float(_brier_fitted(cens, t, e, 1 - risk[:, None], [horizon])[0]),
+            "auroc": auroc(y, risk, w),
+            "auprc": auprc(y, risk, w),
+            "calibration_slope": slope["slope"],
+            "calibration_intercept": slope["intercept"],
+            "oe_ratio": cal.observed_expected(y, risk, w),
+            "net_benefit": cal.net_benefit(y, risk, threshold, w),
+        }
+        m.update({k: v for k, v in sensitivity_ppv(y, risk >= threshold, w).items() if k in ("sensitivity", "ppv")})
+        if name in survival:
+            m["ibs"] = _ibs_fitted(cens, t, e, survival[name], times)
+        res[name] = m
     return res
 
 
@@ -310,6 +432,17 @@ def _guarded(statistic, idx):
         return statistic(idx)
     except ValueError:
         return {}
+
+
+def resamples(n: int, n_boot: int, seed: int):
+    """Generator of ``n_boot`` bootstrap index arrays (n,), drawn in turn from ``seed``.
+
+    One array at a time (memory O(n), not O(n_boot x n)); the draws are those of
+    ``rng = np.random.default_rng(seed)`` then ``rng.integers(0, n, size=n)`` per replicate.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, size=n)
 
 
 def bootstrap(
@@ -323,19 +456,14 @@ def bootstrap(
 
     ``statistic(idx)`` receives an int array of row indices, shape (n,), and returns a dict
     of floats. A replicate where it raises ``ValueError`` (e.g. a resample with no events)
-    is recorded as NaN. All resamples are drawn up front from ``seed``, so the result does
-    not depend on ``n_jobs`` (joblib processes). Returns a DataFrame, one row per replicate.
+    is recorded as NaN. Resamples come from :func:`resamples` (``seed``) in the calling
+    process and run in ``n_jobs`` processes with one BLAS thread each
+    (:func:`pmed.parallel.run_tasks`), so the result does not depend on ``n_jobs``.
+    Returns a DataFrame, one row per replicate.
     """
     if n_boot < 1:
         raise ValueError(f"bootstrap: n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    samples = [rng.integers(0, n, size=n) for _ in range(n_boot)]
-    if n_jobs == 1:
-        rows = [_guarded(statistic, idx) for idx in samples]
-    else:
-        from joblib import Parallel, delayed
-
-        rows = Parallel(n_jobs=n_jobs)(delayed(_guarded)(statistic, idx) for idx in samples)
+    rows = run_tasks(partial(_guarded, statistic), resamples(n, n_boot, seed), n_jobs)
     return pd.DataFrame(rows)
 
 
