@@ -13,11 +13,14 @@ lets missingness itself predict treatment.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import StatisticalWarning
+from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 
 Z95 = 1.959963984540054
@@ -283,6 +286,60 @@ def risk_difference(
     return {"survival_treated": s1, "survival_control": s0, "difference": s1 - s0}
 
 
+def cox_score_residuals(time, event, X, beta, weights=None) -> np.ndarray:
+    """Efron score residuals of a (weighted) Cox model, shape (n, p), in O(n p) time.
+
+    Per person i (unweighted, as R ``residuals(coxph, "score")`` with ties = "efron"):
+    ``delta_i (x_i - xbar_i) - sum over death times t <= T_i of r_i dLambda_t (x_i - xbar_t)``,
+    where the d tied deaths at a time are split into d Efron steps (step j removes the
+    fraction j/d of the dying persons' weighted risk from the risk set, and the dying
+    persons take part in step j with that fraction removed). ``r_i = exp(x_i beta)``.
+    Risk-set sums are reverse cumulative sums over persons sorted by time and the per-time
+    terms are cumulated over death times, so no person-by-time matrix is formed.
+    ``sum_i w_i resid_i`` is the score, 0 at the maximum of the weighted Efron likelihood.
+
+    Parameters
+    ----------
+    time, event : (n,) follow-up and 0/1; X : (n, p) covariates; beta : (p,) log-HRs;
+    weights : (n,) case weights > 0 (default 1).
+    """
+    t = np.asarray(time, dtype=float)
+    d = np.asarray(event).astype(bool)
+    X = np.asarray(X, dtype=float).reshape(t.size, -1)
+    w = np.ones(t.size) if weights is None else np.asarray(weights, dtype=float)
+    order = np.argsort(t, kind="stable")
+    ts, ds, Xs, ws = t[order], d[order], X[order], w[order]
+    r = np.exp((Xs - Xs.mean(0)) @ np.asarray(beta, dtype=float))  # centring cancels in every ratio
+    wr = ws * r
+    c0 = np.cumsum(wr[::-1])[::-1]  # risk-set sums from each sorted position on
+    c1 = np.cumsum((wr[:, None] * Xs)[::-1], axis=0)[::-1]
+    death_times, first_death, n_deaths = np.unique(ts[ds], return_index=True, return_counts=True)
+    # one entry per death (sorted), j = its Efron step 0..d-1 within its time
+    k = np.repeat(np.arange(death_times.size), n_deaths)
+    frac = (np.arange(k.size) - np.repeat(first_death, n_deaths)) / n_deaths[k]
+    at = np.searchsorted(ts, death_times, side="left")
+    e0 = np.add.reduceat(wr[ds], first_death)  # dying persons' weighted risk per time
+    e1 = np.add.reduceat(wr[ds][:, None] * Xs[ds], first_death, axis=0)
+    mean_w = np.add.reduceat(ws[ds], first_death) / n_deaths
+    denom = c0[at][k] - frac * e0[k]
+    h = mean_w[k] / denom  # hazard increment of each Efron step
+    xbar = (c1[at][k] - frac[:, None] * e1[k]) / denom[:, None]
+    H, G = np.add.reduceat(h, first_death), np.add.reduceat(h[:, None] * xbar, first_death, axis=0)
+    H_dead = np.add.reduceat((1 - frac) * h, first_death)
+    G_dead = np.add.reduceat(((1 - frac) * h)[:, None] * xbar, first_death, axis=0)
+    M = np.add.reduceat(xbar, first_death, axis=0) / n_deaths[:, None]
+    cum_H, cum_G = np.r_[0.0, np.cumsum(H)], np.vstack([np.zeros(X.shape[1]), np.cumsum(G, axis=0)])
+    # death times before T_i (plus T_i itself for a censoring there); deaths add their own time
+    m = np.where(ds, np.searchsorted(death_times, ts, "left"), np.searchsorted(death_times, ts, "right"))
+    resid = -r[:, None] * (Xs * cum_H[m][:, None] - cum_G[m])
+    i = np.flatnonzero(ds)
+    kd = m[i]
+    resid[i] += (Xs[i] - M[kd]) - r[i, None] * (Xs[i] * H_dead[kd][:, None] - G_dead[kd])
+    out = np.empty_like(resid)
+    out[order] = resid
+    return out
+
+
 def weighted_cox(
     df: pd.DataFrame,
     duration_col: str,
@@ -296,7 +353,9 @@ def weighted_cox(
     Equivalent R call: ``coxph(Surv(time, event) ~ covariates, weights = w, robust = TRUE)``
     (``+ cluster(id)`` when ``cluster`` is given, e.g. matched-pair ids, so the sandwich sums
     score residuals within clusters). With neither weights nor cluster the model-based SE is
-    returned. Rows with weight 0 are dropped.
+    returned. Rows with weight 0 are dropped. The coefficients come from lifelines; the
+    sandwich ``D'D`` with ``D = (w x score residuals) V`` (summed within clusters; V the
+    model-based variance) uses :func:`cox_score_residuals`, O(n p).
 
     Returns
     -------
@@ -305,27 +364,32 @@ def weighted_cox(
     """
     _check_columns(df, [duration_col, event_col, *covariates], "weighted_cox")
     data = df[[duration_col, event_col, *covariates]].copy()
-    fit_kw = {}
-    if weights is not None:
-        data["_w"] = np.asarray(weights, dtype=float)
-        fit_kw = {"weights_col": "_w", "robust": True}
-    if cluster is not None:
-        data["_cluster"] = np.asarray(cluster)
-        fit_kw["cluster_col"] = "_cluster"
-    if weights is not None:
-        data = data[data["_w"] > 0]
+    robust = weights is not None or cluster is not None
+    w = np.ones(len(data)) if weights is None else np.asarray(weights, dtype=float)
+    groups = np.arange(len(data)) if cluster is None else np.asarray(cluster)
+    keep = w > 0
+    data, w, groups = data[keep], w[keep], groups[keep]
     cph = CoxPHFitter()
-    cph.fit(data, duration_col=duration_col, event_col=event_col, **fit_kw)
-    s = cph.summary
+    with warnings.catch_warnings():  # non-integer weights: lifelines warns that its SE is naive
+        warnings.simplefilter("ignore", StatisticalWarning)
+        cph.fit(data.assign(_w=w), duration_col=duration_col, event_col=event_col, weights_col="_w")
+    coef = cph.params_.to_numpy()
+    V = cph.variance_matrix_.to_numpy()
+    if robust:
+        resid = cox_score_residuals(data[duration_col], data[event_col], data[list(covariates)], coef, w)
+        D = pd.DataFrame((w[:, None] * resid) @ V).groupby(groups).sum().to_numpy()
+        V = D.T @ D
+    se = np.sqrt(np.diag(V))
     return pd.DataFrame(
         {
-            "coef": s["coef"],
-            "se": s["se(coef)"],
-            "hr": np.exp(s["coef"]),
-            "ci_low": np.exp(s["coef"] - Z95 * s["se(coef)"]),
-            "ci_high": np.exp(s["coef"] + Z95 * s["se(coef)"]),
-            "p": s["p"],
-        }
+            "coef": coef,
+            "se": se,
+            "hr": np.exp(coef),
+            "ci_low": np.exp(coef - Z95 * se),
+            "ci_high": np.exp(coef + Z95 * se),
+            "p": 2 * norm.sf(np.abs(coef / se)),
+        },
+        index=pd.Index(list(covariates), name="covariate"),
     )
 
 
