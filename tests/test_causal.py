@@ -69,6 +69,43 @@ def test_matching_respects_caliper_and_nearest():
     assert ids[2] == -1 and ids[5] == -1
 
 
+def _match_by_scanning(lp, t, caliper_sd, seed):
+    """The direct algorithm: each treated person (seeded random order) scans all controls."""
+    caliper = caliper_sd * lp.std(ddof=1)
+    treated_idx, control_idx = np.flatnonzero(t == 1), np.flatnonzero(t == 0)
+    available = np.ones(control_idx.size, dtype=bool)
+    pairs = []
+    for i in np.random.default_rng(seed).permutation(treated_idx):
+        dist = np.where(available, np.abs(lp[control_idx] - lp[i]), np.inf)
+        j = int(np.argmin(dist))
+        if dist[j] <= caliper:
+            available[j] = False
+            pairs.append((i, control_idx[j]))
+    return np.array(pairs, dtype=int).reshape(-1, 2)
+
+
+def test_matching_equals_scanning_all_controls_over_random_draws():
+    """Same pairs in the same order as the O(n^2) scan, 300 draws: continuous scores, a few
+    repeated values, heavily tied (discrete) scores, calipers from tight to none; every
+    pair within the caliper and no person used twice."""
+    rng = np.random.default_rng(20261129)
+    n_pairs = 0
+    for k in range(300):
+        n = int(rng.integers(2, 300))
+        t = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+        if t.min() == t.max():
+            continue
+        lp = [rng.normal(size=n), rng.integers(0, 6, n) * 0.5, np.round(rng.normal(size=n), 1)][k % 3]
+        caliper_sd = float(rng.choice([0.05, 0.2, 1.0, 10.0]))
+        seed = int(rng.integers(0, 2**31))
+        pairs = causal.match_nearest(lp, t, caliper_sd, seed)
+        npt.assert_array_equal(pairs, _match_by_scanning(lp, t, caliper_sd, seed))
+        assert np.all(np.abs(lp[pairs[:, 0]] - lp[pairs[:, 1]]) <= caliper_sd * lp.std(ddof=1))
+        assert len(np.unique(pairs)) == pairs.size and np.all(t[pairs[:, 0]] == 1) and np.all(t[pairs[:, 1]] == 0)
+        n_pairs += len(pairs)
+    assert n_pairs > 5000
+
+
 def test_weighted_km_integer_weights_equal_replicated_rows():
     rossi = load_rossi()
     w = 1 + (np.arange(len(rossi)) % 3)

@@ -14,6 +14,7 @@ lets missingness itself predict treatment.
 from __future__ import annotations
 
 import warnings
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -150,7 +151,11 @@ def match_nearest(
 
     Treated persons are taken in a random (seeded) order; each gets the closest unused
     control if within ``caliper_sd`` x SD(logit PS) (SD over all persons), else stays
-    unmatched.
+    unmatched. Among equally close controls the one first in row order is taken.
+
+    The controls are sorted by score once; the unused ones nearest a score are found with
+    two "next unused to the right / left" union-find arrays, so a match costs O(log n)
+    (amortised) instead of a scan of all controls: O(n log n) in total.
 
     Returns
     -------
@@ -161,16 +166,51 @@ def match_nearest(
     caliper = caliper_sd * lp.std(ddof=1)
     treated_idx = np.flatnonzero(t == 1)
     control_idx = np.flatnonzero(t == 0)
-    available = np.ones(control_idx.size, dtype=bool)
-    control_lp = lp[control_idx]
+    order = np.lexsort((control_idx, lp[control_idx]))  # by score, then row
+    values = lp[control_idx][order]
+    rows = control_idx[order]
+    n_c = values.size
+    val, row = values.tolist(), rows.tolist()
+    right = list(range(n_c + 1))  # right[k]: a later-or-equal sorted position, n_c = none
+    left = list(range(n_c + 1))  # left[k + 1]: an earlier-or-equal sorted position + 1, 0 = none
+
+    def find(parent, k):
+        root = k
+        while parent[root] != root:
+            root = parent[root]
+        while parent[k] != root:
+            parent[k], k = root, parent[k]
+        return root
+
+    def first_unused_of_value(v):  # unused control with score v lowest in row order
+        return find(right, bisect_left(val, v))
+
     rng = np.random.default_rng(seed)
     pairs = []
-    for i in rng.permutation(treated_idx):
-        dist = np.where(available, np.abs(control_lp - lp[i]), np.inf)
-        j = int(np.argmin(dist))
-        if dist[j] <= caliper:
-            available[j] = False
-            pairs.append((i, control_idx[j]))
+    for i in rng.permutation(treated_idx).tolist():
+        x = float(lp[i])
+        p = bisect_left(val, x)
+        best, best_d = None, np.inf
+        k = find(right, p)  # scores >= x, increasing distance (ties in distance: all of them)
+        while k < n_c:
+            d = abs(val[k] - x)
+            if d > best_d:
+                break
+            if d < best_d or row[k] < row[best]:
+                best, best_d = k, d
+            k = find(right, bisect_right(val, val[k]))
+        k = find(left, p) - 1  # scores < x, decreasing
+        while k >= 0:
+            d = abs(val[k] - x)
+            if d > best_d:
+                break
+            first = first_unused_of_value(val[k])
+            if d < best_d or row[first] < row[best]:
+                best, best_d = first, d
+            k = find(left, bisect_left(val, val[k])) - 1
+        if best is not None and best_d <= caliper:
+            right[best], left[best + 1] = best + 1, best
+            pairs.append((i, row[best]))
     return np.array(pairs, dtype=int).reshape(-1, 2)
 
 
