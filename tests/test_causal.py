@@ -382,6 +382,12 @@ def test_bootstrap_iptw_difference_equals_explicit_replicates():
     npt.assert_allclose(reps, ref_reps)
     assert (lo, hi) == (ref_lo, ref_hi)
     assert lo < hi
+    # the draws are those of one generator in turn; processes do not change any replicate
+    rng_b = np.random.default_rng(9)
+    npt.assert_array_equal(reps, [rep(rng_b.integers(0, n, size=n)) for _ in range(12)])
+    _, _, reps_2 = causal.bootstrap_iptw_difference(X, time, event, treated, 365.0, 12, 9,
+                                                     truncate_quantile=0.99, n_jobs=2)
+    npt.assert_array_equal(reps_2, reps)
     with pytest.raises(ValueError, match="same length"):
         causal.bootstrap_iptw_difference(X.iloc[:10], time, event, treated, 365.0, 12, 9)
 

@@ -24,6 +24,8 @@ from lifelines.exceptions import StatisticalWarning
 from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 
+from pmed.parallel import resamples, run_tasks
+
 Z95 = 1.959963984540054
 
 
@@ -434,17 +436,19 @@ def weighted_cox(
 
 
 def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int, level: float = 0.95
+    statistic: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int, level: float = 0.95,
+    n_jobs: int = 1,
 ) -> tuple[float, float, np.ndarray]:
     """Percentile bootstrap CI of ``statistic(rows)`` where ``rows`` are resampled positions.
 
-    ``statistic`` receives an int array (n,) of row positions drawn with replacement.
+    ``statistic`` receives an int array (n,) of row positions drawn with replacement
+    (:func:`pmed.parallel.resamples` from ``seed``); replicates run in ``n_jobs`` processes
+    with one BLAS thread each, so the result does not depend on ``n_jobs``.
     Returns (ci_low, ci_high, replicate values).
     """
     if n_boot < 2:
         raise ValueError(f"bootstrap_ci: n_boot must be >= 2, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    reps = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
+    reps = np.array(run_tasks(statistic, resamples(n, n_boot, seed), n_jobs), dtype=float)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(reps, [alpha, 1 - alpha])
     return float(lo), float(hi), reps
@@ -499,6 +503,7 @@ def bootstrap_iptw_difference(
     seed: int,
     trim: float = 0.0,
     truncate_quantile: float | None = None,
+    n_jobs: int = 1,
 ) -> tuple[float, float, np.ndarray]:
     """Percentile bootstrap 95% CI of the IPTW survival difference at ``horizon``.
 
@@ -512,6 +517,7 @@ def bootstrap_iptw_difference(
     X : DataFrame (n, p), design matrix (:func:`design_matrix`).
     time : (n,) days; event : (n,) 1 = death; treated : (n,) 1 = immunotherapy.
     horizon : days. n_boot : replicates. seed : seed of the resampling.
+    n_jobs : processes for the replicates (:func:`bootstrap_ci`; result independent of it).
 
     Returns
     -------
@@ -532,7 +538,7 @@ def bootstrap_iptw_difference(
         w_b = iptw_weights(t_b, ps_b, trim=trim, truncate_quantile=truncate_quantile)
         return risk_difference(time[idx], event[idx], t_b, w_b, horizon)["difference"]
 
-    return bootstrap_ci(replicate, len(t), n_boot, seed)
+    return bootstrap_ci(replicate, len(t), n_boot, seed, n_jobs=n_jobs)
 
 
 def effects_table(

@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
-from pmed.parallel import run_tasks
+from pmed.parallel import resamples, run_tasks
 from pmed.survival import check_survival_data
 
 __all__ = [
@@ -434,17 +434,6 @@ def _guarded(statistic, idx):
         return {}
 
 
-def resamples(n: int, n_boot: int, seed: int):
-    """Generator of ``n_boot`` bootstrap index arrays (n,), drawn in turn from ``seed``.
-
-    One array at a time (memory O(n), not O(n_boot x n)); the draws are those of
-    ``rng = np.random.default_rng(seed)`` then ``rng.integers(0, n, size=n)`` per replicate.
-    """
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        yield rng.integers(0, n, size=n)
-
-
 def bootstrap(
     statistic: Callable[[np.ndarray], dict[str, float]],
     n: int,
@@ -456,7 +445,7 @@ def bootstrap(
 
     ``statistic(idx)`` receives an int array of row indices, shape (n,), and returns a dict
     of floats. A replicate where it raises ``ValueError`` (e.g. a resample with no events)
-    is recorded as NaN. Resamples come from :func:`resamples` (``seed``) in the calling
+    is recorded as NaN. Resamples come from :func:`pmed.parallel.resamples` (``seed``) in the calling
     process and run in ``n_jobs`` processes with one BLAS thread each
     (:func:`pmed.parallel.run_tasks`), so the result does not depend on ``n_jobs``.
     Returns a DataFrame, one row per replicate.

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from joblib import Parallel, delayed, parallel_config
 from threadpoolctl import threadpool_limits
 
@@ -37,3 +38,14 @@ def run_tasks(func: Callable[[Any], Any], items: Iterable[Any], n_jobs: int = 1)
             return [func(x) for x in items]
     with parallel_config(backend="loky", inner_max_num_threads=1):
         return Parallel(n_jobs=int(n_jobs), pre_dispatch="2*n_jobs")(delayed(_one_thread)(func, x) for x in items)
+
+
+def resamples(n: int, n_boot: int, seed: int):
+    """Generator of ``n_boot`` bootstrap index arrays (n,), drawn in turn from ``seed``.
+
+    One array at a time (memory O(n), not O(n_boot x n)); the draws are those of
+    ``rng = np.random.default_rng(seed)`` then ``rng.integers(0, n, size=n)`` per replicate.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, size=n)
