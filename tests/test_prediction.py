@@ -3,6 +3,8 @@ weighted logistic regression against its closed form, table assembly on hand inp
 determinism with fixed seeds. Data are simulated here (exponential survival with known
 log hazard ratio 1.0 for ``x1``, none for ``noise``); no fixture files."""
 
+import dataclasses
+
 import numpy as np
 import numpy.testing as npt
 import pandas as pd
@@ -106,6 +108,34 @@ def test_cross_validation_is_deterministic_and_seeded(sim):
     assert not np.array_equal(other.fold, cv.fold)
 
 
+def test_cross_validation_does_not_depend_on_worker_count(sim):
+    df, y, w, cv = sim
+    parallel = pr.cross_validated_predictions(df, "time_days", "event", y, w, TIMES, SETTINGS,
+                                              n_folds=3, seed_cv=5, seed_gb=6, n_jobs=2)
+    for k in pr.MODELS:
+        npt.assert_array_equal(parallel.risk[k], cv.risk[k])
+    npt.assert_array_equal(parallel.importances, cv.importances)
+    npt.assert_array_equal(parallel.cox_survival, cv.cox_survival)
+
+
+def test_permutation_importance_on_a_held_out_subset():
+    """With permutation_max_rows below the held-out size, importance is computed on a seeded
+    subset: predictions unchanged, importances differ from the full held-out set but are
+    reproducible; the true predictor still ranks first."""
+    df, y, w = _simulate(n=600, seed=12)
+    full = _cv(df, y, w)
+    small = dataclasses.replace(SETTINGS, permutation_max_rows=80)
+    sub = pr.cross_validated_predictions(df, "time_days", "event", y, w, TIMES, small,
+                                         n_folds=3, seed_cv=5, seed_gb=6)
+    again = pr.cross_validated_predictions(df, "time_days", "event", y, w, TIMES, small,
+                                           n_folds=3, seed_cv=5, seed_gb=6)
+    for k in pr.MODELS:
+        npt.assert_array_equal(sub.risk[k], full.risk[k])
+    assert not np.array_equal(sub.importances, full.importances)
+    npt.assert_array_equal(sub.importances, again.importances)
+    assert np.argmax(sub.importances.mean(0)) == SETTINGS.features.index("x1")
+
+
 def test_permutation_importance_finds_the_true_predictor(sim):
     """x1 carries a log-HR of 1 per unit; ``noise`` none."""
     imp = pr.importance_table(sim[3].importances, SETTINGS.features).set_index("feature")["importance"]
@@ -206,3 +236,9 @@ def test_settings_from_params():
         "gb_n_estimators": 7, "gb_max_depth": 3, "gb_learning_rate": 0.2, "permutation_repeats": 4,
     })
     assert s.terms == ["a", "b", "a:b"] and s.gb_n_estimators == 7 and s.cox_l1_ratio == 0.5
+    assert s.permutation_max_rows is None  # key absent: all held-out rows
+    base = {"covariates": ["a"], "interactions": [], "cox_penalizer": 0.1, "cox_l1_ratio": 0.0,
+            "gb_n_estimators": 7, "gb_max_depth": 3, "gb_learning_rate": 0.2, "permutation_repeats": 4}
+    assert pr.ModelSettings.from_params({**base, "permutation_max_rows": 500}).permutation_max_rows == 500
+    with pytest.raises(ValueError, match="permutation_max_rows"):
+        pr.ModelSettings.from_params({**base, "permutation_max_rows": 0})

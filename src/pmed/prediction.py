@@ -7,12 +7,16 @@ Three models predict the risk of death by ``horizon`` days after t0:
 * ``"logistic"``: logistic regression (statsmodels GLM) of the binary horizon outcome with
   inverse probability of censoring weights (IPCW, :func:`pmed.metrics.horizon_outcome`) as
   variance weights; people censored before the horizon (unknown status) are left out.
-* ``"gbm"``: scikit-learn ``GradientBoostingClassifier`` on the same rows with the IPCW
-  weights as sample weights (main-effect features only: trees find interactions themselves).
+* ``"gbm"``: scikit-learn ``HistGradientBoostingClassifier`` (histogram-based gradient
+  boosting: features binned into at most 255 quantile bins, so a split search costs O(bins)
+  not O(n log n); about 20x faster than exact ``GradientBoostingClassifier`` at 770,000 rows)
+  on the same rows with the IPCW weights as sample weights (main-effect features only: trees
+  find interactions themselves); no early stopping, so the number of rounds is the params'.
 
 :func:`cross_validated_predictions` returns out-of-fold predictions (each person's risk comes
-from models fitted without that person's fold) and the held-out permutation importance of
-the gradient boosting model; :func:`out_of_fold_metrics` evaluates them with
+from models fitted without that person's fold; folds fitted in parallel processes) and the
+held-out permutation importance of the gradient boosting model (on at most
+``permutation_max_rows`` held-out people per fold); :func:`out_of_fold_metrics` evaluates them with
 :func:`pmed.metrics.risk_metrics` and percentile bootstrap CIs (:func:`pmed.metrics.bootstrap`,
 models not refitted).
 """
@@ -26,12 +30,13 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import KFold
 
 from pmed import metrics
 from pmed import survival as sv
+from pmed.parallel import run_tasks
 
 __all__ = [
     "MODELS",
@@ -80,6 +85,10 @@ class ModelSettings:
         Shrinkage of gradient boosting.
     permutation_repeats : int
         Shuffles per feature for permutation importance.
+    permutation_max_rows : int or None
+        Held-out people (with known status) per fold on which permutation importance is
+        computed: a seeded random subset of at most this many (None = all). Its cost is
+        features x repeats predictions of these rows.
     """
 
     features: tuple[str, ...]
@@ -90,6 +99,7 @@ class ModelSettings:
     gb_max_depth: int = 2
     gb_learning_rate: float = 0.05
     permutation_repeats: int = 3
+    permutation_max_rows: int | None = None
 
     @property
     def terms(self) -> list[str]:
@@ -108,7 +118,16 @@ class ModelSettings:
             gb_max_depth=int(outcomes["gb_max_depth"]),
             gb_learning_rate=float(outcomes["gb_learning_rate"]),
             permutation_repeats=int(outcomes["permutation_repeats"]),
+            permutation_max_rows=_optional_int(outcomes.get("permutation_max_rows")),
         )
+
+
+def _optional_int(value) -> int | None:
+    if value is None:
+        return None
+    if int(value) != value or value < 1:
+        raise ValueError(f"outcomes.permutation_max_rows must be a positive integer or null, got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -196,13 +215,39 @@ def odds_ratio_table(fit, terms: Sequence[str]) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
-def fit_gbm(X: pd.DataFrame, y, weights, settings: ModelSettings, seed: int) -> GradientBoostingClassifier:
-    """Gradient boosting classifier of ``y`` (0/1, shape (n,)) on ``X`` with case weights."""
-    gbm = GradientBoostingClassifier(
-        n_estimators=settings.gb_n_estimators, max_depth=settings.gb_max_depth,
-        learning_rate=settings.gb_learning_rate, random_state=seed,
+def fit_gbm(X: pd.DataFrame, y, weights, settings: ModelSettings, seed: int) -> HistGradientBoostingClassifier:
+    """Histogram gradient boosting classifier of ``y`` (0/1, shape (n,)) on ``X`` with case weights.
+
+    ``gb_n_estimators`` rounds (no early stopping), trees of depth ``gb_max_depth``,
+    shrinkage ``gb_learning_rate``; other settings scikit-learn's defaults (255 bins, at
+    least 20 people per leaf, no L2 penalty).
+    """
+    gbm = HistGradientBoostingClassifier(
+        max_iter=settings.gb_n_estimators, max_depth=settings.gb_max_depth,
+        learning_rate=settings.gb_learning_rate, early_stopping=False, random_state=seed,
     )
     return gbm.fit(X, y, sample_weight=weights)
+
+
+def _fit_fold(task, frame, X, y, w, known, times, settings, time_col, event_col, seed_gb):
+    """Models of one fold fitted on its training rows; predictions and importance of its test rows."""
+    i, train, test = task
+    terms, features = settings.terms, list(settings.features)
+    cox = sv.fit_cox(frame.iloc[train], time_col, event_col, terms,
+                     penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
+    cox_surv = sv.predict_survival(cox, frame.iloc[test], times)
+    fit_rows = train[known[train]]
+    logit = fit_weighted_logistic(X.iloc[fit_rows], y[fit_rows], w[fit_rows])
+    gbm = fit_gbm(X.iloc[fit_rows][features], y[fit_rows], w[fit_rows], settings, seed_gb)
+    held = test[known[test]]
+    if settings.permutation_max_rows is not None and held.size > settings.permutation_max_rows:
+        rng = np.random.default_rng([seed_gb, i])
+        held = np.sort(rng.choice(held, settings.permutation_max_rows, replace=False))
+    perm = permutation_importance(gbm, X.iloc[held][features], y[held], sample_weight=w[held],
+                                  scoring="roc_auc", n_repeats=settings.permutation_repeats,
+                                  random_state=seed_gb)
+    return (cox_surv, predict_logistic(logit, X.iloc[test]),
+            gbm.predict_proba(X.iloc[test][features])[:, 1], perm.importances_mean)
 
 
 def cross_validated_predictions(
@@ -216,13 +261,16 @@ def cross_validated_predictions(
     n_folds: int,
     seed_cv: int,
     seed_gb: int,
+    n_jobs: int = 1,
 ) -> CVPredictions:
     """Out-of-fold risk of death by the horizon from the three models.
 
     For each fold of :func:`fold_splits` the models are fitted on the other folds only and
     predict the held-out rows; permutation importance of gradient boosting (weighted AUROC,
     ``settings.permutation_repeats`` shuffles, seed ``seed_gb``) is computed on the held-out
-    rows with known status.
+    rows with known status (a random subset of ``settings.permutation_max_rows`` of them,
+    seeded by ``seed_gb`` and the fold, when there are more). Folds run in ``n_jobs``
+    processes with one thread each; the result does not depend on ``n_jobs``.
 
     Parameters
     ----------
@@ -239,8 +287,10 @@ def cross_validated_predictions(
         Number of folds and the seed of the fold assignment.
     seed_gb : int
         ``random_state`` of gradient boosting and of permutation importance.
+    n_jobs : int
+        Processes over which the folds are spread.
     """
-    terms, features = settings.terms, list(settings.features)
+    terms = settings.terms
     sv.require_columns(data, [time_col, event_col, *terms], "cross_validated_predictions data")
     y = np.asarray(y, dtype=float)
     w = np.asarray(weights, dtype=float)
@@ -252,36 +302,27 @@ def cross_validated_predictions(
     if X.isna().any().any():
         raise ValueError("cross_validated_predictions: predictors have missing values (impute first)")
     frame = data[[time_col, event_col, *terms]]
+    splits = fold_splits(n, n_folds, seed_cv)
+    fit = partial(_fit_fold, frame=frame, X=X, y=y, w=w, known=known, times=times, settings=settings,
+                  time_col=time_col, event_col=event_col, seed_gb=seed_gb)
+    results = run_tasks(fit, [(i, train, test) for i, (train, test) in enumerate(splits)], n_jobs)
     risk = {k: np.full(n, np.nan) for k in MODELS}
     cox_surv = np.full((n, len(times)), np.nan)
     fold = np.full(n, -1)
-    importances = []
-    for i, (train, test) in enumerate(fold_splits(n, n_folds, seed_cv)):
+    for i, ((_, test), (surv, logistic, gbm, _)) in enumerate(zip(splits, results, strict=True)):
         fold[test] = i
-        cox = sv.fit_cox(frame.iloc[train], time_col, event_col, terms,
-                         penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
-        cox_surv[test] = sv.predict_survival(cox, frame.iloc[test], times)
-        risk["cox"][test] = 1 - cox_surv[test, -1]
-        fit_rows = train[known[train]]
-        logit = fit_weighted_logistic(X.iloc[fit_rows], y[fit_rows], w[fit_rows])
-        risk["logistic"][test] = predict_logistic(logit, X.iloc[test])
-        gbm = fit_gbm(X.iloc[fit_rows][features], y[fit_rows], w[fit_rows], settings, seed_gb)
-        risk["gbm"][test] = gbm.predict_proba(X.iloc[test][features])[:, 1]
-        held = test[known[test]]
-        perm = permutation_importance(gbm, X.iloc[held][features], y[held], sample_weight=w[held],
-                                      scoring="roc_auc", n_repeats=settings.permutation_repeats,
-                                      random_state=seed_gb)
-        importances.append(perm.importances_mean)
-    return CVPredictions(risk=risk, cox_survival=cox_surv, importances=np.array(importances), fold=fold)
+        cox_surv[test] = surv
+        risk["cox"][test] = 1 - surv[:, -1]
+        risk["logistic"][test] = logistic
+        risk["gbm"][test] = gbm
+    importances = np.array([r[3] for r in results])
+    return CVPredictions(risk=risk, cox_survival=cox_surv, importances=importances, fold=fold)
 
 
 def _all_metrics(idx, time, event, cv: CVPredictions, horizon, threshold, times) -> dict[str, float]:
-    out = {}
-    for k, r in cv.risk.items():
-        res = metrics.risk_metrics(time[idx], event[idx], r[idx], horizon, threshold,
-                                   survival=cv.cox_survival[idx] if k == "cox" else None, times=times)
-        out.update({f"{k}.{name}": v for name, v in res.items()})
-    return out
+    res = metrics.risk_metrics_by_model(time[idx], event[idx], {k: r[idx] for k, r in cv.risk.items()},
+                                        horizon, threshold, {"cox": cv.cox_survival[idx]}, times)
+    return {f"{k}.{name}": v for k, m in res.items() for name, v in m.items()}
 
 
 def out_of_fold_metrics(
