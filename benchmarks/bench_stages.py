@@ -14,8 +14,10 @@ Every hotspot runs in its own subprocess (peak RSS is its own) on the cohort, wi
 stage helpers the notebooks call and params.yaml's settings: Harrell's C, its bootstrap,
 ``risk_metrics``, the weighted Cox model with robust SE, matching, the IPTW bootstrap with
 propensity refits, and the cross-validated risk models (HistGradientBoosting). Printed per
-hotspot: wall time, CPU time, peak RSS and, with two or more sizes, the growth exponent
-log(time ratio) / log(size ratio).
+hotspot: wall time and CPU time (this process + its worker processes) of the hotspot call
+alone, peak RSS of the process (data and set-up included) and of its largest worker, and,
+with two or more sizes, the growth exponent log(CPU ratio) / log(size ratio) (CPU time:
+less sensitive than wall time to other work on a shared machine).
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def prepare(n_persons: int, workdir: Path) -> Path:
     return cohort_file
 
 
+class _Clock:
+    """Wall and CPU seconds of this process from creation to :meth:`stop` (the CPU of worker
+    processes is added by the caller once they have exited)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 # --- inputs shared by the hotspots ------------------------------------------------------
 
 def _params() -> dict:
@@ -111,9 +124,9 @@ def hot_concordance(cohort, params, n_boot):
 
     lp = _linear_predictor(cohort, params)
     t, e = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
-    start = time.perf_counter()
+    clock = _Clock()
     metrics.harrell_c(t, e, lp)
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def hot_bootstrap_c(cohort, params, n_boot):
@@ -123,10 +136,10 @@ def hot_bootstrap_c(cohort, params, n_boot):
     lp = _linear_predictor(cohort, params)
     t, e = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     n_boot = n_boot or params["survival"]["n_bootstrap"]
-    start = time.perf_counter()
+    clock = _Clock()
     metrics.bootstrap(lambda i: {"harrell_c": metrics.harrell_c(t[i], e[i], lp[i])}, len(t), n_boot,
                       params["common"]["seed"] + 202, **_kwargs(metrics.bootstrap, n_jobs=params["outcomes"]["n_jobs"]))
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def _cv_inputs(cohort, params):
@@ -149,15 +162,15 @@ def _cv(cohort, params, cache: Path | None = None):
     out = params["outcomes"]
     data, y, w = _cv_inputs(cohort, params)
     if cache is not None and cache.exists():
-        return pickle.loads(cache.read_bytes()), data, float("nan")
+        return pickle.loads(cache.read_bytes()), data, (float("nan"), float("nan"))
     settings = prediction.ModelSettings.from_params(out)
     times = [float(x) for x in out["brier_times_days"]]
-    start = time.perf_counter()
+    clock = _Clock()
     cv = prediction.cross_validated_predictions(
         data, "time_days", "event", y, w, times, settings, n_folds=out["cv_folds"],
         seed_cv=params["common"]["seed"] + 302, seed_gb=params["common"]["seed"] + 303,
         **_kwargs(prediction.cross_validated_predictions, n_jobs=out["n_jobs"]))
-    seconds = time.perf_counter() - start
+    seconds = clock.stop()
     if cache is not None:
         cache.write_bytes(pickle.dumps(cv))
     return cv, data, seconds
@@ -181,11 +194,12 @@ def hot_risk_metrics(cohort, params, n_boot):
     out = params["outcomes"]
     cv, data, _ = _cv(cohort, params, CV_CACHE)
     times = [float(x) for x in out["brier_times_days"]]
-    start = time.perf_counter()
+    clock = _Clock()
     prediction.out_of_fold_metrics(data["time_days"].to_numpy(), data["event"].to_numpy(), cv,
                                    float(out["horizon_days"]), out["high_risk_threshold"], times, n_boot=1,
                                    seed=1, n_jobs=1)
-    return (time.perf_counter() - start) / 2  # the point estimate and one replicate
+    wall, cpu = clock.stop()
+    return wall / 2, cpu / 2  # the point estimate and one replicate
 
 
 def hot_metrics_bootstrap(cohort, params, n_boot):
@@ -195,12 +209,12 @@ def hot_metrics_bootstrap(cohort, params, n_boot):
     out = params["outcomes"]
     cv, data, _ = _cv(cohort, params, CV_CACHE)
     times = [float(x) for x in out["brier_times_days"]]
-    start = time.perf_counter()
+    clock = _Clock()
     prediction.out_of_fold_metrics(data["time_days"].to_numpy(), data["event"].to_numpy(), cv,
                                    float(out["horizon_days"]), out["high_risk_threshold"], times,
                                    n_boot=n_boot or out["n_bootstrap"], seed=params["common"]["seed"] + 304,
                                    n_jobs=out["n_jobs"])
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def hot_propensity_matching(cohort, params, n_boot):
@@ -209,11 +223,11 @@ def hot_propensity_matching(cohort, params, n_boot):
 
     tr = params["treatment"]
     X, treated = _design(cohort, params)
-    start = time.perf_counter()
+    clock = _Clock()
     ps = causal.fit_propensity(X, treated)
     causal.iptw_weights(treated, ps, trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"])
     causal.match_nearest(causal.logit(ps), treated, tr["caliper_sd"], params["common"]["seed"] + 401)
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def hot_effects_robust_cox(cohort, params, n_boot):
@@ -227,10 +241,10 @@ def hot_effects_robust_cox(cohort, params, n_boot):
     w = causal.iptw_weights(treated, ps, trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"])
     pairs = causal.match_nearest(causal.logit(ps), treated, tr["caliper_sd"], params["common"]["seed"] + 401)
     t, e = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
-    start = time.perf_counter()
+    clock = _Clock()
     causal.effects_table(t, e, treated, {"crude": None, "iptw": w, "matched": causal.matching_weights(pairs, len(t))},
                          float(tr["horizon_days"]), clusters={"matched": causal.pair_ids(pairs, len(t))})
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 def hot_iptw_bootstrap(cohort, params, n_boot):
@@ -240,12 +254,12 @@ def hot_iptw_bootstrap(cohort, params, n_boot):
     tr = params["treatment"]
     X, treated = _design(cohort, params)
     t, e = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
-    start = time.perf_counter()
+    clock = _Clock()
     causal.bootstrap_iptw_difference(
         X, t, e, treated, float(tr["horizon_days"]), n_boot or tr["n_bootstrap"], params["common"]["seed"] + 402,
         trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"],
         **_kwargs(causal.bootstrap_iptw_difference, n_jobs=params["outcomes"]["n_jobs"]))
-    return time.perf_counter() - start
+    return clock.stop()
 
 
 HOTSPOTS = {
@@ -266,17 +280,17 @@ def _child(name: str, cohort_path: Path, n_boot: int | None) -> None:
     if name == "cv_models":
         CV_CACHE.unlink(missing_ok=True)
     cohort, params = _cohort(cohort_path), _params()
-    seconds = globals()[f"hot_{name}"](cohort, params, n_boot)
-    try:  # stop the worker processes so that their peak RSS is counted below
+    seconds, cpu = globals()[f"hot_{name}"](cohort, params, n_boot)
+    try:  # stop the worker processes so that their CPU time and peak RSS are counted below
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)
     except ImportError:
         pass
     own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers start only inside the hotspots
     print(json.dumps({"hotspot": name, "n": len(cohort), "seconds": seconds,
-                      "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+                      "cpu_s": cpu + kids.ru_utime + kids.ru_stime,
                       "rss_gb": own.ru_maxrss / 1024**2, "worker_rss_gb": kids.ru_maxrss / 1024**2}))
 
 
@@ -320,10 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{stage:9s} {name:20s} n={r['n']:>8,d} time={r['seconds']:8.1f} s cpu={r['cpu_s']:8.1f} s "
                   f"peak RSS main={r['rss_gb']:5.2f} GB workers={r['worker_rss_gb']:5.2f} GB", flush=True)
     for name, rs in results.items():
-        if len(rs) >= 2 and rs[0]["seconds"] > 0:
+        if len(rs) >= 2 and rs[0]["cpu_s"] > 0:
             a, b = rs[0], rs[-1]
-            slope = math.log(b["seconds"] / a["seconds"]) / math.log(b["n"] / a["n"])
-            print(f"growth exponent {name:20s} {slope:5.2f}  (time ~ n^k between n={a['n']:,d} and {b['n']:,d})")
+            slope = math.log(b["cpu_s"] / a["cpu_s"]) / math.log(b["n"] / a["n"])
+            print(f"growth exponent {name:20s} {slope:5.2f}  (CPU time ~ n^k between n={a['n']:,d} and {b['n']:,d})")
 
 
 if __name__ == "__main__":
