@@ -65,7 +65,7 @@ def simulate(
     z = (df["pdl1_pct"] - 30) / 30
     logits = np.column_stack([
         np.zeros(n),
-        -0.6 + 0.9 * z - 0.5 * df["ecog"] - 1.2 * df["driver_positive"],
+        -0.3 + 0.9 * z - 0.5 * df["ecog"] - 0.6 * df["driver_positive"],
         0.5 + 0.3 * z - 0.3 * df["ecog"] - 0.5 * df["driver_positive"] - 0.02 * (df["age_years"] - 67),
     ])
     prob = np.exp(logits - logits.max(1, keepdims=True))

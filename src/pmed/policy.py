@@ -24,7 +24,7 @@ Arms are coded 0..k-1, the reference arm 0 (:func:`pmed.multiarm.arm_codes`).
 3. **Heterogeneity test** (:func:`heterogeneity_test`): per contrast ``a vs reference``, the
    best linear predictor test of Chernozhukov, Demirer, Duflo & Fernandez-Val (2018, NBER
    w24678): on the held-out half, OLS of ``psi_a = Gamma_a - Gamma_0`` on ``[1, S_a - mean
-   S_a]`` where ``S_a`` is the proxy CATE learned on the other half; H0: slope = 0 vs > 0
+   S_a]`` where ``S_a``, the proxy CATE, is learned on the other half (OLS of its plug-in contrast ``m_a - m_0`` on the modifiers); H0: slope = 0 vs > 0
    (HC3 SE). The 2R split p-values are combined as ``min(1, 2 median)`` (their rule), and
    Holm-adjusted across the k - 1 contrasts. Personalise only if one rejects at alpha.
 
@@ -386,10 +386,11 @@ def holm(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _proxy_cate(M_tr: np.ndarray, psi_tr: np.ndarray, M_te: np.ndarray) -> np.ndarray:
-    """Linear proxy CATE: OLS of psi on the modifiers (train), predicted on test."""
+def _proxy_cate(M_tr: np.ndarray, target_tr: np.ndarray, M_te: np.ndarray) -> np.ndarray:
+    """Linear proxy CATE: OLS of the training half's plug-in contrast ``m_a - m_0`` on the
+    modifiers, predicted on the test half (less noisy than regressing the DR contrast)."""
     Z_tr = np.column_stack([np.ones(len(M_tr)), M_tr])
-    beta = np.linalg.lstsq(Z_tr, psi_tr, rcond=None)[0]
+    beta = np.linalg.lstsq(Z_tr, target_tr, rcond=None)[0]
     return np.column_stack([np.ones(len(M_te)), M_te]) @ beta
 
 
@@ -413,7 +414,8 @@ def run_repeats(
 
     Returns
     -------
-    dict: ``gamma`` (R, n, k) held-out DR scores; ``action`` (R, n) held-out policy arm (-1 =
+    dict: ``gamma`` (R, n, k) held-out DR scores; ``mu`` (R, n, k) outcome-model survival;
+    ``action`` (R, n) held-out policy arm (-1 =
     modifier missing); ``rule`` (R, n) path text; ``fallback`` (R, n) best single arm of the
     training half (the arm used to value persons without a recommendation);
     ``p_splits`` (R * 2, k - 1) BLP p-values; ``blp`` list of per-split per-contrast dicts;
@@ -427,6 +429,7 @@ def run_repeats(
     M = modifiers.to_numpy(float)
     complete = ~np.isnan(M).any(axis=1)
     gamma = np.empty((n_repeats, n, k))
+    mu = np.empty((n_repeats, n, k))
     action = np.empty((n_repeats, n), dtype=int)
     rule = np.empty((n_repeats, n), dtype=object)
     fallback = np.empty((n_repeats, n), dtype=int)
@@ -443,8 +446,9 @@ def run_repeats(
             splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=rng_seed + 7919)
             for f, (_, idx) in enumerate(splitter.split(X[sel], arm[sel] * 2 + event[sel])):
                 inner[idx] = f
-            gamma[r, sel] = crossfit_scores(X[sel], arm[sel], time[sel], event[sel], horizon, inner,
-                                            censoring=censoring, **score_kw)["gamma"]
+            scores = crossfit_scores(X[sel], arm[sel], time[sel], event[sel], horizon, inner,
+                                     censoring=censoring, **score_kw)
+            gamma[r, sel], mu[r, sel] = scores["gamma"], scores["mu"]
         for h in (0, 1):
             tr = (half == h) & complete
             te = half != h
@@ -455,14 +459,14 @@ def run_repeats(
             te_c = te & complete
             ps_row, blp_row = [], []
             for a in range(1, k):
-                psi_tr = gamma[r, tr, a] - gamma[r, tr, 0]
+                plug_tr = mu[r, tr, a] - mu[r, tr, 0]
                 psi_te = gamma[r, te_c, a] - gamma[r, te_c, 0]
-                res = blp_test(psi_te, _proxy_cate(M[tr], psi_tr, M[te_c]))
+                res = blp_test(psi_te, _proxy_cate(M[tr], plug_tr, M[te_c]))
                 ps_row.append(res["p"])
                 blp_row.append(res)
             p_splits.append(ps_row)
             blp.append(blp_row)
-    return {"gamma": gamma, "action": action, "rule": rule, "fallback": fallback,
+    return {"gamma": gamma, "mu": mu, "action": action, "rule": rule, "fallback": fallback,
             "p_splits": np.array(p_splits), "blp": blp, "trees": trees}
 
 
@@ -525,7 +529,7 @@ def policy_value(
     return pd.DataFrame({"policy": names, "estimate": point, "ci_low": lo, "ci_high": hi})
 
 
-def stability(labels_by_repeat: np.ndarray) -> pd.DataFrame | dict:
+def stability(labels_by_repeat: np.ndarray) -> dict:
     """Modal recommendation per person, its agreement, and the pairwise flip rate.
 
     Parameters
@@ -577,7 +581,6 @@ def recommendation_table(
     """
     pid = np.asarray(person_id, dtype="int64")
     gamma = result["gamma"]
-    R = gamma.shape[0]
     if not personalise:
         best_r = gamma.mean(1).argmax(1)               # (R,)
         best = int(gamma.mean((0, 1)).argmax())
@@ -597,7 +600,6 @@ def recommendation_table(
                 r = int(np.flatnonzero(lab[:, i] == rec[i])[0])
                 reason[i] = f"policy tree: {result['rule'][r, i] or 'single leaf'}"
         agree = st["agreement"]
-    del R
     return pd.DataFrame({
         "person_id": pid,
         "recommendation": pd.array(rec, dtype="string"),
