@@ -105,13 +105,17 @@ def test_qini_calibration_plot_shows_no_counts():
         plots.qini_calibration_plot(qc, calib.drop(columns="ci_high"))
 
 
-def test_trajectory_plot_panels_and_lines():
-    lines = pd.DataFrame({"treated": [1, 1, 1, 0, 0], "trajectory": [1, 1, 2, 3, 3],
-                          "months": [0, 1, 0, 0, 2], "observed": [5, 4, 6, 5, 5.5],
-                          "fitted": [5, 4.2, 5.8, 5.1, 5.4]})
-    means = pd.DataFrame({"treated": [1, 1, 0, 0], "months": [0, 2, 0, 2], "fitted": [5, 4, 5, 5.5]})
-    fig = plots.trajectory_plot(lines, means, {1: "immunotherapy", 0: "chemotherapy"}, "ldh_u_l")
-    a1, a0 = fig.axes
-    assert len(a1.lines) == 2 * 2 + 1 and len(a0.lines) == 2 * 1 + 1  # dots + fit per trajectory, mean
-    assert a1.get_title().startswith("immunotherapy") and a1.get_ylabel() == "ldh_u_l"
+def test_trajectory_band_plot_draws_bands_not_persons():
+    bands = pd.DataFrame({"treatment": ["chemo", "chemo", "io", "io"], "months": [0, 1.5, 0, 1.5],
+                          "n": [20, 15, 30, 12], "median": [200, 210, 220, 180],
+                          "q25": [150, 160, 170, 140], "q75": [260, 270, 280, 230]})
+    means = pd.DataFrame({"treatment": ["chemo", "chemo", "io", "io"], "months": [0, 2, 0, 2],
+                          "fitted": [200, 212, 215, 175]})
+    fig = plots.trajectory_band_plot(bands, means, "LDH (U/L)")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4 and len(ax.collections) == 2  # median + mean lines, IQR bands
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "LDH (U/L)"
+    assert not any(t in ("20", "15", "30", "12") for t in _texts(fig))
     plt.close(fig)
+    with pytest.raises(KeyError, match="q75"):
+        plots.trajectory_band_plot(bands.drop(columns="q75"), means, "LDH")

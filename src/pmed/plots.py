@@ -23,7 +23,7 @@ _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
-    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_plot",
+    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_band_plot",
 ]
 
 
@@ -308,28 +308,31 @@ def qini_calibration_plot(qcurve: pd.DataFrame, calib: pd.DataFrame):
     return fig
 
 
-def trajectory_plot(lines: pd.DataFrame, means: pd.DataFrame, labels: Mapping[int, str], ylabel: str):
-    """Spaghetti plot of lab trajectories, one panel per treatment group (shared y axis).
+def trajectory_band_plot(bands: pd.DataFrame, means: pd.DataFrame, ylabel: str, log_scale: bool = True):
+    """Lab trajectories as aggregates: median and interquartile band by arm, with fitted means.
 
     Parameters
     ----------
-    lines : output of :func:`pmed.longitudinal.spaghetti_data` (``treated``, ``trajectory``
-        (anonymous id), ``months``, ``observed``, ``fitted``); each trajectory is drawn as
-        dots (observed) and a line (fitted by the mixed model).
-    means : fitted group means (``treated``, ``months``, ``fitted``), drawn thick.
-    labels : group value -> panel title prefix, panels in this order.
-    ylabel : lab name and unit.
+    bands : output of :func:`pmed.longitudinal.trajectory_bands` (``treatment``, ``months``,
+        ``median``, ``q25``, ``q75``; small cells already dropped). No person-level data.
+    means : output of :func:`pmed.longitudinal.fitted_means` (``treatment``, ``months``,
+        ``fitted``), drawn dashed.
+    ylabel : lab name and unit. log_scale : log y axis (the scale of the mixed model).
     """
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), sharey=True, squeeze=False)
-    axes = axes[0]
-    for ax, (arm, label) in zip(axes, labels.items(), strict=True):
-        for _, one in lines[lines["treated"] == arm].groupby("trajectory"):
-            ax.plot(one["months"], one["observed"], "o", ms=2, color="0.6", alpha=0.6)
-            ax.plot(one["months"], one["fitted"], lw=0.8, color="C0", alpha=0.5)
-        m = means[means["treated"] == arm]
-        ax.plot(m["months"], m["fitted"], lw=2.5, color="C3", label="fitted group mean")
-        ax.set_title(f"{label}: observed (dots) and fitted (lines)")
-        ax.set_xlabel("Months since start of treatment")
-        ax.legend(frameon=False)
-    axes[0].set_ylabel(ylabel)
+    missing = [c for c in ("treatment", "months", "median", "q25", "q75") if c not in bands.columns]
+    if missing:
+        raise KeyError(f"trajectory_band_plot: bands lack column(s) {missing}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (arm, b) in enumerate(bands.groupby("treatment", sort=False)):
+        color = f"C{i}"
+        ax.fill_between(b["months"], b["q25"], b["q75"], color=color, alpha=0.2)
+        ax.plot(b["months"], b["median"], "o-", color=color, ms=3, label=f"{arm}: median (IQR band)")
+        m = means[means["treatment"] == arm]
+        ax.plot(m["months"], m["fitted"], "--", color=color, lw=1.5, label=f"{arm}: fitted geometric mean")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("Months since start of treatment")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Lab trajectories by arm (patients alive and followed at each month)")
+    ax.legend(frameon=False, fontsize=7)
     return fig
