@@ -119,3 +119,15 @@ def test_release_km_cuts_small_risk_sets():
     assert out["time"].tolist() == [0, 1]
     assert "n_events" not in out.columns
     assert privacy.release_km(curve.assign(n_at_risk=[10, 9, 8, 7]), K).empty
+
+
+def test_release_nested_hides_small_implicit_exclusions():
+    counts, parts = privacy.release_nested(
+        {"with_response": 23, "alive": 22, "assessed": 22}, {"PR": 12, "SD": 10}, K)
+    # 23 -> 22 excludes 1: "alive" is hidden, and "assessed" (= alive - 0) with it; SD 10 is
+    # small, and with "assessed" unknown, PR 12 no longer reveals it
+    assert counts == {"with_response": "23", "alive": privacy.SECONDARY,
+                      "assessed": privacy.SECONDARY}
+    assert parts == {"PR": "12", "SD": "<11"}
+    counts, parts = privacy.release_nested({"a": 100, "b": 60}, {"x": 30, "y": 30}, K)
+    assert counts == {"a": "100", "b": "60"} and parts == {"x": "30", "y": "30"}

@@ -128,6 +128,26 @@ def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int) -> lis
             for x, h in zip(v, hidden, strict=True)]
 
 
+def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dict, dict]:
+    """Report text for a nested sequence of counts and a breakdown of its last count.
+
+    ``counts`` is ordered and non-increasing (e.g. with a response -> alive at the landmark
+    -> assessed), so each difference of neighbours is an implicit exclusion; ``parts`` (or
+    None) splits the last count into categories. Small counts, small implicit exclusions
+    and every cell that would reveal them are hidden. Returns (counts text, parts text).
+    """
+    names, parts = list(counts), dict(parts or {})
+    seq = [float(counts[k]) for k in names]
+    diffs = [a - b for a, b in zip(seq, seq[1:])]
+    values = [*seq, *diffs, *parts.values()]
+    m, d = len(seq), len(diffs)
+    lines = [[i, i + 1, m + i] for i in range(d)]
+    if parts:
+        lines.append([m - 1, *range(m + d, m + d + len(parts))])
+    text = release_counts(values, lines, min_cell)
+    return dict(zip(names, text[:m], strict=True)), dict(zip(parts, text[m + d:], strict=True))
+
+
 _COUNT_KEY = re.compile(r"^n(_|$)|(^|_)(n|count)$")
 
 
