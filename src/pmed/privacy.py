@@ -138,7 +138,7 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
     """
     names, parts = list(counts), dict(parts or {})
     seq = [float(counts[k]) for k in names]
-    diffs = [a - b for a, b in zip(seq, seq[1:])]
+    diffs = [a - b for a, b in zip(seq[:-1], seq[1:], strict=True)]
     values = [*seq, *diffs, *parts.values()]
     m, d = len(seq), len(diffs)
     lines = [[i, i + 1, m + i] for i in range(d)]
