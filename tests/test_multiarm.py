@@ -125,3 +125,10 @@ def test_mi_iptw_ci_coverage_over_replicates():
                                m=5, seed=seed, max_iter=3)["survival_difference"]
         covered.append(((res["ci_low"] <= true) & (true <= res["ci_high"])).to_numpy())
     assert np.mean(covered) >= 0.8
+
+
+def test_km_by_arm_carries_unweighted_numbers_at_risk():
+    curves = multiarm.km_by_arm([1, 2, 3, 1, 2], [1, 0, 1, 1, 1], [0, 0, 0, 1, 1], [2, 2, 2, 1, 1], ["a", "b"])
+    assert list(curves) == ["a", "b"]
+    assert curves["a"]["n_at_risk"].tolist() == [3, 2, 1]
+    npt.assert_allclose(curves["a"]["survival"], [2 / 3, 2 / 3, 0])

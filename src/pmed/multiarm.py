@@ -141,12 +141,12 @@ def balance_pairs(
     return pd.DataFrame(rows)
 
 
-def km_by_arm(time, event, arm, weights, labels: Sequence[str]) -> pd.DataFrame:
-    """Weighted Kaplan-Meier curve of every arm, long format: ``arm``, ``time``, ``survival``."""
+def km_by_arm(time, event, arm, weights, labels: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Weighted Kaplan-Meier curve of every arm: label -> :func:`pmed.causal.weighted_km`
+    table (``time``, ``survival``, unweighted ``n_at_risk`` for :func:`pmed.privacy.release_km`)."""
     time, event, arm, w = _arrays(time, event, arm, weights)
-    parts = [weighted_km(time[arm == a], event[arm == a], w[arm == a])[["time", "survival"]]
-             .assign(arm=labels[a]) for a in range(len(labels))]
-    return pd.concat(parts, ignore_index=True)[["arm", "time", "survival"]]
+    return {labels[a]: weighted_km(time[arm == a], event[arm == a], w[arm == a])
+            for a in range(len(labels))}
 
 
 def _arrays(time, event, arm, weights):
