@@ -386,7 +386,7 @@ def holm(p: Sequence[float]) -> np.ndarray:
     return out
 
 
-def _proxy_cate(M_tr: np.ndarray, target_tr: np.ndarray, M_te: np.ndarray) -> np.ndarray:
+def linear_cate(M_tr: np.ndarray, target_tr: np.ndarray, M_te: np.ndarray) -> np.ndarray:
     """Linear proxy CATE: OLS of the training half's plug-in contrast ``m_a - m_0`` on the
     modifiers, predicted on the test half (less noisy than regressing the DR contrast)."""
     Z_tr = np.column_stack([np.ones(len(M_tr)), M_tr])
@@ -461,7 +461,7 @@ def run_repeats(
             for a in range(1, k):
                 plug_tr = mu[r, tr, a] - mu[r, tr, 0]
                 psi_te = gamma[r, te_c, a] - gamma[r, te_c, 0]
-                res = blp_test(psi_te, _proxy_cate(M[tr], plug_tr, M[te_c]))
+                res = blp_test(psi_te, linear_cate(M[tr], plug_tr, M[te_c]))
                 ps_row.append(res["p"])
                 blp_row.append(res)
             p_splits.append(ps_row)
