@@ -84,16 +84,17 @@ def test_importance_plot_orders_bars():
 
 def test_ps_overlap_and_love_plot():
     rng = np.random.default_rng(2)
-    ps = rng.uniform(0.05, 0.95, 100)
-    t = (np.arange(100) % 2).astype(int)
-    fig = plots.ps_overlap_plot(ps, t, {1: "immunotherapy", 0: "chemotherapy"}, n_bins=10)
+    ps = rng.dirichlet([2, 2, 2], 99)
+    t = (np.arange(99) % 3).astype(int)
+    fig = plots.ps_overlap_plot(ps, t, ["chemo", "io", "chemo_io"], n_bins=10)
     ax = fig.axes[0]
-    assert len(ax.patches) == 20  # 10 bars per group
-    assert [x.get_text() for x in ax.get_legend().get_texts()] == ["immunotherapy", "chemotherapy"]
-    assert ax.get_ylabel() == "Density"
+    assert len(fig.axes) == 3 and len(ax.patches) == 30  # 10 bars per received arm
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == [
+        "received chemo", "received io", "received chemo_io"]
+    assert ax.get_ylabel() == "Density" and fig.axes[1].get_xlabel() == "P(io | covariates)"
     plt.close(fig)
-    with pytest.raises(ValueError, match="shape"):
-        plots.ps_overlap_plot(ps, t[:5], {1: "a", 0: "b"})
+    with pytest.raises(ValueError, match=r"\(n, k\)"):
+        plots.ps_overlap_plot(ps, t[:5], ["a", "b", "c"])
     bal = pd.DataFrame({"covariate": ["a", "b", "c"], "smd_crude": [0.3, -0.05, 0.15],
                         "smd_iptw": [0.01, 0.02, -0.03], "smd_matched": [0.05, 0.0, 0.02]})
     fig = plots.love_plot(bal, 0.1)
@@ -103,6 +104,19 @@ def test_ps_overlap_and_love_plot():
     plt.close(fig)
     with pytest.raises(KeyError, match="smd_matched"):
         plots.love_plot(bal.drop(columns="smd_matched"), 0.1)
+
+
+def test_policy_value_plot_panels():
+    values = pd.DataFrame({"policy": ["policy", "all a", "all b", "gain vs best single arm"],
+                           "estimate": [0.5, 0.4, 0.45, 0.05], "ci_low": [0.45, 0.35, 0.4, 0.01],
+                           "ci_high": [0.55, 0.45, 0.5, 0.09]})
+    fig = plots.policy_value_plot(values, oracle=0.6)
+    ax1, ax2 = fig.axes
+    assert [t.get_text() for t in ax1.get_yticklabels()] == ["policy", "all a", "all b"]
+    assert [t.get_text() for t in ax2.get_yticklabels()] == ["gain vs best single arm"]
+    plt.close(fig)
+    with pytest.raises(KeyError, match="ci_low"):
+        plots.policy_value_plot(values.drop(columns="ci_low"))
 
 
 def test_qini_calibration_plot_shows_no_counts():

@@ -300,7 +300,8 @@ def mi_iptw(
     pooled_hr["hr"] = np.exp(pooled_hr["estimate"])
     pooled_hr["hr_ci_low"] = np.exp(pooled_hr["ci_low"])
     pooled_hr["hr_ci_high"] = np.exp(pooled_hr["ci_high"])
-    return {"log_hr": pooled_hr, "survival_difference": pooled_rd, "weights": np.array(ws), "ps": np.array(pss)}
+    return {"log_hr": pooled_hr, "survival_difference": pooled_rd, "weights": np.array(ws), "ps": np.array(pss),
+            "completed": completed[0][list(covariates)].set_axis(df.index)}
 
 
 def _single(est: np.ndarray, var: np.ndarray, names: list[str]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
-    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_band_plot",
+    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_band_plot", "policy_value_plot",
 ]
 
 
@@ -230,27 +230,60 @@ def importance_plot(table: pd.DataFrame, xlabel: str = "Decrease in AUROC when p
     return fig
 
 
-def ps_overlap_plot(ps: np.ndarray, treated: np.ndarray, labels: Mapping[int, str], n_bins: int = 40):
-    """Density histograms of the propensity score by treatment group (overlap check).
+def ps_overlap_plot(ps: np.ndarray, arm: np.ndarray, labels: Sequence[str], n_bins: int = 40):
+    """Generalised propensity overlap: one panel per arm ``a``, histograms of ``P(A = a | X)``
+    by the arm actually received (density; every arm must reach every region for IPTW).
 
     Parameters
     ----------
-    ps : (n,) propensity scores in [0, 1]; treated : (n,) 0/1 group.
-    labels : group value -> legend label; groups are drawn in this order.
-    n_bins : equal-width bins on [0, 1].
+    ps : (n, k) generalised propensity scores; arm : (n,) codes 0..k-1; labels : arm labels.
     """
     ps = np.asarray(ps, dtype=float)
-    treated = np.asarray(treated)
-    if ps.shape != treated.shape:
-        raise ValueError(f"ps_overlap_plot: ps {ps.shape} and treated {treated.shape} differ in shape")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    arm = np.asarray(arm)
+    if ps.ndim != 2 or ps.shape != (arm.size, len(labels)):
+        raise ValueError(f"ps_overlap_plot: ps must be (n, k) = ({arm.size}, {len(labels)}), got {ps.shape}")
+    k = len(labels)
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.4), sharey=False, squeeze=False)
     bins = np.linspace(0, 1, n_bins + 1)
-    for arm, label in labels.items():
-        ax.hist(ps[treated == arm], bins=bins, alpha=0.5, density=True, label=label)
-    ax.set_xlabel("Propensity score P(immunotherapy | covariates)")
-    ax.set_ylabel("Density")
-    ax.legend(frameon=False)
-    ax.set_title("Propensity-score overlap")
+    for a, ax in enumerate(axes[0]):
+        for b, label in enumerate(labels):
+            ax.hist(ps[arm == b, a], bins=bins, alpha=0.45, density=True, label=f"received {label}")
+        ax.set_xlabel(f"P({labels[a]} | covariates)")
+        ax.set_title(f"Propensity of {labels[a]}")
+    axes[0][0].set_ylabel("Density")
+    axes[0][0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def policy_value_plot(values: pd.DataFrame, oracle: float | None = None):
+    """Held-out value (survival at the horizon) of the policy and of treating all with each arm.
+
+    ``values``: :func:`pmed.policy.policy_value` output (``policy``, ``estimate``, ``ci_low``,
+    ``ci_high``); the gain row is drawn in its own panel around 0. ``oracle``: the true value
+    of the oracle policy (demo only), dashed.
+    """
+    missing = [c for c in ("policy", "estimate", "ci_low", "ci_high") if c not in values.columns]
+    if missing:
+        raise KeyError(f"policy_value_plot: values lack column(s) {missing}")
+    gain = values["policy"].str.startswith("gain")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.5 * len(values) + 1.5),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    for ax, part in ((ax1, values[~gain]), (ax2, values[gain])):
+        y = np.arange(len(part))[::-1]
+        ax.errorbar(part["estimate"], y, xerr=[part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]],
+                    fmt="o", color="black", capsize=3)
+        ax.set_yticks(y)
+        ax.set_yticklabels(part["policy"])
+    if oracle is not None:
+        ax1.axvline(oracle, ls="--", color="C3", label="oracle (true value)")
+        ax1.legend(frameon=False, fontsize=8)
+    ax2.axvline(0, color="0.5", lw=1)
+    ax1.set_xlabel("Survival at the horizon (held-out DR value, 95% CI)")
+    ax2.set_xlabel("Difference (95% CI)")
+    ax1.set_title("Value of each policy")
+    ax2.set_title("Policy minus best single arm")
+    fig.tight_layout()
     return fig
 
 
