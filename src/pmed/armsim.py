@@ -78,7 +78,7 @@ def simulate(
     t_death = WEIBULL_SCALE * (rng.exponential(size=n) / np.exp(lp)) ** (1 / WEIBULL_SHAPE)
     admin = rng.uniform(500, 1500, n)
     if censoring == "covariate":
-        rate = (1 / 1200) * np.exp(1.0 * df["ecog"].to_numpy() + 0.05 * (df["age_years"].to_numpy() - 67)
+        rate = (1 / 1500) * np.exp(0.8 * df["ecog"].to_numpy() + 0.04 * (df["age_years"].to_numpy() - 67)
                                    + 0.7 * (arm == 1))
     else:
         rate = np.full(n, 1 / 1000)
