@@ -39,6 +39,7 @@ import statsmodels.formula.api as smf
 from lifelines import CoxPHFitter
 from scipy.special import erfinv
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from pmed.cohort.omop import register_table
 
@@ -191,7 +192,8 @@ def fit_slope_model(
         warnings.simplefilter("ignore", ConvergenceWarning)
         # L-BFGS often stops early on these data (random-effect covariance at a bad
         # boundary); Powell is tried first and L-BFGS only if Powell does not converge.
-        res = model.fit(reml=True, method=["powell", "lbfgs"])
+        with threadpool_limits(limits=1):  # small dense algebra: threaded BLAS is slower here
+            res = model.fit(reml=True, method=["powell", "lbfgs"])
     params, cov = res.fe_params, res.cov_params().loc[res.fe_params.index, res.fe_params.index]
     z = float(np.abs(np.sqrt(2) * erfinv(level)))
 

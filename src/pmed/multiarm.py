@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from pmed.causal import Z95, standardized_mean_difference, weighted_cox, weighted_km
 from pmed.imputation import mice, nelson_aalen, rubin_pool
@@ -79,7 +80,8 @@ def fit_multinomial_propensity(X: pd.DataFrame | np.ndarray, arm: np.ndarray, C:
     mu, sd = Xv.mean(0), Xv.std(0)
     sd[sd == 0] = 1.0
     model = LogisticRegression(C=C, max_iter=5000)
-    model.fit((Xv - mu) / sd, arm)
+    with threadpool_limits(limits=1):  # small fit: threaded BLAS is slower on a shared machine
+        model.fit((Xv - mu) / sd, arm)
     out = np.zeros((len(arm), k))
     out[:, model.classes_] = model.predict_proba((Xv - mu) / sd)
     return out
@@ -276,8 +278,9 @@ def mi_iptw(
     aux["_cumhaz"] = nelson_aalen(time, event)
     data = pd.concat([data, aux], axis=1)
     incomplete = data[list(covariates)].isna().any().any()
-    completed = (mice(data, list(covariates), m, seed, max_iter=max_iter, auxiliary=list(aux.columns))
-                 if incomplete else [data] * m)
+    with threadpool_limits(limits=1):  # many small regressions: threaded BLAS only adds overhead
+        completed = (mice(data, list(covariates), m, seed, max_iter=max_iter, auxiliary=list(aux.columns))
+                     if incomplete else [data] * m)
     hr_est, hr_var, rd_est, rd_var, ws, pss = [], [], [], [], [], []
     for comp in completed:
         ps = fit_multinomial_propensity(comp[list(covariates)], arm)
