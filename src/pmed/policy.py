@@ -135,7 +135,10 @@ def _censoring_transform_aipcw(
     """AIPCW transform ``Y*`` (n_test,) of ``1{T > h}`` with a Cox censoring model."""
     D_tr = np.column_stack([X_tr, np.eye(k)[arm_tr][:, 1:]])
     D_te = np.column_stack([X_te, np.eye(k)[arm_te][:, 1:]])
-    cens = RidgeCox(D_tr, time_tr, 1 - event_tr, alpha)
+    # censoring model on follow-up truncated at the horizon: only G on [0, h] is needed, and
+    # late administrative censoring (driven by calendar time) would otherwise dominate a
+    # proportional-hazards fit and extrapolate absurd early censoring hazards
+    cens = RidgeCox(D_tr, np.minimum(time_tr, horizon), (event_tr == 0) & (time_tr <= horizon), alpha)
     grid = cens.t[cens.t <= horizon]
     r_c = cens.risk(D_te)[:, None]
     H_c = cens.base(grid)[None, :] * r_c                       # (n, m) censoring cum. hazard
@@ -179,7 +182,7 @@ def _km_ipcw_weights(arm_tr, time_tr, event_tr, arm_te, time_te, event_te, horiz
 
 def crossfit_scores(
     X: np.ndarray, arm: np.ndarray, time: np.ndarray, event: np.ndarray, horizon: float,
-    folds: np.ndarray, censoring: str = "aipcw", ps_clip: float = 0.01, cox_alpha: float = 0.01,
+    folds: np.ndarray, censoring: str = "aipcw", ps_clip: float = 0.05, cox_alpha: float = 0.01,
     g_min: float = 0.05,
 ) -> dict:
     """Cross-fitted doubly robust scores ``Gamma`` (n, k) of survival at ``horizon``.
@@ -187,7 +190,9 @@ def crossfit_scores(
     For every fold, the nuisances are fitted on the other folds: multinomial propensity
     (L2, C = 1; clipped to ``[ps_clip, 1]``), a Cox model per arm for ``S_a(t | x)``
     (ridge ``cox_alpha``) and, for ``"aipcw"``, a Cox model of censoring on ``x`` and the
-    arm indicators (``"km_ipcw"``: arm-wise Kaplan-Meier). ``G`` is floored at ``g_min``.
+    arm indicators (``"km_ipcw"``: arm-wise Kaplan-Meier). The Cox models see follow-up
+    truncated at the horizon (proportional hazards needed on [0, h] only). ``G`` is floored
+    at ``g_min``.
 
     Parameters
     ----------
@@ -224,7 +229,9 @@ def _fill_folds(X, arm, time, event, y, horizon, folds, censoring, ps_clip, cox_
         te, tr = folds == f, folds != f
         Xtr, Xte = _standardise(X[tr], X[te])
         ps[te] = np.clip(_propensity(Xtr, arm[tr], Xte, k), ps_clip, 1.0)
-        models = [RidgeCox(Xtr[arm[tr] == a], time[tr][arm[tr] == a], event[tr][arm[tr] == a], cox_alpha)
+        # outcome models on follow-up truncated at the horizon (only S on [0, h] is used)
+        t_h, d_h = np.minimum(time[tr], horizon), (event[tr] == 1) & (time[tr] <= horizon)
+        models = [RidgeCox(Xtr[arm[tr] == a], t_h[arm[tr] == a], d_h[arm[tr] == a], cox_alpha)
                   for a in range(k)]
         for a, model in enumerate(models):
             mu[te, a] = np.exp(-model.base(np.array([horizon]))[0] * model.risk(Xte))
