@@ -143,8 +143,11 @@ def _censoring_transform_aipcw(
     r_c = cens.risk(D_te)[:, None]
     H_c = cens.base(grid)[None, :] * r_c                       # (n, m) censoring cum. hazard
     H_c_left = np.c_[np.zeros(len(D_te)), H_c[:, :-1]]
-    g_left = np.maximum(np.exp(-H_c_left), g_min)                # G(u-)
-    dH_c = H_c - H_c_left
+    # dLambda_C(u) / G(u-) written as the increment of 1/G (equal in continuous time), with G
+    # floored at g_min: the compensator stays bounded by Q / g_min even where the fitted
+    # censoring hazard explodes
+    inv_g = 1.0 / np.maximum(np.exp(-H_c), g_min)
+    d_inv_g = inv_g - 1.0 / np.maximum(np.exp(-H_c_left), g_min)
     S_grid = np.empty_like(H_c)
     S_h = np.empty(len(D_te))
     S_own = np.empty(len(D_te))
@@ -156,7 +159,7 @@ def _censoring_transform_aipcw(
         S_own[sel] = np.exp(-model.base(np.minimum(time_te[sel], horizon)) * r)
     Q = np.minimum(S_h[:, None] / np.maximum(S_grid, 1e-12), 1.0)
     at_risk = grid[None, :] <= time_te[:, None]
-    compensator = np.sum(at_risk * Q * dH_c / g_left, axis=1)
+    compensator = np.sum(at_risk * Q * d_inv_g, axis=1)
     t_own = np.minimum(time_te, horizon)
     g_own_left = np.maximum(np.exp(-cens.base(t_own - 1e-9) * r_c[:, 0]), g_min)
     censored_before = (event_te == 0) & (time_te <= horizon)
