@@ -223,3 +223,8 @@ def test_power_and_value_coverage_over_many_draws():
         cov.append(v["ci_low"] <= _true_value(res, truth) <= v["ci_high"])
     assert np.mean(rej) >= 0.8
     assert np.mean(cov) >= 0.85
+
+
+def test_issued_actions_codes_and_none():
+    act = policy.issued_actions(["b", None, "a"], ["a", "b"], 2)
+    npt.assert_array_equal(act, [[1, -1, 0], [1, -1, 0]])

@@ -550,6 +550,18 @@ def policy_value(
     return pd.DataFrame({"policy": names, "estimate": point, "ci_low": lo, "ci_high": hi})
 
 
+def issued_actions(recommendation, labels: Sequence[str], n_repeats: int) -> np.ndarray:
+    """(R, n) arm codes of the issued recommendations (-1 = none), for :func:`policy_value`.
+
+    The modal recommendation of a person aggregates only trees that never saw that person
+    (in every repeat the tree applied to a person was learned on the other half), so its
+    DR value on the person's held-out scores is a held-out estimate as well.
+    """
+    rec = pd.Series(recommendation, dtype="string")
+    code = rec.map({a: i for i, a in enumerate(labels)}).fillna(-1).to_numpy(int)
+    return np.tile(code, (n_repeats, 1))
+
+
 def stability(labels_by_repeat: np.ndarray) -> dict:
     """Modal recommendation per person, its agreement, and the pairwise flip rate.
 
@@ -587,13 +599,15 @@ def repeat_labels(action: np.ndarray, rule: np.ndarray, labels: Sequence[str]) -
 
 def recommendation_table(
     person_id, result: dict, labels: Sequence[str], personalise: bool, test_p: float,
+    average_arm: str | None = None,
 ) -> pd.DataFrame:
     """Per-patient recommendation, its reason and its agreement over the R repeats.
 
-    When ``personalise`` is False (no evidence of heterogeneity) every person gets the arm
-    with the best DR average (scores averaged over repeats), reason "recommend by average
-    effect (no evidence of heterogeneity, p = <test_p>)", and agreement = the share of
-    repeats in which that arm was also best on average. Otherwise the modal held-out policy
+    When ``personalise`` is False (no evidence of heterogeneity) every person gets
+    ``average_arm`` (the arm preferred by the average effects, e.g. the IPTW analysis;
+    default: the best DR average over repeats), reason "recommend by average effect (no
+    evidence of heterogeneity, p = <test_p>)", and agreement = the share of repeats whose
+    best DR average is that arm. Otherwise the modal held-out policy
     arm over the repeats, reason "policy tree: <path>" (the path in the first repeat giving
     that arm), or recommendation missing with reason "no recommendation: <modifier> missing".
 
@@ -604,7 +618,7 @@ def recommendation_table(
     gamma = result["gamma"]
     if not personalise:
         best_r = gamma.mean(1).argmax(1)               # (R,)
-        best = int(gamma.mean((0, 1)).argmax())
+        best = int(gamma.mean((0, 1)).argmax()) if average_arm is None else list(labels).index(average_arm)
         rec = np.full(len(pid), labels[best], dtype=object)
         reason = np.full(len(pid), f"{AVERAGE} (no evidence of heterogeneity, p = {test_p:.3g})",
                          dtype=object)
