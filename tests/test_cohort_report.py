@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmed.cohort import contract
+from pmed import config
+from pmed.cohort import contract, parse_definition
 from pmed.cohort.flow import flow_diagram
 from pmed.cohort.groundtruth import compare_attrition, compare_defects
 from pmed.cohort.summary import cohort_metrics, median_followup
@@ -22,7 +23,8 @@ def small_cohort() -> pd.DataFrame:
     ckd: 5 immunotherapy persons (a small cell).
     """
     n_c, n_i = 80, 100
-    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in contract.COLUMNS})
+    columns = contract.columns(parse_definition(config.load_params()["cohort"]))
+    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in columns})
     df["treatment"] = ["chemotherapy"] * n_c + ["immunotherapy"] * n_i
     stage = [1] * 30 + [0] * 50 + [1] * 46 + [0] * 53 + [None]
     df["stage_iv"] = pd.array(stage, dtype="Int8")
