@@ -706,3 +706,22 @@ def test_pandas_reference_gives_the_fixture_cohort(fixture_result):
 
     folder, d, res = fixture_result
     pd.testing.assert_frame_equal(pandas_cohort(folder, d), res.cohort)
+
+
+def test_observation_outcome_with_value_concepts(tmp_path):
+    """An observation outcome restricted to one value concept: person 5 (t0 2020-03-01)
+    records 'never' at day 31 (other value) and 'current' at day 61 -> status 1, 61 d."""
+    o = build_fixture()
+    o.meas(5, SMOKING, D(2020, 4, 1), value_concept=NEVER, table="observation")
+    o.meas(5, SMOKING, D(2020, 5, 1), value_concept=CURRENT, table="observation")
+    spec = definition_dict()
+    spec["outcomes"] = {"death": {"type": "death"},
+                        "smoking_relapse": {"type": "event", "table": "observation",
+                                            "concept_set": "smoking",
+                                            "value_concept_ids": [CURRENT]}}
+    d = parse_definition(spec)
+    res = extract_cohort(write_tables(o.frames(), tmp_path), d, memory_limit="1GB", threads=1)
+    p5 = row(res, 5)
+    assert (p5["smoking_relapse_status"], p5["smoking_relapse_time_days"]) == (1, 61.0)
+    assert set(res.cohort.loc[res.cohort["person_id"] != 5, "smoking_relapse_status"]) <= {0, 2}
+    assert pd.isna(p5["smoking_current"])  # records after index do not enter its baseline
