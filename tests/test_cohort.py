@@ -200,7 +200,7 @@ class Omop:
 
 
 def build_fixture() -> Omop:
-    """The 24 fixture persons; each comment gives the rule tested and the hand answer.
+    """The 25 fixture persons; each comment gives the rule tested and the hand answer.
 
     Person 5's gender_concept_id is 0 (unknown): sex_female missing.
     """
@@ -291,7 +291,7 @@ def build_fixture() -> Omop:
 
 
 def add_regimen_outcome_and_date_cases(o: Omop) -> None:
-    """Persons 18-24 and extra records of persons 1-15 for regimens, outcomes, dates."""
+    """Persons 18-25 and extra records of persons 1-15 for regimens, outcomes, dates."""
     # Regimens (grace 21 days, inclusive). 11 (above): both on the same day -> chemo_io.
     # 18: chemo at t0 = day 5, immunotherapy at t0 + 21 -> chemo_io.
     o.person(18, D(1955, 1, 1)).cond(18, NSCLC, IDX)
@@ -303,6 +303,9 @@ def add_regimen_outcome_and_date_cases(o: Omop) -> None:
     o.person(20, D(1955, 1, 1)).cond(20, NSCLC, IDX).drug(20, TKI, IDX + dt.timedelta(10))
     o.person(21, D(1955, 1, 1)).cond(21, NSCLC, IDX)
     o.drug(21, CHEMO, IDX + dt.timedelta(5)).drug(21, TKI, IDX + dt.timedelta(15))
+    # 25: chemo at day 19, after its observation period ended (day 9): own attrition row.
+    o.person(25, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2020, 3, 10))).cond(25, NSCLC, IDX)
+    o.drug(25, CHEMO, D(2020, 3, 20))
     # Impossible dates, each excluded at 'valid_dates': 22 death before birth; 23 index
     # diagnosis before birth; 24 a second observation period ending before it starts.
     o.person(22, D(1955, 1, 1)).cond(22, NSCLC, IDX).drug(22, CHEMO, IDX)
@@ -364,11 +367,12 @@ ELIGIBLE = [1, 2, 5, 7, 11, 14, 15, 18, 19]
 def test_eligible_persons_and_attrition(fixture_result):
     _, _, res = fixture_result
     assert res.cohort["person_id"].tolist() == ELIGIBLE
-    # 23 persons with NSCLC (all but 13); -3 impossible dates (22, 23, 24); -2 prior obs
+    # 24 persons with NSCLC (all but 13); -3 impossible dates (22, 23, 24); -2 prior obs
     # (4, 17); -1 age (6); -2 other cancer (8, 9); -1 prior treatment (10); -2 no first line
-    # within 60 days (3, 16); -2 regimen matching no arm (20, 21); -1 dead before t0 (12).
-    assert res.attrition["remaining"].tolist() == [23, 20, 18, 17, 15, 14, 12, 10, 9]
-    assert res.attrition["excluded"].tolist() == [0, 3, 2, 1, 2, 1, 2, 2, 1]
+    # within 60 days (3, 16); -1 t0 after observation (25); -2 regimen matching no arm
+    # (20, 21); -1 dead before t0 (12).
+    assert res.attrition["remaining"].tolist() == [24, 21, 19, 18, 16, 15, 13, 12, 10, 9]
+    assert res.attrition["excluded"].tolist() == [0, 3, 2, 1, 2, 1, 2, 1, 2, 1]
     assert res.attrition["criterion"].tolist() == list(attrition_labels(
         parse_definition(definition_dict())).values())
 
@@ -503,6 +507,7 @@ def test_quality_counts(fixture_result):
     # person 14's death lies inside its period (2026-01-15 <= 2026-06-30).
     assert q[("outside_observation", "condition_occurrence", "condition_start_date")] == 2
     assert q[("outside_observation", "death", "death_date")] == 2
+    assert q[("outside_observation", "drug_exposure", "drug_exposure_start_date")] == 2  # 17, 25
     assert q[("implausible", "measurement", "pdl1_pct")] == 1
     assert q[("implausible", "measurement", "weight_kg")] == 1
     assert q[("unknown_unit", "measurement", "hemoglobin_g_dl")] == 1

@@ -68,7 +68,7 @@ def test_attrition_matches_generator(demo):
     diff = (cmp["excluded"] - cmp["expected"]).to_dict()
     assert diff == {"qualifying_dx": 0, "valid_dates": 0, "prior_obs": overlap, "adult": 0,
                     "no_prior_cancer": 0, "no_prior_treatment": -overlap, "first_line": 0,
-                    "arm_assigned": 0, "alive_at_t0": 0}
+                    "t0_observed": 0, "arm_assigned": 0, "alive_at_t0": 0}
 
 
 def test_missingness_close_to_generator(demo):

@@ -223,7 +223,7 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     [min_age, max_age]; ``no_prior_cancer`` no record of an exclusion set in
     ``exclusions.window``; ``no_prior_treatment`` no study drug (any set an arm names) before
     the index date; ``first_line`` a first study drug (t0) in [0, max_days_after_index] days
-    after index, inside the observation period; ``arm_assigned`` the regimen (study-drug sets
+    after index; ``t0_observed`` t0 inside the observation period; ``arm_assigned`` the regimen (study-drug sets
     started in [t0, t0 + grace_days]) matches an arm; ``alive_at_t0`` no death before t0.
     Then the outcomes (:func:`outcome_queries`), the covariates (:func:`covariate_queries`)
     and ``cohort_omop``, the OMOP CDM ``cohort`` table (one definition id per arm).
@@ -294,9 +294,9 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         "WHERE e.person_id IN (SELECT person_id FROM no_prior_treatment) AND "
         + _codeset_filter("e.drug_concept_id", drug_sets)
         + " GROUP BY e.person_id) AS f ON f.person_id = x.person_id "
-        f"WHERE {_days('x.index_date', 'f.t0_date')} BETWEEN 0 AND {st.max_days_after_index} "
-        "AND f.t0_date <= x.obs_end_date"
+        f"WHERE {_days('x.index_date', 'f.t0_date')} BETWEEN 0 AND {st.max_days_after_index}"
     )
+    q["t0_observed"] = "SELECT x.* FROM first_line AS x WHERE x.t0_date <= x.obs_end_date"
     flags = ", ".join(
         f"MAX(CASE WHEN de.drug_concept_id IN {_codeset(s)} THEN 1 ELSE 0 END) AS on_{i}"
         for i, s in enumerate(drug_sets)
@@ -304,7 +304,7 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     keys = "x.person_id, x.index_date, x.obs_end_date, x.age_years, x.sex_female, " \
         "x.t0_date, x.days_dx_to_treatment"
     q["regimen"] = (
-        f"SELECT {keys}, {flags} FROM first_line AS x JOIN drug_exposure AS de ON "
+        f"SELECT {keys}, {flags} FROM t0_observed AS x JOIN drug_exposure AS de ON "
         "de.person_id = x.person_id AND "
         + _codeset_filter("de.drug_concept_id", drug_sets)
         + f" AND {_days('x.t0_date', 'de.drug_exposure_start_date')} BETWEEN 0 AND "
@@ -412,6 +412,7 @@ ATTRITION_STEPS = {
     "no_prior_cancer": "No other cancer before index",
     "no_prior_treatment": "No study drug before index",
     "first_line": "First study drug (t0) within {max_days_to_treatment} days after index",
+    "t0_observed": "t0 inside the observation period",
     "arm_assigned": "Regimen started within {grace_days} days of t0 matches an arm",
     "alive_at_t0": "Alive at treatment start",
 }
@@ -423,6 +424,7 @@ EXCLUSION_REASONS = {
     "no_prior_cancer": "other cancer up to index",
     "no_prior_treatment": "study drug before index",
     "first_line": "no first-line study drug within {max_days_to_treatment} days",
+    "t0_observed": "t0 after the end of observation",
     "arm_assigned": "regimen matching no arm",
     "alive_at_t0": "death recorded before treatment start",
 }
