@@ -730,3 +730,14 @@ def test_observation_outcome_with_value_concepts(tmp_path):
     assert (p5["smoking_relapse_status"], p5["smoking_relapse_time_days"]) == (1, 61.0)
     assert set(res.cohort.loc[res.cohort["person_id"] != 5, "smoking_relapse_status"]) <= {0, 2}
     assert pd.isna(p5["smoking_current"])  # records after index do not enter its baseline
+
+
+def test_person_row_missing_is_not_an_impossible_date(tmp_path):
+    """A diagnosis of a person absent from `person` (no birth date) is excluded at the age
+    step, as before, not counted as an impossible date."""
+    frames = build_fixture().frames()
+    frames["person"] = frames["person"][frames["person"]["person_id"] != 5]
+    res = extract_cohort(write_tables(frames, tmp_path), parse_definition(definition_dict()),
+                         memory_limit="1GB", threads=1)
+    assert res.attrition["excluded"].tolist() == [0, 3, 2, 2, 2, 1, 2, 1, 2, 1]
+    assert 5 not in res.cohort["person_id"].tolist()

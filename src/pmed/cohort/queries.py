@@ -238,11 +238,12 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         + " GROUP BY person_id"
     )
     q["valid_dates"] = (
-        "SELECT x.* FROM qualifying_dx AS x JOIN person AS p ON p.person_id = x.person_id "
-        f"WHERE x.index_date >= {birth_date()} AND NOT EXISTS (SELECT 1 FROM death AS dt "
-        f"WHERE dt.person_id = x.person_id AND CAST(dt.death_date AS DATE) < {birth_date()}) "
-        "AND NOT EXISTS (SELECT 1 FROM observation_period AS op WHERE op.person_id = "
-        "x.person_id AND CAST(op.observation_period_end_date AS DATE) < "
+        "SELECT x.* FROM qualifying_dx AS x WHERE NOT EXISTS (SELECT 1 FROM person AS p "
+        f"WHERE p.person_id = x.person_id AND (x.index_date < {birth_date()} OR EXISTS "
+        "(SELECT 1 FROM death AS dt WHERE dt.person_id = p.person_id AND "
+        f"CAST(dt.death_date AS DATE) < {birth_date()}))) AND NOT EXISTS (SELECT 1 FROM "
+        "observation_period AS op WHERE op.person_id = x.person_id AND "
+        "CAST(op.observation_period_end_date AS DATE) < "
         "CAST(op.observation_period_start_date AS DATE))"
     )
     q["prior_obs"] = (
