@@ -24,6 +24,7 @@ import argparse
 import copy
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -264,8 +265,9 @@ def generate_demo(n_persons: int, workdir: Path) -> Path:
 def compare_engines(omop: Path, engines: list[str]) -> list[dict]:
     """Run each engine in a subprocess on ``omop``; print figures; check equal cohorts."""
     results = []
+    outdir = Path(tempfile.mkdtemp(prefix="bench_cohort_"))  # private: runs may overlap
     for engine in engines:
-        out = Path(tempfile.gettempdir()) / f"bench_cohort_{engine}.parquet"
+        out = outdir / f"{engine}.parquet"
         proc = subprocess.run([sys.executable, __file__, "--omop", str(omop), "--child",
                                engine, "--out", str(out)], capture_output=True, text=True,
                               check=False)
@@ -277,6 +279,7 @@ def compare_engines(omop: Path, engines: list[str]) -> list[dict]:
         print(f"{engine:12s} persons={res['persons']:>9,d} wall={res['wall_s']:8.2f} s "
               f"cpu={res['cpu_s']:8.2f} s peak_rss={res['peak_rss_gb']:6.2f} GB", flush=True)
     cohorts = {r["name"]: pd.read_parquet(r["out"]) for r in results}
+    shutil.rmtree(outdir)
     first = results[0]["name"]
     for r in results[1:]:
         pd.testing.assert_frame_equal(cohorts[first], cohorts[r["name"]], check_dtype=False)
