@@ -153,7 +153,8 @@ def drugs(lat: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 
     chemo: platinum (carboplatin 70% / cisplatin 30%, first 4 cycles at most) + pemetrexed
     (every cycle); io: one PD-(L)1 inhibitor every cycle; chemo_io: both, the later of the two
-    starting 0 days (60%) or 1-14 days after the other (either first). A quarter of chemo persons
+    starting 0 days (60%) or 1-14 days after the other (either first; never after the end of
+    follow-up). A quarter of chemo persons
     get second-line immunotherapy (up to 4 cycles) 21-119 days after their last cycle.
     """
     treated_any = ~lat["untreated"].to_numpy() & (lat["reason"].to_numpy() != "no_nsclc")
@@ -167,7 +168,8 @@ def drugs(lat: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
                          size=n, p=[0.6, 0.25, 0.15])
     platinum = rng.choice([v.CARBOPLATIN.concept_id, v.CISPLATIN.concept_id], size=n, p=[0.7, 0.3])
     n_cycles = rng.integers(2, 9, n)
-    offset = np.where(rng.random(n) < 0.6, 0, rng.integers(1, 15, n))
+    # the later drug starts before the end of follow-up, so the data show the regimen the hazard used
+    offset = np.minimum(np.where(rng.random(n) < 0.6, 0, rng.integers(1, 15, n)), end - t0)
     io_first = rng.random(n) < 0.5
     combo = arm == "chemo_io"
     chemo_start = t0 + np.where(combo & io_first, offset, 0)
