@@ -741,3 +741,14 @@ def test_person_row_missing_is_not_an_impossible_date(tmp_path):
                          memory_limit="1GB", threads=1)
     assert res.attrition["excluded"].tolist() == [0, 3, 2, 2, 2, 1, 2, 1, 2, 1]
     assert 5 not in res.cohort["person_id"].tolist()
+
+
+def test_anchor_must_be_t0_or_index():
+    spec = definition_dict()
+    spec["covariates"]["condition_anchor"] = "diagnosis"
+    with pytest.raises(CohortError, match=r"covariates.condition_anchor must be one of \('t0', 'index'\)"):
+        parse_definition(spec)
+    spec = definition_dict()
+    spec["covariates"]["categorical"]["stage"]["anchor"] = "T0"
+    with pytest.raises(CohortError, match=r"categorical.stage.anchor must be one of"):
+        parse_definition(spec)

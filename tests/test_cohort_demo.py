@@ -100,7 +100,8 @@ def test_params_concept_ids_match_demo_vocabulary():
     d = parse_definition(config.load_params()["cohort"])
     for name, ids in d.concept_sets.items():
         assert ids == v.CONCEPT_SETS[name], name
-    smoking, stage = d.categorical
+    coded = {c.name: c for c in d.categorical}
+    smoking, stage = coded["smoking"], coded["stage"]
     assert smoking.levels == {"smoking_current": [v.VALUE_CONCEPTS["current_smoker"]],
                               "smoking_former": [v.VALUE_CONCEPTS["former_smoker"]]}
     assert smoking.reference == [v.VALUE_CONCEPTS["never_smoker"]]

@@ -233,11 +233,9 @@ def _baseline_window(value, where: str, lab_window_days: int) -> tuple[int | Non
     return (start, end)
 
 
-def _anchor(spec: dict, where: str) -> str:
-    anchor = spec.get("anchor", "t0") if isinstance(spec, dict) else "t0"
+def _anchor(anchor, where: str) -> str:
     if anchor not in ANCHORS:
-        raise CohortError(f"cohort definition: {where}.anchor must be one of {ANCHORS}, "
-                          f"got {anchor!r}")
+        raise CohortError(f"cohort definition: {where} must be one of {ANCHORS}, got {anchor!r}")
     return anchor
 
 
@@ -435,7 +433,7 @@ def parse_definition(cohort: dict) -> CohortDefinition:
             units={_int_key(u, where + ".units"): _number(f, where + ".units")
                    for u, f in units.items()},
             plausible=(lo, hi),
-            anchor=_anchor(spec, where),
+            anchor=_anchor(spec.get("anchor", "t0"), where + ".anchor"),
         ))
     categorical = []
     for name, spec in cov.get("categorical", {}).items():
@@ -451,7 +449,7 @@ def parse_definition(cohort: dict) -> CohortDefinition:
             window=_baseline_window(_need(spec, "window", where + "."), where + ".window", lab_w),
             levels={str(c): _id_list(v, f"{where}.levels.{c}") for c, v in levels.items()},
             reference=_id_list(_need(spec, "reference", where + "."), where + ".reference"),
-            anchor=_anchor(spec, where),
+            anchor=_anchor(spec.get("anchor", "t0"), where + ".anchor"),
         ))
     max_age = cohort.get("max_age_years")
     return CohortDefinition(
@@ -470,8 +468,7 @@ def parse_definition(cohort: dict) -> CohortDefinition:
         male_concept_id=_int(_need(cohort, "male_concept_id", ""), "male_concept_id"),
         condition_window=_baseline_window(cov.get("condition_window", [None, -1]),
                                           "covariates.condition_window", lab_w),
-        condition_anchor=_anchor({"anchor": cov.get("condition_anchor", "t0")},
-                                 "covariates.condition"),
+        condition_anchor=_anchor(cov.get("condition_anchor", "t0"), "covariates.condition_anchor"),
         conditions={str(c): _set_name(s, sets, f"covariates.conditions.{c}")
                     for c, s in _need(cov, "conditions", "covariates.").items()},
         numeric=numeric,
