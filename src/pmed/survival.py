@@ -480,6 +480,13 @@ def rmst_difference(time, event, group, tau: float, reference=None, alpha: float
     }
 
 
+def _string_codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct labels (as str) and each value's code; factorises before converting to str."""
+    codes, uniques = pd.factorize(values, sort=False)
+    labels, inverse = np.unique(np.array([str(u) for u in uniques]), return_inverse=True)
+    return labels, inverse[codes]
+
+
 def logrank(time, event, group, strata=None) -> dict:
     """Log-rank (Mantel-Haenszel) test of equal survival across k groups, as R ``survdiff`` (rho=0).
 
@@ -496,8 +503,8 @@ def logrank(time, event, group, strata=None) -> dict:
         raise ValueError("logrank: time, event, group and strata must have equal length")
     ok = (g_raw.notna() & s_raw.notna()).to_numpy()
     t, e = t[ok], e[ok]
-    labels, gi = np.unique(g_raw[ok].astype(str).to_numpy(), return_inverse=True)
-    _, si = np.unique(s_raw[ok].astype(str).to_numpy(), return_inverse=True)
+    labels, gi = _string_codes(g_raw[ok])
+    _, si = _string_codes(s_raw[ok])
     k = labels.size
     if k < 2:
         raise ValueError(f"logrank: need at least 2 groups, got {labels.tolist()}")
@@ -615,7 +622,7 @@ class _Stratum:
         w = w * self.risk
         # Efron: the dying rows enter the r-th slot with weight 1 - r/d.
         b = np.bincount(self.slot, cs * self.frac / self.s0, minlength=self.times.size)
-        np.subtract.at(w, self.dead_idx, self.risk[self.dead_idx] * b[self.slot])
+        w[self.dead_idx] -= self.risk[self.dead_idx] * b[self.slot]  # dead_idx: distinct rows
         return (self.X * w[:, None]).T @ self.X - (self.mean * cs[:, None]).T @ self.mean
 
     def hazard_increments(self) -> np.ndarray:
