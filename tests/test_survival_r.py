@@ -77,6 +77,11 @@ def test_cox_fit_and_score_test_match_r(request, model, ties):
     npt.assert_allclose(score["statistic"], ref["score"].iloc[0], rtol=1e-9)
     assert score["df"] == ref["score_df"].iloc[0]
     npt.assert_allclose(score["p_value"], ref["score_p"].iloc[0], rtol=1e-7)
+    if model in ("lung", "rossi") and ties == "efron":  # the same test from a lifelines fit
+        data_name, stop, event, cov, *_ = MODELS[model]
+        data = request.getfixturevalue(data_name)
+        lif = sv.cox_score_test(sv.fit_cox(data, stop, event, cov), data)
+        npt.assert_allclose(lif["statistic"], ref["score"].iloc[0], rtol=1e-9)
     tab = sv.cox_table(fit).set_index("term")  # a CoxFit works where a lifelines model does
     npt.assert_allclose(tab.loc[ref.index, "se"], ref["se"], rtol=1e-7)
 

@@ -662,7 +662,6 @@ class _CoxData:
         else:
             self.strata_labels = np.full(len(frame), "", dtype=object)
             self.codes = np.zeros(len(frame), dtype=int)
-        self.index = frame.index
         if self.event.sum() == 0:
             raise ValueError(f"{name}: no events")
 
@@ -717,10 +716,6 @@ class CoxFit:
     start_col: str | None
     strata: list[str]
     means_: pd.Series
-
-    @property
-    def duration_col(self) -> str:
-        return self.stop_col
 
 
 def fit_cox_counting(
@@ -956,7 +951,20 @@ def baseline_hazard(fit: CoxFit, df: pd.DataFrame, centered: bool = True) -> pd.
     return pd.concat(parts, ignore_index=True)
 
 
-def cox_score_test(fit: CoxFit) -> dict:
-    """R ``summary(coxph)``'s "Score (logrank) test" of all coefficients = 0: ``statistic``, ``df``,
-    ``p_value`` (computed by :func:`fit_cox_counting` with the fit's ties and strata)."""
-    return dict(fit.score_test)
+def cox_score_test(model, df: pd.DataFrame | None = None) -> dict:
+    """R ``summary(coxph)``'s "Score (logrank) test" that all coefficients are 0.
+
+    ``model``: a :class:`CoxFit` (its stored test) or a lifelines ``CoxPHFitter`` with the data
+    ``df`` it was fitted on (Efron ties, its strata). Returns ``statistic`` (u(0)' I(0)^-1 u(0),
+    chi-square), ``df`` and ``p_value``.
+    """
+    if isinstance(model, CoxFit):
+        return dict(model.score_test)
+    if df is None:
+        raise ValueError("cox_score_test: pass the data the lifelines model was fitted on (df)")
+    spec = _model_spec(model)
+    names = [str(c) for c in spec["beta"].index]
+    data = _CoxData(df, spec["stop"], spec["event"], names, spec["start"], spec["strata"], "cox_score_test")
+    _, u, imat = data.derivatives(np.zeros(len(names)), spec["ties"])
+    stat = _score_statistic(u, imat)
+    return {"statistic": stat, "df": len(names), "p_value": float(stats.chi2.sf(stat, len(names)))}
