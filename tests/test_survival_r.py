@@ -114,6 +114,12 @@ def test_ph_test_of_a_lifelines_fit_matches_r(request, model, transform):
     assert sv.ph_test(cph, data, transform)["term"].tolist() == cov  # default: no GLOBAL row
 
 
+def test_ph_test_of_a_stratified_lifelines_fit_matches_r(rossi):
+    cph = sv.fit_cox(rossi, "week", "arrest", ["fin", "age", "prio"], strata=["wexp"])
+    ref = _read("cox_zph").query("model == 'rossi_strata' and ties == 'efron' and transform == 'km'")
+    npt.assert_allclose(sv.ph_test(cph, rossi, include_global=True)["p_value"], ref["p"], atol=1e-5)
+
+
 def test_schoenfeld_residuals_match_r(request):
     """scaled_schoenfeld = n_events * residuals(fit, "schoenfeld") @ vcov(fit) (Efron; strata)."""
     for model in ("lung", "rossi_strata"):

@@ -791,8 +791,9 @@ def _model_spec(cph) -> dict:
                 "ties": cph.ties, "beta": cph.params_}
     if getattr(cph, "penalizer", 0) not in (0, 0.0):
         raise ValueError("ph_test: the model is penalised; the score test assumes an unpenalised fit")
+    strata = cph.strata or []
     return {"stop": cph.duration_col, "event": cph.event_col, "start": getattr(cph, "entry_col", None),
-            "strata": list(cph.strata or []), "ties": "efron", "beta": cph.params_}
+            "strata": [strata] if isinstance(strata, str) else list(strata), "ties": "efron", "beta": cph.params_}
 
 
 def _transformed_times(data: _CoxData, transform: str) -> np.ndarray:
