@@ -245,7 +245,8 @@ def truth_check(estimates: pd.DataFrame, truth: dict[str, float], n_tests: int |
 
 def predict_survival(cph: CoxPHFitter, df: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
     """Predicted S(t | x) of a fitted Cox model for each row of ``df``, shape (n, len(times))."""
-    cols = list(cph.params_.index) + list(cph.strata or [])
+    strata = cph.strata or []
+    cols = list(cph.params_.index) + ([strata] if isinstance(strata, str) else list(strata))
     require_columns(df, cols, "predict_survival")
     surv = cph.predict_survival_function(df[cols].astype(float), times=list(times))
     return surv.to_numpy().T
