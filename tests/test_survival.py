@@ -178,10 +178,10 @@ def test_fit_cox_mi_equals_single_fit_when_imputations_identical(rossi):
 
 
 def test_true_log_hazard_ratios_and_truth_check():
-    gt = {"other": {"a": 1}, "model": {"log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}}
+    gt = {"other": {"a": 1}, "log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}
     truth = sv.true_log_hazard_ratios(gt)
     assert truth == {"x": 0.5, "treated:pdl1_pct": -0.01}
-    with pytest.raises(KeyError, match="treated:pdl1_pct"):
+    with pytest.raises(KeyError, match="no 'log_hr' mapping"):
         sv.true_log_hazard_ratios({"x": 1})
     est = pd.DataFrame({"term": ["x", "treated:pdl1_pct", "z"], "estimate": [0.6, -0.05, 1.0],
                         "se": [0.1, 0.01, 0.1], "ci_low": [0.404, -0.0696, 0.8], "ci_high": [0.796, -0.0304, 1.2]})
@@ -304,3 +304,8 @@ def test_fit_cox_counting_right_censored_equals_lifelines(rossi):
         sv.fit_cox_counting(rossi, "week", "arrest", ["fin"], ties="exact")
     with pytest.raises(ValueError, match="need s < week"):
         sv.fit_cox_counting(rossi.assign(s=rossi["week"]), "week", "arrest", ["fin"], start_col="s")
+
+
+def test_varying_terms_drops_constant_columns_among_complete_cases():
+    df = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "b": [0.0, 0.0, 1.0, 0.0], "c": [1, 0, 1, 1]})
+    assert sv.varying_terms(df, ["a", "b", "c"]) == ["a", "c"]  # b is 0 wherever a is known

@@ -35,6 +35,7 @@ __all__ = [
     "fit_cox_mi",
     "require_columns",
     "true_log_hazard_ratios",
+    "varying_terms",
     "truth_check",
     "predict_survival",
     "CoxFit",
@@ -198,20 +199,20 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> Non
         raise KeyError(f"{table}: missing column(s) {missing}; expected them per the cohort contract")
 
 
-def true_log_hazard_ratios(ground_truth: dict) -> dict[str, float]:
-    """The true log-HR mapping inside a demo ``ground_truth.json`` document.
+def varying_terms(df: pd.DataFrame, terms: Sequence[str]) -> list[str]:
+    """The ``terms`` that vary among the complete cases of ``df[terms]`` (others cannot be
+    estimated there: e.g. an arm x driver product when no driver-positive patient of that arm
+    has complete data)."""
+    complete = df[list(terms)].dropna()
+    return [t for t in terms if complete[t].nunique() > 1]
 
-    It is the (first, depth-first) dict of numbers that has the key ``"treated:pdl1_pct"``
-    (cohort column names -> log-HR per unit). KeyError if there is none.
-    """
-    stack = [ground_truth]
-    while stack:
-        node = stack.pop(0)
-        if isinstance(node, dict):
-            if "treated:pdl1_pct" in node and all(isinstance(v, (int, float)) for v in node.values()):
-                return {str(k): float(v) for k, v in node.items()}
-            stack.extend(node.values())
-    raise KeyError("ground_truth.json: no mapping of log hazard ratios with key 'treated:pdl1_pct'")
+
+def true_log_hazard_ratios(ground_truth: dict) -> dict[str, float]:
+    """The true log-HRs of death in a demo ``ground_truth.json`` document: its ``log_hr``
+    mapping (cohort column or ``a:b`` product term -> log-HR per unit). KeyError if absent."""
+    if not isinstance(ground_truth.get("log_hr"), dict):
+        raise KeyError("ground_truth.json: no 'log_hr' mapping of true log hazard ratios")
+    return {str(k): float(v) for k, v in ground_truth["log_hr"].items()}
 
 
 def truth_check(estimates: pd.DataFrame, truth: dict[str, float], n_tests: int | None = None) -> pd.DataFrame:
