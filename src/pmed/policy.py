@@ -193,9 +193,8 @@ def crossfit_scores(
     For every fold, the nuisances are fitted on the other folds: multinomial propensity
     (L2, C = 1; clipped to ``[ps_clip, 1]``), a Cox model per arm for ``S_a(t | x)``
     (ridge ``cox_alpha``) and, for ``"aipcw"``, a Cox model of censoring on ``x`` and the
-    arm indicators (``"km_ipcw"``: arm-wise Kaplan-Meier). The Cox models see follow-up
-    truncated at the horizon (proportional hazards needed on [0, h] only). ``G`` is floored
-    at ``g_min``.
+    arm indicators (``"km_ipcw"``: arm-wise Kaplan-Meier), fitted on follow-up truncated at
+    the horizon (only ``G`` on [0, h] is used). ``G`` is floored at ``g_min``.
 
     Parameters
     ----------
@@ -232,9 +231,7 @@ def _fill_folds(X, arm, time, event, y, horizon, folds, censoring, ps_clip, cox_
         te, tr = folds == f, folds != f
         Xtr, Xte = _standardise(X[tr], X[te])
         ps[te] = np.clip(_propensity(Xtr, arm[tr], Xte, k), ps_clip, 1.0)
-        # outcome models on follow-up truncated at the horizon (only S on [0, h] is used)
-        t_h, d_h = np.minimum(time[tr], horizon), (event[tr] == 1) & (time[tr] <= horizon)
-        models = [RidgeCox(Xtr[arm[tr] == a], t_h[arm[tr] == a], d_h[arm[tr] == a], cox_alpha)
+        models = [RidgeCox(Xtr[arm[tr] == a], time[tr][arm[tr] == a], event[tr][arm[tr] == a], cox_alpha)
                   for a in range(k)]
         for a, model in enumerate(models):
             mu[te, a] = np.exp(-model.base(np.array([horizon]))[0] * model.risk(Xte))
