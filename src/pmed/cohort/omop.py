@@ -272,7 +272,7 @@ class _TableFile:
                 raise CohortError(f"{self.where}: columns {self.names[low]!r} and {name!r} differ "
                                   "only in letter case; keep one")
             self.names[low] = name
-        self.types = self._describe(con, self.check_source())
+        self.types = self._describe(con, self.check_source(f"sniff_{table}"))
 
     def source(self, types: Mapping[str, str], rejects: str | None = None,
                row_numbers: bool = False) -> str:
@@ -306,8 +306,10 @@ class _TableFile:
         return self.source(self.check_types(), rejects, row_numbers)
 
     def _describe(self, con, source: str) -> dict[str, str]:
+        """Column -> type; CSV read with rejects, so a bad line does not fail the sniffing."""
         try:
             described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+            _drop_rejects(con, f"sniff_{self.table}")
         except duckdb.Error as err:
             raise CohortError(f"{self.where}: cannot read the file: {describe_error(err)}") from None
         return {name.lower(): str(typ).upper() for name, typ, *_ in described}
@@ -333,6 +335,8 @@ def _check_columns(f: _TableFile) -> list[str]:
             raise CohortError(f"{f.where}: missing column {column!r} (OMOP CDM v5.4; has "
                               f"{sorted(f.types)})")
         base = _base(f.types[column])
+        if base == '"NULL"':
+            continue  # no value at all (pandas writes an all-None column so): cast in the view
         if family == "integer" and (f.csv or base in FRACTIONAL):
             ids.append(column)
             continue
@@ -413,11 +417,15 @@ def _validate(con, f: _TableFile, ids: list[str]) -> None:
                               "whole numbers such as 8713 or 8713.0")
 
 
+def _drop_rejects(con, rejects: str) -> None:
+    con.execute(f"DROP TABLE IF EXISTS {rejects}_errors; DROP TABLE IF EXISTS {rejects}_scans")
+
+
 def _raise_rejects(con, f: _TableFile, rejects: str) -> None:
     rows = con.execute(f"SELECT line, column_name, CAST(error_type AS VARCHAR) FROM "
                        f"{rejects}_errors ORDER BY line LIMIT 1").fetchall()
     n = con.execute(f"SELECT COUNT(DISTINCT line) FROM {rejects}_errors").fetchone()[0]
-    con.execute(f"DROP TABLE IF EXISTS {rejects}_errors; DROP TABLE IF EXISTS {rejects}_scans")
+    _drop_rejects(con, rejects)
     if not rows:
         return
     line, column, kind = rows[0]
@@ -439,8 +447,14 @@ def _view_sql(f: _TableFile, ids: list[str]) -> str:
         types = {c: CSV_TYPES[t] for c, t in f.required.items() if c in f.types}
         types |= {c: "BIGINT" for c in ids}
         return f"SELECT *{extra} FROM {f.source(types)}"
-    cols = [(f"TRY_CAST({f.col(c)} AS BIGINT)" if c in ids else f.col(c)) + f" AS {_ident(c)}"
-            for c in f.types]
+    def expr(c: str) -> str:
+        if c in ids:
+            return f"TRY_CAST({f.col(c)} AS BIGINT)"
+        if f.types[c] == '"NULL"':
+            return f"CAST({f.col(c)} AS {CSV_TYPES[f.required.get(c, 'text')]})"
+        return f.col(c)
+
+    cols = [f"{expr(c)} AS {_ident(c)}" for c in f.types]
     return f"SELECT {', '.join(cols)}{extra} FROM {f.source({})}"
 
 
