@@ -64,7 +64,8 @@ OPTIONAL_TABLES: dict[str, dict[str, str]] = {
 }
 
 # Columns added as typed NULL when a file lacks them (a vocabulary export without validity).
-OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {"concept": {"invalid_reason": "text"}}
+OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {"concept": {"invalid_reason": "text"},
+                                               "concept_relationship": {"invalid_reason": "text"}}
 
 # DuckDB type for each family when reading CSV (so an empty column is not read as VARCHAR).
 CSV_TYPES = {"integer": "BIGINT", "number": "DOUBLE", "date": "DATE", "text": "VARCHAR"}
