@@ -210,8 +210,8 @@ def test_non_integral_double_id_names_table_column_and_row(tmp_path):
     message = raises(tmp_path, "measurement")
     assert message == (
         "OMOP table 'measurement' (measurement.parquet): column 'value_as_concept_id' holds 1 "
-        "values that are not integer ids (first at row 3; values not shown); expected whole "
-        "numbers such as 8713 or 8713.0")
+        "values that are not whole numbers (first at row 3; values not shown); expected "
+        "integers such as 8713 or 8713.0")
     assert "8713.5" not in message
 
 
@@ -225,15 +225,15 @@ def test_non_integral_id_in_csv_names_the_line(tmp_path):
     message = raises(tmp_path, "measurement")
     assert message == (
         "OMOP table 'measurement' (measurement.csv): column 'unit_concept_id' holds 2 values "
-        "that are not integer ids (first at data row 2 (line 3); values not shown); expected "
-        "whole numbers such as 8713 or 8713.0")
+        "that are not whole numbers (first at data row 2 (line 3); values not shown); expected "
+        "integers such as 8713 or 8713.0")
     assert "8713.25" not in message and "g/dL" not in message
 
 
 def test_non_integral_optional_id_column_is_an_error_too(tmp_path):
     measurement_frame([8713.0, 8713.0]).assign(provider_id=[1.0, 2.5]).to_parquet(
         tmp_path / "measurement.parquet")
-    assert "column 'provider_id' holds 1 values that are not integer ids (first at row 2;" in \
+    assert "column 'provider_id' holds 1 values that are not whole numbers (first at row 2;" in \
         raises(tmp_path, "measurement")
 
 
