@@ -215,19 +215,33 @@ def test_non_integral_double_id_names_table_column_and_row(tmp_path):
     assert "8713.5" not in message
 
 
+MEASUREMENT_CSV = ("measurement_id,person_id,measurement_concept_id,measurement_date,"
+                   "value_as_number,value_as_concept_id,unit_concept_id,measurement_source_value\n")
+
+
 def test_non_integral_id_in_csv_names_the_line(tmp_path):
-    write(tmp_path / "measurement.csv",
-          "measurement_id,person_id,measurement_concept_id,measurement_date,value_as_number,"
-          "value_as_concept_id,unit_concept_id,measurement_source_value\n"
-          f"1,1,30,2020-01-01,1.5,,8713,{CANARY}\n"
-          f"2,1,30,2020-01-01,1.5,,8713.25,{CANARY}\n"
-          f"3,1,30,2020-01-01,1.5,,g/dL,{CANARY}\n")
+    write(tmp_path / "measurement.csv", MEASUREMENT_CSV
+          + f"1,1,30,2020-01-01,1.5,,8713,{CANARY}\n"
+          + f"2,1,30,2020-01-01,1.5,,8713.25,{CANARY}\n"
+          + f"3,1,30,2020-01-01,1.5,,8713.5,{CANARY}\n")
     message = raises(tmp_path, "measurement")
     assert message == (
         "OMOP table 'measurement' (measurement.csv): column 'unit_concept_id' holds 2 values "
         "that are not whole numbers (first at data row 2 (line 3); values not shown); expected "
         "integers such as 8713 or 8713.0")
-    assert "8713.25" not in message and "g/dL" not in message
+    assert "8713.25" not in message
+
+
+def test_text_in_an_id_column_of_a_csv(tmp_path):
+    write(tmp_path / "measurement.csv", MEASUREMENT_CSV
+          + f"1,1,30,2020-01-01,1.5,,8713,{CANARY}\n"
+          + f"2,1,30,2020-01-01,1.5,,g/dL,{CANARY}\n")
+    message = raises(tmp_path, "measurement")
+    assert message == (
+        "OMOP table 'measurement' (measurement.csv): reading failed on the OMOP input at line 3 "
+        '(data row 2): error converting column "unit_concept_id" to BIGINT; 1 bad lines in all '
+        "(values not shown)")
+    assert "g/dL" not in message
 
 
 def test_non_integral_optional_id_column_is_an_error_too(tmp_path):

@@ -251,7 +251,7 @@ class _TableFile:
     """One OMOP table file: how to read it, its columns and their types.
 
     ``names``: column name as read (lower case) -> name in the file; ``types``: lower-case
-    name -> DuckDB type of the checking read (CSV id columns as VARCHAR, checked in SQL).
+    name -> DuckDB type of the checking read (CSV integer columns as DOUBLE, checked in SQL).
     """
 
     def __init__(self, con, path: Path, table: str, required: Mapping[str, str], encoding: str):
@@ -299,8 +299,12 @@ class _TableFile:
         return f"read_csv({_sql_str(self.path)}, {', '.join(opts)})"
 
     def check_types(self) -> dict[str, str]:
-        """CSV types of the checking read: required columns typed, integer ids as text."""
-        return {c: ("VARCHAR" if f == "integer" else CSV_TYPES[f])
+        """CSV types of the checking read: required columns typed, integer ids as DOUBLE.
+
+        DOUBLE lets the check see a fraction that BIGINT would round away (DuckDB reads
+        "3.5" as 4); the view then reads the checked column as BIGINT, exact above 2**53.
+        """
+        return {c: ("DOUBLE" if f == "integer" else CSV_TYPES[f])
                 for c, f in self.required.items() if c in self.names} if self.csv else {}
 
     def check_source(self, rejects: str | None = None, row_numbers: bool = False) -> str:
@@ -327,7 +331,7 @@ def _base(sql_type: str) -> str:
 def _check_columns(f: _TableFile) -> list[str]:
     """Required columns present with the right type family; returns the id columns to check.
 
-    Id columns to check: required integer columns read as text (CSV) or stored as
+    Id columns to check: required integer columns read as DOUBLE (CSV) or stored as
     DOUBLE/DECIMAL (Parquet), and any other ``*_id`` column stored as DOUBLE/DECIMAL.
     """
     ids = []
@@ -354,9 +358,6 @@ def _check_columns(f: _TableFile) -> list[str]:
 def _not_integer(f: _TableFile, column: str) -> str:
     """SQL condition: the value of ``column`` is present but not an integer id."""
     c = f.col(column)
-    if _base(f.types[column]) == "VARCHAR":  # CSV text: what BIGINT would read, unrounded
-        return (f"({c} IS NOT NULL AND (TRY_CAST({c} AS BIGINT) IS NULL OR "
-                f"TRY_CAST({c} AS DOUBLE) IS DISTINCT FROM TRY_CAST({c} AS BIGINT)))")
     lo, hi = BIGINT_RANGE
     bad = f"{c} <> TRUNC({c}) OR {c} < {lo} OR {c} > {hi}"
     if _base(f.types[column]) in ("FLOAT", "DOUBLE"):
