@@ -431,3 +431,21 @@ def test_a_real_style_extract_reads_like_the_clean_one(tmp_path):
         for column, family in omop.REQUIRED_COLUMNS[table].items():
             if family == "integer":
                 assert types(a, table)[column] == types(b, table)[column] == "BIGINT"
+
+
+def test_describe_error_ignores_patterns_planted_in_the_original_line(tmp_path):
+    planted = "MRNCANARY7741"
+    path = write(tmp_path / "p.csv", f"a,b,c\n1,x,2020-01-01\n2,converting column {planted} "
+                                     f"to 'MRNCANARY',1960-13-45\n")
+    with pytest.raises(duckdb.Error) as err:
+        duckdb.connect().execute(f"SELECT * FROM read_csv('{path}', types = {{'c': 'DATE'}})"
+                                 ).fetchall()
+    text = omop.describe_error(err.value)
+    assert planted not in text and "MRNCANARY" not in text
+    assert 'line 3, error converting column "c" to DATE' in text
+
+
+def test_corrupt_parquet_is_a_named_error(tmp_path):
+    (tmp_path / "death.parquet").write_bytes(b"PAR1 not really parquet")
+    assert raises(tmp_path, "death").startswith(
+        "OMOP table 'death' (death.parquet): cannot read the file: ")

@@ -216,17 +216,19 @@ def describe_error(err: Exception) -> str:
     DuckDB's CSV and conversion errors quote the original line and the value (an MRN, a
     birth date); only the line number, the column name and the target type are kept.
     """
-    text = str(err)
+    text = "\n".join(line for line in str(err).splitlines()
+                     if not line.lstrip().startswith("Original Line"))
     kind = text.split(":", 1)[0].strip() if ":" in text.split("\n", 1)[0] else type(err).__name__
     parts = [kind]
     line = re.search(r"CSV Error on Line: (\d+)", text)
     if line:
         parts.append(f"line {line.group(1)}")
     column = re.search(r'converting column "([A-Za-z0-9_]+)"', text)
-    target = re.search(r" to '([A-Z0-9_() ,]+)'", text)
-    if column:
+    if column:  # the type is the last quoted word of that line: DuckDB's text ends with it
+        line_text = next(t for t in text.splitlines() if "converting column" in t)
+        target = re.findall(r" to '([A-Z][A-Z0-9_]*(?:\(\d+(?:, ?\d+)?\))?)'", line_text)
         parts.append(f'error converting column "{column.group(1)}"'
-                     + (f" to {target.group(1)}" if target else ""))
+                     + (f" to {target[-1]}" if target else ""))
     elif "not utf-8 encoded" in text or "Invalid unicode" in text:
         parts.append(f"invalid text encoding (set {ENCODING_PARAM})")
     elif "sniffing file" in text:
@@ -261,19 +263,22 @@ class _TableFile:
         if self.csv:
             check_encoding(path, table, encoding)
             self.delimiter = detect_delimiter(path, table, encoding)
-            header = csv_header(path, self.delimiter, encoding)
             self.encoding = encoding
+            self.names = self._lower_case(csv_header(path, self.delimiter, encoding))
+            described = self._describe(con)
         else:
-            header = [r[0] for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({_sql_str(path)})").fetchall()]
-        self.names = {}
+            described = self._describe(con)
+            self.names = self._lower_case([name for name, _ in described])
+        self.types = {name.lower(): typ for name, typ in described}
+
+    def _lower_case(self, header: list[str]) -> dict[str, str]:
+        names: dict[str, str] = {}
         for name in header:
-            low = name.lower()
-            if low in self.names:
-                raise CohortError(f"{self.where}: columns {self.names[low]!r} and {name!r} differ "
-                                  "only in letter case; keep one")
-            self.names[low] = name
-        self.types = self._describe(con, self.check_source(f"sniff_{table}"))
+            if name.lower() in names:
+                raise CohortError(f"{self.where}: columns {names[name.lower()]!r} and {name!r} "
+                                  "differ only in letter case; keep one")
+            names[name.lower()] = name
+        return names
 
     def source(self, types: Mapping[str, str], rejects: str | None = None,
                row_numbers: bool = False) -> str:
@@ -310,14 +315,16 @@ class _TableFile:
     def check_source(self, rejects: str | None = None, row_numbers: bool = False) -> str:
         return self.source(self.check_types(), rejects, row_numbers)
 
-    def _describe(self, con, source: str) -> dict[str, str]:
-        """Column -> type; CSV read with rejects, so a bad line does not fail the sniffing."""
+    def _describe(self, con) -> list[tuple[str, str]]:
+        """(column, type) of the checking read; CSV with rejects, so a bad line does not stop
+        the sniffing (it is named by the validation scan)."""
         try:
-            described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+            described = con.execute(
+                f"DESCRIBE SELECT * FROM {self.check_source(f'sniff_{self.table}')}").fetchall()
             _drop_rejects(con, f"sniff_{self.table}")
         except duckdb.Error as err:
             raise CohortError(f"{self.where}: cannot read the file: {describe_error(err)}") from None
-        return {name.lower(): str(typ).upper() for name, typ, *_ in described}
+        return [(name, str(typ).upper()) for name, typ, *_ in described]
 
     def col(self, name: str) -> str:
         """SQL reference to column ``name`` in the file's own spelling."""
