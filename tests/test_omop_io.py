@@ -449,3 +449,13 @@ def test_corrupt_parquet_is_a_named_error(tmp_path):
     (tmp_path / "death.parquet").write_bytes(b"PAR1 not really parquet")
     assert raises(tmp_path, "death").startswith(
         "OMOP table 'death' (death.parquet): cannot read the file: ")
+
+
+def test_vocabulary_columns_no_query_reads_are_not_checked(tmp_path):
+    """Athena's concept_code looks numeric for many rows, then holds 'C34.1': not our business."""
+    rows = "".join(f"{i}\tname {i}\t{100000 + i}\n" for i in range(1, 30_001))
+    write(tmp_path / "CONCEPT.csv", "CONCEPT_ID\tCONCEPT_NAME\tCONCEPT_CODE\n" + rows
+          + "30001\tlung\tC34.1\n")
+    con = register(tmp_path, "concept")
+    assert con.execute("SELECT COUNT(*), MAX(concept_id) FROM concept").fetchone() == \
+        (30001, 30001)

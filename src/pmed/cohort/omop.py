@@ -8,7 +8,7 @@ becomes a view and the cohort queries run inside DuckDB.
 Conventions of real extracts handled at registration (:func:`register_table`):
 
 * CSV delimiter: comma, tab (Athena vocabulary files) or semicolon, told from the header;
-  ``""``, ``NULL`` and ``\\N`` read as missing; text encoding ``utf-8`` (default),
+  ``""``, ``NULL``, ``\\N`` and ``NA`` read as missing; text encoding ``utf-8`` (default),
   ``latin-1`` or ``utf-16`` (:data:`ENCODING_PARAM`), checked before DuckDB reads the file.
 * id columns (the required integer columns and any numeric ``*_id`` column) written as
   DOUBLE or DECIMAL (pandas and R write nullable integers so) are cast to BIGINT after a
@@ -419,8 +419,10 @@ def _validate(con, f: _TableFile, ids: list[str]) -> None:
     checks = {f"null_{c}": _is_null(f, c) for c in keys if f"null_{c}" not in found}
     checks |= {f"bad_{c}": _not_integer(f, c) for c in ids}
     parts = [f"COUNT(*) FILTER (WHERE {cond}) AS {name}" for name, cond in checks.items()]
-    if f.csv:  # convert every column, so each bad value is found now, not by a later query
-        parts += [f"COUNT({f.col(c)})" for c in f.types]
+    if f.csv:  # convert the columns queries read, so a bad value is found now, not later:
+        # all of a clinical table (the quality checks compare whole rows), else the required
+        read = f.types if "person_id" in f.types else [c for c in f.required if c in f.types]
+        parts += [f"COUNT({f.col(c)})" for c in read]
     rejects = f"rejects_{f.table}" if f.csv else None
     if parts:
         try:
