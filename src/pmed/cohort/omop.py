@@ -238,8 +238,7 @@ def describe_error(err: Exception) -> str:
     return ", ".join(parts) + " (DuckDB's message is not shown: it may quote the data)"
 
 
-REJECT_TEXT = {
-    "CAST": 'error converting column "{column}" to its type',
+REJECT_TEXT = {  # DuckDB's CSV reject kinds other than CAST (a value of the wrong type)
     "MISSING COLUMNS": "fewer fields than the header",
     "TOO MANY COLUMNS": "more fields than the header",
     "UNQUOTED VALUE": "a quote inside an unquoted value",
@@ -457,7 +456,7 @@ def _raise_rejects(con, f: _TableFile, rejects: str) -> None:
     if not rows:
         return
     line, column, kind = rows[0]
-    what = REJECT_TEXT.get(kind, kind.lower()).format(column=column)
+    what = REJECT_TEXT.get(kind, kind.lower())
     if kind == "CAST":
         expected = f.required.get(column)
         what = (f'error converting column "{column}" to '
