@@ -119,23 +119,6 @@ def test_policy_value_plot_panels():
         plots.policy_value_plot(values.drop(columns="ci_low"))
 
 
-def test_qini_calibration_plot_shows_no_counts():
-    qc = pd.DataFrame({"fraction": [0, 0.5, 1], "gain": [0, 0.04, 0.05], "random": [0, 0.025, 0.05]})
-    calib = pd.DataFrame({"group": [1, 2], "n": [5, 40], "predicted": [-0.02, 0.1],
-                          "observed": [0.0, 0.08], "ci_low": [-0.1, 0.02], "ci_high": [0.1, 0.14]})
-    fig = plots.qini_calibration_plot(qc, calib)
-    ax1, ax2 = fig.axes
-    assert len(ax1.lines) == 2 and ax1.get_title() == "Qini curve (held-out predictions)"
-    assert ax2.get_ylabel() == "Observed benefit (DR estimate, 95% CI)"
-    assert len(ax2.containers) == 1  # one errorbar series
-    npt_lim = ax2.lines[-2].get_xdata()  # identity line spans [min(ci_low, predicted), max(...)]
-    assert list(npt_lim) == [-0.1, 0.14]
-    assert not any(t in ("5", "40", "<11") for t in _texts(fig))  # group sizes never drawn
-    plt.close(fig)
-    with pytest.raises(KeyError, match="ci_high"):
-        plots.qini_calibration_plot(qc, calib.drop(columns="ci_high"))
-
-
 def test_trajectory_band_plot_draws_bands_not_persons():
     bands = pd.DataFrame({"treatment": ["chemo", "chemo", "io", "io"], "months": [0, 1.5, 0, 1.5],
                           "n": [20, 15, 30, 12], "median": [200, 210, 220, 180],

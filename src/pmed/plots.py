@@ -23,7 +23,7 @@ _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
-    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_band_plot", "policy_value_plot",
+    "importance_plot", "ps_overlap_plot", "love_plot", "trajectory_band_plot", "policy_value_plot",
 ]
 
 
@@ -308,40 +308,6 @@ def love_plot(balance: pd.DataFrame, threshold: float, analyses: Sequence[str] =
     ax.set_xlabel("|Standardised mean difference|")
     ax.legend(frameon=False, loc="lower right")
     ax.set_title("Covariate balance (love plot)")
-    return fig
-
-
-def qini_calibration_plot(qcurve: pd.DataFrame, calib: pd.DataFrame):
-    """Qini curve (left) and calibration of predicted vs observed benefit (right).
-
-    Parameters
-    ----------
-    qcurve : output of :func:`pmed.hte.qini_curve` (``fraction``, ``gain``, ``random``;
-        gains in survival probability per patient).
-    calib : output of :func:`pmed.hte.benefit_calibration` (``predicted``, ``observed``,
-        ``ci_low``, ``ci_high``; survival differences). Group sizes are not drawn.
-    """
-    missing = [c for c in ("fraction", "gain", "random") if c not in qcurve.columns]
-    missing += [c for c in ("predicted", "observed", "ci_low", "ci_high") if c not in calib.columns]
-    if missing:
-        raise KeyError(f"qini_calibration_plot: inputs lack column(s) {missing}")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(qcurve["fraction"], qcurve["gain"], label="ranked by predicted benefit")
-    ax1.plot(qcurve["fraction"], qcurve["random"], ls="--", color="0.5", label="random")
-    ax1.set_xlabel("Fraction treated with immunotherapy (highest predicted benefit first)")
-    ax1.set_ylabel("Cumulative survival gain per patient")
-    ax1.set_title("Qini curve (held-out predictions)")
-    ax1.legend(frameon=False)
-    ax2.errorbar(calib["predicted"], calib["observed"],
-                 yerr=[calib["observed"] - calib["ci_low"], calib["ci_high"] - calib["observed"]],
-                 fmt="o", capsize=3)
-    lim = [min(calib["ci_low"].min(), calib["predicted"].min()),
-           max(calib["ci_high"].max(), calib["predicted"].max())]
-    ax2.plot(lim, lim, ls="--", color="0.5")
-    ax2.axhline(0, color="0.8", lw=1)
-    ax2.set_xlabel("Predicted benefit (mean in group)")
-    ax2.set_ylabel("Observed benefit (DR estimate, 95% CI)")
-    ax2.set_title("Calibration of predicted benefit")
     return fig
 
 

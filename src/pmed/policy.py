@@ -362,13 +362,6 @@ def apply_tree(tree: dict, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return arm, rule
 
 
-def tree_features(tree: dict) -> list[str]:
-    """Modifiers the tree splits on (the modifiers a recommendation may require)."""
-    if "arm" in tree:
-        return []
-    return list(dict.fromkeys([tree["feature"], *tree_features(tree["left"]), *tree_features(tree["right"])]))
-
-
 # --------------------------------------------------------------------------- held-out test
 def blp_test(psi: np.ndarray, proxy: np.ndarray) -> dict:
     """Best-linear-predictor heterogeneity test on held-out data (one split, one contrast).
