@@ -101,9 +101,36 @@ def test_cohort_metrics_suppress_small_counts():
     attrition = pd.DataFrame({"criterion": ["a", "b"], "remaining": [190, 180],
                               "excluded": [0, 10]})
     m = cohort_metrics(df, attrition, ["s1", "s2"], min_cell=11)
-    assert m["persons"] == 180 and m["events"] == "<11"
-    assert m["attrition"]["s2"] == {"remaining": 180, "excluded": "<11"}
-    assert m["groups"]["chemotherapy"]["persons"] == 80
+    # 190 -> 180 excludes 10: hidden, and 180 with it (else 190 - 180 reveals it); then one
+    # arm's persons too (the arms add up to 180), and the deaths (3 < 11) with a complement
+    assert m["attrition"]["s2"]["excluded"] == "<11"
+    assert m["attrition"]["s2"]["remaining"] == "suppressed" and m["persons"] == "suppressed"
+    assert m["events"] == "<11"
+    shown = [m["groups"][g]["persons"] for g in m["groups"]]
+    assert sum(v == "suppressed" for v in shown) >= 1
+
+
+def test_release_cohort_counts_tiny_cohort_nothing_derivable():
+    """21 persons (io 10, chemo 11) after 26 -> 25 -> 24 -> 21: no small count derivable."""
+    from pmed.cohort.summary import release_cohort_counts
+
+    df = pd.DataFrame({"treatment": ["io"] * 10 + ["chemo"] * 11,
+                       "event": [1] * 9 + [0] + [1] * 11})
+    attrition = pd.DataFrame({"criterion": ["all", "a", "b", "c"], "remaining": [26, 25, 24, 21],
+                              "excluded": [0, 1, 1, 3]})
+    flow, groups = release_cohort_counts(df, attrition, 11)
+    shown = {}
+    for i, r in flow.iterrows():
+        shown[f"rem{i}"], shown[f"exc{i}"] = r["remaining"], r["excluded"]
+    for a, g in groups.items():
+        shown[f"n_{a}"], shown[f"d_{a}"] = g["persons"], g["events"]
+    known = {k: int(v) for k, v in shown.items() if v.isdigit()}
+    assert all(v == 0 or v >= 11 for v in known.values())
+    # what a reader can add or subtract from the shown numbers: none of the small truths
+    small_truths = {10, 9, 1, 5}  # io persons, io deaths, io survivors, excluded in total
+    sums = {a + b for a in known.values() for b in known.values()}
+    diffs = {abs(a - b) for a in known.values() for b in known.values()}
+    assert not (small_truths & (set(known.values()) | diffs | sums))
 
 
 def test_compare_defects_and_attrition():

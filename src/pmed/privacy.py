@@ -95,23 +95,27 @@ def merge_small_steps(steps: pd.DataFrame, min_cell: int) -> pd.DataFrame:
 
     ``steps`` has columns ``criterion``, ``remaining``, ``excluded`` in order (first row: the
     starting population, excluded 0). A step excluding 1..min_cell-1 persons is merged with
-    the next step (at the end, with the previous ones): criteria joined by " or ",
+    the next step (at the end, with the previous ones): criteria (and the ``reason`` and
+    ``step`` columns when present) joined by " or ",
     exclusions added, the remaining count of the later step kept, so no published difference
     of two remaining counts is small. Returns a new frame (same columns, fewer rows).
     """
+    text = [c for c in ("criterion", "reason", "step") if c in steps.columns]
+
+    def merged(first: dict, second: dict) -> dict:
+        return {**second, **{c: f"{first[c]} or {second[c]}" for c in text},
+                "excluded": first["excluded"] + second["excluded"]}
+
     rows = steps.reset_index(drop=True).to_dict("records")
     out, pending = rows[:1], None
     for row in rows[1:]:
         if pending is not None:
-            row = {**row, "criterion": f"{pending['criterion']} or {row['criterion']}",
-                   "excluded": pending["excluded"] + row["excluded"]}
+            row = merged(pending, row)
         pending = row if is_small(row["excluded"], min_cell) else None
         if pending is None:
             out.append(row)
     while pending is not None and len(out) > 1 and is_small(pending["excluded"], min_cell):
-        last = out.pop()
-        pending = {**pending, "criterion": f"{last['criterion']} or {pending['criterion']}",
-                   "excluded": last["excluded"] + pending["excluded"]}
+        pending = merged(out.pop(), pending)
     if pending is not None:
         out.append(pending)  # still small only if the whole flow excludes < min_cell
     return pd.DataFrame(out, columns=steps.columns)
@@ -146,6 +150,50 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
         lines.append([m - 1, *range(m + d, m + d + len(parts))])
     text = release_counts(values, lines, min_cell)
     return dict(zip(names, text[:m], strict=True)), dict(zip(parts, text[m + d:], strict=True))
+
+
+def release_flow(steps: pd.DataFrame, groups: dict, min_cell: int) -> tuple[pd.DataFrame, dict]:
+    """Attrition steps and final groups as report text, safe against subtraction.
+
+    ``steps``: columns ``criterion``, ``remaining``, ``excluded`` (+ optional ``reason``,
+    ``step``), in order; ``groups``: {label: persons} of the final cohort (they sum to its
+    last ``remaining``). Small exclusions are merged into neighbouring steps
+    (:func:`merge_small_steps`), then every count that a small one could be derived from is
+    hidden (each step's remaining-before = remaining-after + excluded; the groups sum to the
+    final count). Returns (steps with text counts, {label: text}).
+    """
+    merged = merge_small_steps(steps, min_cell).reset_index(drop=True)
+    m = len(merged)
+    remaining = [float(v) for v in merged["remaining"]]
+    excluded = [float(v) for v in merged["excluded"]]
+    values = [*remaining, *excluded[1:], *(float(n) for n in groups.values())]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
+    lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(groups))])
+    text = release_counts(values, lines, min_cell)
+    out = merged.copy()
+    out["remaining"] = text[:m]
+    out["excluded"] = ["0" if excluded[0] == 0 else format_count(excluded[0], min_cell),
+                       *text[m:2 * m - 1]]
+    return out, dict(zip(groups, text[2 * m - 1:], strict=True))
+
+
+def release_crosstab(counts: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """A table of counts with row and column totals, as text safe against subtraction.
+
+    ``counts``: rows = groups, columns = categories that partition each group (e.g. died /
+    alive). Returns the same table plus a ``total`` column and a ``total`` row, every cell
+    after primary and complementary suppression (:func:`release_counts`).
+    """
+    table = counts.astype(float)
+    full = table.copy()
+    full["total"] = table.sum(axis=1)
+    full.loc["total"] = full.sum(axis=0)
+    r, c = full.shape
+    lines = [[i * c + j for j in range(c)] for i in range(r)]
+    lines += [[i * c + j for i in range(r)] for j in range(c)]
+    text = release_counts(full.to_numpy().ravel(), lines, min_cell)
+    return pd.DataFrame(np.array(text, dtype=object).reshape(r, c), index=full.index,
+                        columns=full.columns)
 
 
 _COUNT_KEY = re.compile(r"^n(_|$)|(^|_)(n|count)$")
