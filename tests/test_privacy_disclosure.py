@@ -64,8 +64,8 @@ def test_two_way_table_never_reveals_a_small_cell(seed):
     rows, cols = table.sum(1), table.sum(0)
     values = [*table.ravel(), *rows, *cols, table.sum()]
     idx = np.arange(9).reshape(3, 3)
-    lines = [[*idx[r], 9 + r] for r in range(3)] + [[*idx[:, c], 12 + c] for c in range(3)]
-    lines += [[9, 10, 11, 15], [12, 13, 14, 15]]
+    lines = [[9 + r, *idx[r]] for r in range(3)] + [[12 + c, *idx[:, c]] for c in range(3)]
+    lines += [[15, 9, 10, 11], [15, 12, 13, 14]]
     hidden = privacy.complementary_suppression(values, lines, K)
     small = {i for i, v in enumerate(values) if 0 < v < K}
     assert small <= set(np.flatnonzero(hidden))
@@ -161,6 +161,6 @@ def test_release_crosstab_hides_complements():
     assert out.loc["io", "total"] == "10" or out.loc["io", "total"] == "<11"
     values = np.array([[9, 1, 10], [30, 20, 50], [39, 21, 60]], dtype=float).ravel()
     hidden = np.array([not v.isdigit() for v in out.to_numpy().ravel()])
-    lines = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    lines = [[2, 0, 1], [5, 3, 4], [8, 6, 7], [6, 0, 3], [7, 1, 4], [8, 2, 5]]
     small = {i for i, v in enumerate(values) if 0 < v < K}
     assert not (_recoverable(values, hidden, lines) & small)

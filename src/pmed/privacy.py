@@ -54,39 +54,59 @@ def suppress_counts(
 SECONDARY = "suppressed"  # shown for a count hidden only so that a small one cannot be derived
 
 
-def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int) -> np.ndarray:
+def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int,
+                              cost=None) -> np.ndarray:
     """Cells to hide so that no small count can be derived from a published sum.
 
     Parameters
     ----------
-    values : (m,) counts of the published cells (NaN = not published, i.e. unknown).
-    lines : groups of cell indices bound by one published linear relation (a total and its
-        parts, e.g. ``[n_overall, n_group_1, n_group_2]``): one hidden cell in such a group is
-        recoverable from the others.
+    values : (m,) counts of the cells (NaN = not published, i.e. unknown to a reader).
+    lines : groups of cell indices bound by one relation a reader knows, the FIRST index being
+        the total and the others its parts (e.g. ``[n_overall, n_group_1, n_group_2]``).
     min_cell : counts in (0, min_cell) are hidden (primary suppression).
+    cost : (m,) preference for hiding each cell as a complement (lowest first; default the
+        count). ``inf`` marks cells that cannot be hidden: counts not printed anywhere but
+        derivable (e.g. survivors = persons - deaths); they are still protected when small.
 
     Returns
     -------
-    (m,) bool: True = hide. Primary cells plus, for every line left with exactly one unknown
-    cell that is a hidden count, its smallest positive visible cell (secondary suppression),
-    repeated until no line reveals a hidden count. Unpublished (NaN) cells stay unknown and
-    protect the lines they are in.
+    (m,) bool: True = hide. Primary cells, plus complements until, in every line whose total
+    is shown, the hidden parts add up to 0 or >= min_cell (their sum is the total minus the
+    shown parts), and no line has exactly one hidden cell. A complement is the cheapest shown
+    cell of the line that lifts the hidden sum to >= min_cell, else the cheapest (zeros
+    included). Lines with an unpublished (NaN) cell reveal nothing. This is the usual greedy
+    heuristic, line by line; it does not solve the full linear system a determined reader
+    could set up across lines.
     """
     v = np.asarray(values, dtype=float)
+    c = v.copy() if cost is None else np.asarray(cost, dtype=float)
     unpublished = np.isnan(v)
     hidden = ~unpublished & (v > 0) & (v < min_cell)
     lines = [list(line) for line in lines]
+
+    def exposed(line: list[int]) -> float:
+        """Hidden parts' sum a reader can derive from the line (0: nothing exposed)."""
+        if any(unpublished[i] for i in line) or not any(hidden[i] for i in line):
+            return 0.0
+        total, parts = line[0], line[1:]
+        if hidden[total]:
+            return 1.0 if sum(hidden[i] for i in line) == 1 else 0.0
+        s = sum(v[i] for i in parts if hidden[i])
+        return s if 0 < s < min_cell else (1.0 if sum(hidden[i] for i in line) == 1 else 0.0)
+
     changed = True
     while changed:
         changed = False
         for line in lines:
-            unknown = [i for i in line if hidden[i] or unpublished[i]]
-            if len(unknown) != 1 or unpublished[unknown[0]]:
+            if not exposed(line):
                 continue
-            visible = [i for i in line if not hidden[i] and not unpublished[i] and v[i] > 0]
-            if visible:
-                hidden[min(visible, key=lambda i: (v[i], i))] = True
-                changed = True
+            visible = [i for i in line if not hidden[i] and not unpublished[i] and np.isfinite(c[i])]
+            if not visible:
+                continue
+            hidden_sum = sum(v[i] for i in line[1:] if hidden[i])
+            lifting = [i for i in visible if i != line[0] and hidden_sum + v[i] >= min_cell]
+            hidden[min(lifting or visible, key=lambda i: (c[i], i))] = True
+            changed = True
     return hidden
 
 
@@ -121,13 +141,14 @@ def merge_small_steps(steps: pd.DataFrame, min_cell: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=steps.columns)
 
 
-def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int) -> list[str]:
+def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int, cost=None) -> list[str]:
     """Counts as report text after primary and complementary suppression.
 
-    Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`.
+    Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`; see
+    :func:`complementary_suppression` for ``lines`` and ``cost``.
     """
     v = np.asarray(values, dtype=float)
-    hidden = complementary_suppression(v, lines, min_cell)
+    hidden = complementary_suppression(v, lines, min_cell, cost)
     return [format_count(x, min_cell) if not h or is_small(x, min_cell) else SECONDARY
             for x, h in zip(v, hidden, strict=True)]
 
@@ -148,7 +169,8 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
     lines = [[i, i + 1, m + i] for i in range(d)]
     if parts:
         lines.append([m - 1, *range(m + d, m + d + len(parts))])
-    text = release_counts(values, lines, min_cell)
+    cost = [*seq, *([np.inf] * d), *parts.values()]  # differences are derived, never "hidden"
+    text = release_counts(values, lines, min_cell, cost)
     return dict(zip(names, text[:m], strict=True)), dict(zip(parts, text[m + d:], strict=True))
 
 
@@ -188,9 +210,9 @@ def release_crosstab(counts: pd.DataFrame, min_cell: int) -> pd.DataFrame:
     full = table.copy()
     full["total"] = table.sum(axis=1)
     full.loc["total"] = full.sum(axis=0)
-    r, c = full.shape
-    lines = [[i * c + j for j in range(c)] for i in range(r)]
-    lines += [[i * c + j for i in range(r)] for j in range(c)]
+    r, c = full.shape  # lines list the total (last row / column) first
+    lines = [[i * c + c - 1, *(i * c + j for j in range(c - 1))] for i in range(r)]
+    lines += [[(r - 1) * c + j, *(i * c + j for i in range(r - 1))] for j in range(c)]
     text = release_counts(full.to_numpy().ravel(), lines, min_cell)
     return pd.DataFrame(np.array(text, dtype=object).reshape(r, c), index=full.index,
                         columns=full.columns)

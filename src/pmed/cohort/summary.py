@@ -57,7 +57,8 @@ def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cel
     lines += [[m - 1, *range(i_n, i_n + k)], [i_tot_d, *range(i_d, i_d + k)],
               [i_tot_d + 1, *range(i_a, i_a + k)], [m - 1, i_tot_d, i_tot_d + 1]]
     lines += [[i_n + g, i_d + g, i_a + g] for g in range(k)]
-    text = release_counts(values, lines, min_cell)
+    cost = [*values[:i_a], *([np.inf] * k), values[i_tot_d], np.inf]  # survivors: derived
+    text = release_counts(values, lines, min_cell, cost)
     out = flow.copy()
     out["remaining"] = text[:m]
     out["excluded"] = ["0" if exc[0] == 0 else format_count(exc[0], min_cell), *text[m:2 * m - 1]]
