@@ -180,10 +180,16 @@ def cif_at(curve: pd.DataFrame, times: Sequence[float]) -> pd.DataFrame:
 
 
 def truncate_at_risk(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
-    """Rows of ``curve`` while at least ``min_cell`` persons are at risk (empty if the group is smaller)."""
+    """A :func:`cumulative_incidence` curve released for a figure or CSV.
+
+    Rows from the first time with fewer than ``min_cell`` persons at risk on are dropped (a
+    group smaller than ``min_cell`` gives an empty frame, not drawn), and so are the per-time
+    ``n_event``, ``n_competing`` and ``n_censored`` counts (the rule of
+    ``pmed.privacy.release_km`` for Kaplan-Meier curves).
+    """
     keep = curve["n_at_risk"].to_numpy() >= min_cell
     stop = keep.size if keep.all() else int(np.argmin(keep))
-    return curve.iloc[:stop].reset_index(drop=True)
+    return curve.iloc[:stop].drop(columns=["n_event", "n_competing", "n_censored"], errors="ignore").reset_index(drop=True)
 
 
 def cif_table(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_cell: int) -> pd.DataFrame:
