@@ -36,6 +36,23 @@ def test_km_plot_suppresses_small_numbers_at_risk():
         plots.km_plot(curves, nar.drop(index="b"), min_cell=11)
 
 
+def test_km_plot_draws_no_small_risk_set():
+    rng = np.random.default_rng(1)
+    t = np.concatenate([rng.exponential(300, 60), rng.exponential(150, 8)])
+    e = np.ones_like(t, dtype=int)
+    g = np.array(["a"] * 60 + ["b"] * 8)
+    curves = {lab: sv.kaplan_meier(t[g == lab], e[g == lab]) for lab in ("a", "b")}
+    fig = plots.km_plot(curves, sv.numbers_at_risk(t, g, [0, 100, 200]), min_cell=11, ci=False)
+    line_a, line_b = fig.axes[0].get_lines()
+    last_drawn = line_a.get_xdata().max()
+    a = curves["a"]
+    assert a.loc[a["time"] <= last_drawn, "n_at_risk"].min() >= 11
+    assert a["n_at_risk"].min() < 11 and last_drawn < a["time"].max()
+    assert len(line_b.get_xdata()) == 0  # group of 8: not drawn
+    assert "not drawn" in line_b.get_label()
+    plt.close(fig)
+
+
 def test_other_figures_build():
     tab = pd.DataFrame({"term": ["a", "b"], "hr": [1.5, 0.7], "hr_ci_low": [1.1, 0.5], "hr_ci_high": [2.0, 0.9]})
     fig = plots.forest_plot(tab)

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from pmed.privacy import format_count
+from pmed.privacy import format_count, release_km
 
 #: Candidate tick positions of ratio (HR / OR) axes on a log scale.
 _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
@@ -41,7 +41,9 @@ def km_plot(
     ----------
     curves : mapping label -> DataFrame
         Output of :func:`pmed.survival.kaplan_meier` per group (``time``, ``survival``,
-        ``ci_low``, ``ci_high``).
+        ``ci_low``, ``ci_high``, and the unweighted ``n_at_risk``, also for weighted curves).
+        Each curve is cut where fewer than ``min_cell`` remain at risk
+        (:func:`pmed.privacy.release_km`); a group smaller than that is not drawn.
     at_risk : DataFrame
         Output of :func:`pmed.survival.numbers_at_risk`: index = the same labels, columns =
         the times at which the counts are shown.
@@ -60,8 +62,10 @@ def km_plot(
     times = [float(c) for c in at_risk.columns]
     for i, (label, km) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
-        ax.step(km["time"], km["survival"], where="post", color=colour, label=label)
-        if ci:
+        km = release_km(km, min_cell)
+        shown = label if len(km) else f"{label} (n < {min_cell}: not drawn)"
+        ax.step(km["time"], km["survival"], where="post", color=colour, label=shown)
+        if ci and len(km):
             ax.fill_between(km["time"], km["ci_low"], km["ci_high"], step="post", color=colour, alpha=0.15, lw=0)
         for t, n in zip(times, at_risk.loc[label], strict=True):
             tab.text(t, n_rows - 1 - i, format_count(n, min_cell), ha="center", va="center", color=colour, fontsize=8)
