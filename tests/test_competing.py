@@ -246,3 +246,11 @@ def test_small_counts_are_not_shown():
     assert all(v.startswith("<") or int(v) == 0 or int(v) >= 11 for v in shown)
     assert any("tiny" in txt.get_text() for txt in ax.texts)
     plt.close(fig)
+
+
+def test_cif_metrics_nested_and_suppressed():
+    curves = cr.cif_by_group([1, 2, 3, 4, 5] * 3, [1, 2, 0, 1, 0] * 3, ["a"] * 15)
+    out = cr.cif_metrics(curves, [0, 2, 4], min_cell=11)
+    assert set(out) == {"a"} and set(out["a"]) == {"0", "2", "4"}
+    assert out["a"]["0"]["estimate"] == 0.0
+    assert np.isnan(out["a"]["4"]["estimate"])  # 3 persons at risk at day 4 < 11

@@ -44,6 +44,7 @@ __all__ = [
     "cif_by_group",
     "cif_at",
     "cif_table",
+    "cif_metrics",
     "truncate_at_risk",
     "gray_test",
     "fit_cause_specific",
@@ -209,6 +210,15 @@ def cif_table(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_ce
         at.insert(0, "group", label)
         rows.append(at[["group", "time", "cif", "ci_low", "ci_high", "n_at_risk"]])
     return pd.concat(rows, ignore_index=True)
+
+
+def cif_metrics(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_cell: int) -> dict:
+    """``{group: {"<time>": {"estimate", "ci_low", "ci_high"}}}`` from :func:`cif_table` (NaN where suppressed)."""
+    table = cif_table(curves, times, min_cell)
+    return {
+        g: {f"{r.time:g}": {"estimate": r.cif, "ci_low": r.ci_low, "ci_high": r.ci_high} for r in rows.itertuples()}
+        for g, rows in table.groupby("group", sort=False)
+    }
 
 
 def _gray_stratum(t, s, g, ng, cause, rho):
