@@ -90,9 +90,10 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
 
     F(t) = sum over event times t_j <= t of S(t_j-) d_cj / n_j, with S the all-cause
     Kaplan-Meier, d_cj the events of ``cause`` and n_j the number at risk at t_j.
-    Var F(t) = sum_j c_j [S(t_j-)^2 / n_j^2] {d_cj [1 - (F(t) - F(t_j)) / S(t_j)]^2
-    + d_oj [(F(t) - F(t_j)) / S(t_j)]^2}, with d_oj the competing events and c_j the
-    tie correction (n_j - d) / (n_j - 1) of each term (``cmprsk::cuminc``).
+    Var F(t) = sum_j [S(t_j-)^2 / n_j^2] {g(d_cj) [1 - (F(t) - F(t_j)) / S(t_j)]^2
+    + g(d_oj) [(F(t) - F(t_j)) / S(t_j)]^2}, with d_oj the competing events and
+    g(d) = d (n_j - d) / (n_j - 1) (= 1 for d = 1), the delta-method variance of
+    ``cmprsk::cuminc`` (Gray's ``cinc`` routine).
 
     Returns one row per distinct time (a row at 0 first when no time is 0): ``time``, ``cif``,
     ``variance``, ``se``, ``ci_low``, ``ci_high`` (1 - alpha), ``n_at_risk`` (time >= t),
@@ -114,7 +115,7 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
     s_before = np.concatenate([[1.0], s_after[:-1]])   # S(t_j-)
     f = np.cumsum(s_before * d1 / n)
 
-    def weight(k):  # S(t_j-)^2 k (n - k) / (n^2 (n - 1)); 1 / (n - 1) read as 0 when k <= 1
+    def weight(k):  # S(t_j-)^2 g(k) / n^2 with the tie factor g(k) / k = (n - k) / (n - 1), 1 when k <= 1
         tie = np.where(k > 1, 1 - (k - 1) / np.maximum(n - 1, 1), 1.0)
         return s_before**2 * tie * k / n**2
 
