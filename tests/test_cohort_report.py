@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmed.cohort import contract
+from pmed import config
+from pmed.cohort import contract, parse_definition
 from pmed.cohort.flow import flow_diagram
 from pmed.cohort.groundtruth import compare_attrition, compare_defects
+from pmed.cohort.protocol import protocol_table
 from pmed.cohort.summary import cohort_metrics, median_followup
 from pmed.cohort.table1 import make_table1, smd_summary, suppress_cell
 
@@ -22,7 +24,8 @@ def small_cohort() -> pd.DataFrame:
     ckd: 5 immunotherapy persons (a small cell).
     """
     n_c, n_i = 80, 100
-    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in contract.COLUMNS})
+    columns = contract.columns(parse_definition(config.load_params()["cohort"]))
+    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in columns})
     df["treatment"] = ["chemotherapy"] * n_c + ["immunotherapy"] * n_i
     stage = [1] * 30 + [0] * 50 + [1] * 46 + [0] * 53 + [None]
     df["stage_iv"] = pd.array(stage, dtype="Int8")
@@ -118,3 +121,21 @@ def test_compare_defects_and_attrition():
                                                         "short_prior_observation": 10}}}
     out = compare_attrition(attrition, ["qualifying_dx", "prior_obs"], gt)
     assert out["excluded"].tolist() == [10, 10] and out["expected"].tolist() == [10, 10]
+
+
+def test_protocol_table_from_params():
+    d = parse_definition(config.load_params()["cohort"])
+    table = protocol_table(d)
+    assert table["component"].tolist() == ["Eligibility criteria", "Treatment strategies",
+                                           "Assignment procedure", "Time zero", "Outcomes",
+                                           "Follow-up", "Causal contrast"]
+    row = table.set_index("component")
+    assert (row.loc["Time zero", "target trial specification"]
+            == d.protocol["time_zero"]["specification"])
+    strategies = row.loc["Treatment strategies", "emulation in this extract"]
+    assert f"within {d.strategies.grace_days} days of t0" in strategies
+    assert "chemo_io: all of chemotherapy, immunotherapy" in strategies
+    assert strategies.endswith(d.protocol["treatment_strategies"]["emulation"])
+    outcomes = row.loc["Outcomes", "emulation in this extract"]
+    assert "death: death from any cause" in outcomes and "death competing (status 2)" in outcomes
+    assert "arm_io, arm_chemo_io" in row.loc["Causal contrast", "emulation in this extract"]

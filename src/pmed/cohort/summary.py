@@ -32,15 +32,23 @@ def safe_count(n: int, min_cell: int) -> int | str:
 
 def cohort_metrics(cohort: pd.DataFrame, attrition: pd.DataFrame, steps: list[str],
                    min_cell: int) -> dict:
-    """Metrics of the stage (reports/metrics/cohort.json): counts per step and group,
-    events, median follow-up (days, reverse KM, with 95% CI)."""
+    """Metrics of the stage (reports/metrics/cohort.json): counts per step and arm, deaths,
+    events and competing deaths of every other outcome (``<name>_status`` columns), median
+    follow-up (days, reverse KM, with 95% CI)."""
     groups = {}
     for label, g in cohort.groupby("treatment"):
         groups[label] = {"persons": safe_count(len(g), min_cell),
                          "events": safe_count(int(g["event"].sum()), min_cell),
                          "median_followup_days": median_followup(g["time_days"], g["event"])}
+    outcomes = {}
+    for col in (c for c in cohort.columns if c.endswith("_status")):
+        status = cohort[col]
+        outcomes[col.removesuffix("_status")] = {
+            "events": safe_count(int((status == 1).sum()), min_cell),
+            "competing_deaths": safe_count(int((status == 2).sum()), min_cell)}
     return {
         "persons": safe_count(len(cohort), min_cell),
+        "outcomes": outcomes,
         "events": safe_count(int(cohort["event"].sum()), min_cell),
         "median_followup_days": median_followup(cohort["time_days"], cohort["event"]),
         "attrition": {step: {"remaining": safe_count(r["remaining"], min_cell),
