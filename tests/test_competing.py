@@ -254,3 +254,17 @@ def test_cif_metrics_nested_and_suppressed():
     assert set(out) == {"a"} and set(out["a"]) == {"0", "2", "4"}
     assert out["a"]["0"]["estimate"] == 0.0
     assert np.isnan(out["a"]["4"]["estimate"])  # 3 persons at risk at day 4 < 11
+
+
+def test_status_table_hides_small_counts_and_their_complements():
+    status = np.array([1] * 7 + [2] * 300 + [0] * 9 + [1] * 30 + [2] * 400 + [0] * 60)
+    group = np.array(["chemo"] * 316 + ["io"] * 490)
+    table = cr.status_table(status, group, min_cell=11)
+    assert list(table.index) == ["chemo", "io", "total"]
+    assert table.loc["chemo", "events"] == "<11" and table.loc["chemo", "censored"] == "<11"
+    # with the row and column relations no hidden cell can be recovered: each row and column
+    # that holds a hidden cell holds at least two unknown cells
+    hidden = table.apply(lambda col: ~col.str.fullmatch(r"\d+"))
+    for line in [*(hidden.loc[r] for r in table.index), *(hidden[c] for c in table.columns)]:
+        assert line.sum() != 1
+    assert table.loc["total", "persons"] == "806"

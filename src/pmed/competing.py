@@ -31,7 +31,7 @@ from lifelines import CoxPHFitter
 from lifelines.exceptions import StatisticalWarning
 from scipy import stats
 
-from pmed.privacy import format_count
+from pmed.privacy import format_count, release_counts
 from pmed.survival import cox_table, require_columns
 
 #: lifelines' Newton-Raphson stops at a step below 1e-7 by default: coefficients then differ
@@ -45,6 +45,7 @@ __all__ = [
     "cif_at",
     "cif_table",
     "cif_metrics",
+    "status_table",
     "truncate_at_risk",
     "gray_test",
     "fit_cause_specific",
@@ -211,6 +212,28 @@ def cif_table(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_ce
         at.insert(0, "group", label)
         rows.append(at[["group", "time", "cif", "ci_low", "ci_high", "n_at_risk"]])
     return pd.concat(rows, ignore_index=True)
+
+
+def status_table(status, group, min_cell: int) -> pd.DataFrame:
+    """Events, competing events, censored and persons per group and in total, as report text.
+
+    Rows: the group labels (sorted) and ``"total"``; columns ``events``, ``competing``,
+    ``censored``, ``persons``. Counts pass :func:`pmed.privacy.release_counts` with every row
+    (persons = events + competing + censored) and every column (total = sum of the groups)
+    as a published relation, so no small count can be derived from the others.
+    """
+    s = np.asarray(status)
+    g = pd.Series(np.asarray(group)).astype(str).to_numpy()
+    if s.shape != g.shape:
+        raise ValueError(f"status_table: status {s.shape} and group {g.shape} differ in length")
+    labels = [*sorted(np.unique(g)), "total"]
+    cols = ["events", "competing", "censored", "persons"]
+    counts = np.array([[np.sum(s[sel] == 1), np.sum(s[sel] == 2), np.sum(s[sel] == 0), np.sum(sel)]
+                       for sel in [g == lab for lab in labels[:-1]] + [np.ones(g.size, bool)]], dtype=float)
+    idx = np.arange(counts.size).reshape(counts.shape)
+    lines = [list(row) for row in idx] + [list(col) for col in idx.T]
+    text = release_counts(counts.ravel(), lines, min_cell)
+    return pd.DataFrame(np.array(text, dtype=object).reshape(counts.shape), index=labels, columns=cols)
 
 
 def cif_metrics(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_cell: int) -> dict:
