@@ -192,7 +192,8 @@ class Omop:
                                   G_L, U_L, E9_L, MG_DL, UMOL_L, KG, KG_M2, PCT, FEMALE, MALE]})
         names = {IU_L: "international unit per liter"}
         out["concept"] = pd.DataFrame({"concept_id": ids,
-                                       "concept_name": [names.get(i, f"c{i}") for i in ids]})
+                                       "concept_name": [names.get(i, f"c{i}") for i in ids],
+                                       "invalid_reason": pd.array([None] * len(ids), dtype="string")})
         pairs = [(i, i) for i in ids] + [(NSCLC, ADENO), (IMMUNO, IMMUNO_CHILD), (ST4, ST4A)]
         out["concept_ancestor"] = pd.DataFrame(pairs, columns=["ancestor_concept_id",
                                                                "descendant_concept_id"])
@@ -752,3 +753,24 @@ def test_anchor_must_be_t0_or_index():
     spec["covariates"]["categorical"]["stage"]["anchor"] = "T0"
     with pytest.raises(CohortError, match=r"categorical.stage.anchor must be one of"):
         parse_definition(spec)
+
+
+def test_atlas_concept_set_file_gives_the_same_cohort(fixture_result, tmp_path):
+    """A concept set given as an ATLAS JSON export resolves like the id list it describes."""
+    import json
+
+    folder, d, res = fixture_result
+    spec = definition_dict()
+    files = {}
+    for name in (spec["target_concept_set"], "immunotherapy"):
+        if name not in spec["concept_sets"]:
+            continue
+        items = [{"concept": {"CONCEPT_ID": cid}, "includeDescendants": True,
+                  "isExcluded": False, "includeMapped": False} for cid in spec["concept_sets"][name]]
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"items": items}))
+    assert len(files) == 2, sorted(spec["concept_sets"])
+    spec["concept_sets"] = {**spec["concept_sets"], **{k: str(v) for k, v in files.items()}}
+    via_atlas = extract_cohort(folder, parse_definition(spec), memory_limit="1GB", threads=1)
+    pd.testing.assert_frame_equal(via_atlas.cohort, res.cohort)
+    pd.testing.assert_frame_equal(via_atlas.attrition, res.attrition)

@@ -16,6 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from pmed.cohort import atlas, omop
 from pmed.cohort.errors import CohortError
 
 TABLES_WITH_VALUES = ("measurement", "observation")
@@ -168,6 +169,15 @@ class CohortDefinition:
     categorical: list[CategoricalCovariate] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     protocol: dict[str, dict[str, str]] = field(default_factory=dict)
+    expressions: dict[str, atlas.ConceptSetExpression] = field(default_factory=dict)
+    encoding: str = "utf-8"
+
+    @property
+    def concept_set_expressions(self) -> dict[str, atlas.ConceptSetExpression]:
+        """Every concept set as an ATLAS-style expression (plain id lists with the global
+        ``include_descendants``), resolved in SQL by :func:`pmed.cohort.atlas.resolve_query`."""
+        return self.expressions or {n: atlas.from_ids(ids, self.include_descendants, n)
+                                    for n, ids in self.concept_sets.items()}
 
     @property
     def covariate_concept_sets(self) -> list[str]:
@@ -388,8 +398,18 @@ def parse_definition(cohort: dict) -> CohortDefinition:
         raise CohortError("cohort definition: params.yaml `cohort:` section is empty")
     raw_sets = _need(cohort, "concept_sets", "")
     if not isinstance(raw_sets, dict) or not raw_sets:
-        raise CohortError("cohort definition: concept_sets must map set names to id lists")
-    sets = {str(k): _id_list(v, f"concept_sets.{k}") for k, v in raw_sets.items()}
+        raise CohortError("cohort definition: concept_sets must map set names to id lists "
+                          "or ATLAS concept-set JSON files")
+    from pmed import config  # project root: relative ATLAS file paths are read from there
+
+    expressions = atlas.load_concept_sets({str(k): v for k, v in raw_sets.items()},
+                                          bool(cohort.get("include_descendants", True)),
+                                          base_dir=config.ROOT)
+    sets = {k: e.concept_ids for k, e in expressions.items()}
+    source = cohort.get("source") or {}
+    if not isinstance(source, dict):
+        raise CohortError("cohort definition: source must be a mapping (e.g. {encoding: utf-8})")
+    encoding = omop.normalise_encoding(source.get("encoding", "utf-8"))
 
     target = _set_name(_need(cohort, "target_concept_set", ""), sets, "target_concept_set")
     excl = cohort.get("exclusions", {})
@@ -475,4 +495,6 @@ def parse_definition(cohort: dict) -> CohortDefinition:
         categorical=categorical,
         outcomes=outcomes,
         protocol=parse_protocol(_need(cohort, "protocol", "")),
+        expressions=expressions,
+        encoding=encoding,
     )

@@ -76,24 +76,17 @@ def outcome_tables(d: CohortDefinition) -> list[str]:
 
 def register_outcome_tables(con: duckdb.DuckDBPyConnection, folder: Path,
                             d: CohortDefinition) -> None:
-    """Views over the outcome tables :func:`pmed.cohort.omop.connect` does not open, with a
-    check of the columns the outcome queries read (CohortError naming table and column)."""
+    """Validated views over the outcome tables :func:`pmed.cohort.omop.connect` does not open
+    (same file conventions and checks as every OMOP table; CohortError naming table and column)."""
     for table in outcome_tables(d):
         if table in omop.REQUIRED_COLUMNS:
             continue
-        path = omop.find_table_file(Path(folder), table)
-        reader = "read_parquet" if path.suffix == ".parquet" else "read_csv_auto"
-        con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM "
-                    f"{reader}('{str(path).replace(chr(39), chr(39) * 2)}')")
-        have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
         need = OUTCOME_TABLE_COLUMNS[table]
         if table != "visit_occurrence" and any(o.visit_concept_ids and o.table == table
                                                for o in d.event_outcomes):
             need = [*need, "visit_occurrence_id"]
-        missing = [c for c in need if c not in have]
-        if missing:
-            raise CohortError(f"OMOP table {table!r} ({path.name}): missing column(s) {missing} "
-                              "read by params cohort.outcomes (OMOP CDM v5.4)")
+        omop.register_table(con, Path(folder), table, d.encoding,
+                            required={c: "date" if c.endswith("_date") else "integer" for c in need})
 
 
 def _step_values(d: CohortDefinition) -> dict:
@@ -130,7 +123,8 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
     CohortResult
         Raises :class:`CohortError` on bad input, or when a criterion leaves nobody.
     """
-    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads)
+    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads,
+                       encoding=d.encoding)
     step = "loading the definition's concept sets"
     try:
         register_outcome_tables(con, omop_dir, d)
@@ -153,7 +147,8 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
         cohort_omop = con.execute("SELECT * FROM cohort_omop").df()
     except duckdb.Error as err:
         # e.g. a CSV value that does not convert to the column's OMOP type
-        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: {err}") from err
+        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: "
+                          f"{omop.describe_error(err)}") from None
     finally:
         con.close()
     cohort = contract.coerce(frame, d)

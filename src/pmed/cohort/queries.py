@@ -16,6 +16,7 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import rename_func
 from sqlglot.dialects.postgres import Postgres
 
+from pmed.cohort import atlas
 from pmed.cohort.definition import OUTCOME_TABLES, CohortDefinition
 
 READ_DIALECT = "duckdb"
@@ -58,16 +59,6 @@ def _codeset_filter(column: str, names: list[str]) -> str:
     return (f"{column} IN (SELECT concept_id FROM codesets WHERE codeset_name IN ({quoted}))")
 
 
-def codesets_query(include_descendants: bool) -> str:
-    """Concept sets expanded to their descendants through concept_ancestor (OHDSI Circe style)."""
-    own = "SELECT codeset_name, concept_id FROM definition_concepts"
-    if not include_descendants:
-        return own
-    return (own + " UNION SELECT d.codeset_name, ca.descendant_concept_id AS concept_id "
-            "FROM definition_concepts AS d JOIN concept_ancestor AS ca "
-            "ON ca.ancestor_concept_id = d.concept_id")
-
-
 def _window_bounds(window: tuple[int | None, int | None]) -> tuple[int, int]:
     start, end = window
     return (-UNBOUNDED_DAYS if start is None else start,
@@ -98,6 +89,7 @@ def rule_tables(d: CohortDefinition) -> dict[str, tuple[list[tuple[str, str]], l
     return {
         "definition_concepts": ([("codeset_name", "VARCHAR"), ("concept_id", "BIGINT")],
                                 [(n, c) for n, ids in d.concept_sets.items() for c in ids]),
+        atlas.ITEMS_TABLE: (atlas.ITEM_COLUMNS, atlas.item_rows(d.concept_set_expressions)),
         "numeric_rule_spec": ([("column_name", "VARCHAR"), ("table_name", "VARCHAR"),
                                ("codeset_name", "VARCHAR"), ("unit_concept_id", "BIGINT"),
                                ("factor", "DOUBLE"), ("plausible_low", "DOUBLE"),
@@ -139,7 +131,8 @@ def setup_queries(d: CohortDefinition) -> dict[str, str]:
     value concepts expanded by :func:`categorical_values_query`).
     """
     return {
-        "codesets": codesets_query(d.include_descendants),
+        "codesets": atlas.resolve_query(any(e.uses_mapping
+                                            for e in d.concept_set_expressions.values())),
         "numeric_rules": (
             "SELECT s.column_name, s.table_name, cs.concept_id, s.unit_concept_id, s.factor, "
             "s.plausible_low, s.plausible_high, s.window_start, s.window_end, s.anchor FROM "
