@@ -140,11 +140,27 @@ def test_release_cohort_counts_tiny_cohort_nothing_derivable():
         shown[f"n_{a}"], shown[f"d_{a}"] = g["persons"], g["events"]
     known = {k: int(v) for k, v in shown.items() if v.isdigit()}
     assert all(v == 0 or v >= 11 for v in known.values())
-    # what a reader can add or subtract from the shown numbers: none of the small truths
-    small_truths = {10, 9, 1, 5}  # io persons, io deaths, io survivors, excluded in total
-    sums = {a + b for a in known.values() for b in known.values()}
-    diffs = {abs(a - b) for a in known.values() for b in known.values()}
-    assert not (small_truths & (set(known.values()) | diffs | sums))
+    # the reader's linear system: flow steps, arms adding up, deaths + survivors = persons;
+    # no small count (io persons 10, io deaths 9, io survivors 1, 5 excluded) is determined
+    names = [*shown, "a_io", "a_chemo", "a_total"]
+    eq = [("rem0", "rem1", "exc1")] if "exc1" in shown else []
+    eq += [("d_total", "d_io", "d_chemo"), (f"rem{len(flow) - 1}", "n_io", "n_chemo"),
+           ("n_io", "d_io", "a_io"), ("n_chemo", "d_chemo", "a_chemo"),
+           ("a_total", "a_io", "a_chemo")]
+    truth = {"rem0": 26, "exc1": 5, "rem1": 21, "n_io": 10, "n_chemo": 11, "d_io": 9,
+             "d_chemo": 11, "d_total": 20, "a_io": 1, "a_chemo": 0, "a_total": 1}
+    unknown = [n for n in names if n not in known and n in truth]
+    rows, rhs = [], []
+    for total, *parts_ in eq:
+        coef = {total: 1.0, **{p_: -1.0 for p_ in parts_}}
+        rows.append([coef.get(u, 0.0) for u in unknown])
+        rhs.append(-sum(c * known[n] for n, c in coef.items() if n in known))
+    a = np.array(rows)
+    for target in ("n_io", "d_io", "a_io", "exc1"):
+        if target in unknown:
+            e = np.eye(len(unknown))[unknown.index(target)]
+            determined = np.linalg.matrix_rank(np.vstack([a, e])) == np.linalg.matrix_rank(a)
+            assert not determined, target
 
 
 def test_compare_defects_and_attrition():

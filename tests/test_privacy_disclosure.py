@@ -124,8 +124,8 @@ def test_release_km_cuts_small_risk_sets():
 def test_release_nested_hides_small_implicit_exclusions():
     counts, parts = privacy.release_nested(
         {"with_response": 23, "alive": 22, "assessed": 22}, {"PR": 12, "SD": 10}, K)
-    # 23 -> 22 excludes 1: "alive" is hidden, and "assessed" (= alive - 0) with it; SD 10 is
-    # small, and with "assessed" unknown, PR 12 no longer reveals it
+    # 23 -> 22 -> 22 excludes 1 in all: the later counts are not shown, so neither is the 1;
+    # SD 10 is small, and with "assessed" unknown, PR 12 does not reveal it
     assert counts == {"with_response": "23", "alive": privacy.SECONDARY,
                       "assessed": privacy.SECONDARY}
     assert parts == {"PR": "12", "SD": "<11"}

@@ -70,29 +70,35 @@ def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: 
 
     Returns
     -------
-    (m,) bool: True = hide. Primary cells, plus complements until, in every line whose total
-    is shown, the hidden parts add up to 0 or >= min_cell (their sum is the total minus the
-    shown parts), and no line has exactly one hidden cell. A complement is the cheapest shown
-    cell of the line that lifts the hidden sum to >= min_cell, else the cheapest (zeros
-    included). Lines with an unpublished (NaN) cell reveal nothing. This is the usual greedy
-    heuristic, line by line; it does not solve the full linear system a determined reader
-    could set up across lines.
+    (m,) bool: True = hide (derived cells are never marked; they are not printed). Primary
+    cells, plus complements until no line lets a reader compute a hidden count or a small
+    derived one (its only unknown), nor a small sum of unknown parts (total shown). A
+    complement is the cheapest shown cell of the line that lifts the unknown sum to >=
+    min_cell, else the cheapest (zeros included). Lines with an unpublished (NaN) cell reveal
+    nothing. This is the usual greedy heuristic, line by line; it does not solve the full
+    linear system a determined reader could set up across lines.
     """
     v = np.asarray(values, dtype=float)
     c = v.copy() if cost is None else np.asarray(cost, dtype=float)
     unpublished = np.isnan(v)
-    hidden = ~unpublished & (v > 0) & (v < min_cell)
+    derived = ~unpublished & ~np.isfinite(c)  # not printed, but computable from its lines
+    hidden = ~unpublished & ~derived & (v > 0) & (v < min_cell)
     lines = [list(line) for line in lines]
 
-    def exposed(line: list[int]) -> float:
-        """Hidden parts' sum a reader can derive from the line (0: nothing exposed)."""
-        if any(unpublished[i] for i in line) or not any(hidden[i] for i in line):
-            return 0.0
-        total, parts = line[0], line[1:]
-        if hidden[total]:
-            return 1.0 if sum(hidden[i] for i in line) == 1 else 0.0
-        s = sum(v[i] for i in parts if hidden[i])
-        return s if 0 < s < min_cell else (1.0 if sum(hidden[i] for i in line) == 1 else 0.0)
+    def exposed(line: list[int]) -> bool:
+        """True if the line lets a reader compute a hidden count, a small derived count, or
+        a small sum of unknown parts."""
+        if any(unpublished[i] for i in line):
+            return False
+        unknown = [i for i in line if hidden[i] or derived[i]]
+        if not unknown:
+            return False
+        if len(unknown) == 1:
+            i = unknown[0]
+            return bool(hidden[i] or is_small(v[i], min_cell))
+        if line[0] in unknown:  # the total is unknown: only differences of unknowns follow
+            return False
+        return is_small(sum(v[i] for i in unknown), min_cell)
 
     changed = True
     while changed:
@@ -100,11 +106,11 @@ def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: 
         for line in lines:
             if not exposed(line):
                 continue
-            visible = [i for i in line if not hidden[i] and not unpublished[i] and np.isfinite(c[i])]
+            visible = [i for i in line if not hidden[i] and not derived[i] and not unpublished[i]]
             if not visible:
                 continue
-            hidden_sum = sum(v[i] for i in line[1:] if hidden[i])
-            lifting = [i for i in visible if i != line[0] and hidden_sum + v[i] >= min_cell]
+            unknown_sum = sum(v[i] for i in line[1:] if hidden[i] or derived[i])
+            lifting = [i for i in visible if i != line[0] and unknown_sum + v[i] >= min_cell]
             hidden[min(lifting or visible, key=lambda i: (c[i], i))] = True
             changed = True
     return hidden
@@ -158,20 +164,31 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
 
     ``counts`` is ordered and non-increasing (e.g. with a response -> alive at the landmark
     -> assessed), so each difference of neighbours is an implicit exclusion; ``parts`` (or
-    None) splits the last count into categories. Small counts, small implicit exclusions
-    and every cell that would reveal them are hidden. Returns (counts text, parts text).
+    None) splits the last count into categories. As in a flow (:func:`merge_small_steps`), a
+    count whose difference to the previous one is small is not shown (``"suppressed"``), so
+    no small difference appears; the remaining counts, the implicit exclusions (never
+    printed) and the parts are then protected together (:func:`release_counts`). Returns
+    (counts text, parts text).
     """
     names, parts = list(counts), dict(parts or {})
     seq = [float(counts[k]) for k in names]
-    diffs = [a - b for a, b in zip(seq[:-1], seq[1:], strict=True)]
-    values = [*seq, *diffs, *parts.values()]
-    m, d = len(seq), len(diffs)
-    lines = [[i, i + 1, m + i] for i in range(d)]
+    steps = pd.DataFrame({"step": names, "criterion": names, "remaining": seq,
+                          "excluded": [0.0, *(a - b for a, b in zip(seq[:-1], seq[1:], strict=True))]})
+    kept = merge_small_steps(steps, min_cell)
+    last = [str(s).split(" or ")[-1] for s in kept["step"]]
+    rem, exc = kept["remaining"].tolist(), kept["excluded"].tolist()
+    m = len(kept)
+    values = [*rem, *exc[1:], *parts.values()]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
     if parts:
-        lines.append([m - 1, *range(m + d, m + d + len(parts))])
-    cost = [*seq, *([np.inf] * d), *parts.values()]  # differences are derived, never "hidden"
+        lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(parts))])
+    cost = [*rem, *([np.inf] * (m - 1)), *parts.values()]  # exclusions are derived, not printed
     text = release_counts(values, lines, min_cell, cost)
-    return dict(zip(names, text[:m], strict=True)), dict(zip(parts, text[m + d:], strict=True))
+    shown = dict(zip(last, text[:m], strict=True))
+    if last[-1] != names[-1]:  # the last count merged away: its parts' total is not shown
+        shown[names[-1]] = SECONDARY
+    return ({k: shown.get(k, SECONDARY) for k in names},
+            dict(zip(parts, text[2 * m - 1:], strict=True)))
 
 
 def release_flow(steps: pd.DataFrame, groups: dict, min_cell: int) -> tuple[pd.DataFrame, dict]:
