@@ -64,8 +64,8 @@ def test_two_way_table_never_reveals_a_small_cell(seed):
     rows, cols = table.sum(1), table.sum(0)
     values = [*table.ravel(), *rows, *cols, table.sum()]
     idx = np.arange(9).reshape(3, 3)
-    lines = [[*idx[r], 9 + r] for r in range(3)] + [[*idx[:, c], 12 + c] for c in range(3)]
-    lines += [[9, 10, 11, 15], [12, 13, 14, 15]]
+    lines = [[9 + r, *idx[r]] for r in range(3)] + [[12 + c, *idx[:, c]] for c in range(3)]
+    lines += [[15, 9, 10, 11], [15, 12, 13, 14]]
     hidden = privacy.complementary_suppression(values, lines, K)
     small = {i for i, v in enumerate(values) if 0 < v < K}
     assert small <= set(np.flatnonzero(hidden))
@@ -124,10 +124,43 @@ def test_release_km_cuts_small_risk_sets():
 def test_release_nested_hides_small_implicit_exclusions():
     counts, parts = privacy.release_nested(
         {"with_response": 23, "alive": 22, "assessed": 22}, {"PR": 12, "SD": 10}, K)
-    # 23 -> 22 excludes 1: "alive" is hidden, and "assessed" (= alive - 0) with it; SD 10 is
-    # small, and with "assessed" unknown, PR 12 no longer reveals it
+    # 23 -> 22 -> 22 excludes 1 in all: the later counts are not shown, so neither is the 1;
+    # SD 10 is small, and with "assessed" unknown, PR 12 does not reveal it
     assert counts == {"with_response": "23", "alive": privacy.SECONDARY,
                       "assessed": privacy.SECONDARY}
     assert parts == {"PR": "12", "SD": "<11"}
     counts, parts = privacy.release_nested({"a": 100, "b": 60}, {"x": 30, "y": 30}, K)
     assert counts == {"a": "100", "b": "60"} and parts == {"x": "30", "y": "30"}
+
+
+def _derivable(values, text_hidden, lines):
+    return _recoverable(values, text_hidden, lines)
+
+
+def test_release_flow_tiny_cohort():
+    """The issue's case: flow 26 -> 25 -> 24 -> 21 with arms 10 + 11."""
+    steps = pd.DataFrame({"criterion": ["all", "a", "b", "c"], "remaining": [26, 25, 24, 21],
+                          "excluded": [0, 1, 1, 3], "reason": ["", "ra", "rb", "rc"]})
+    out, groups = privacy.release_flow(steps, {"io": 10, "chemo": 11}, K)
+    # 1 + 1 + 3 = 5 < 11: the three steps become one, and the 5 is hidden with a complement
+    assert out["criterion"].tolist() == ["all", "a or b or c"]
+    assert out["reason"].tolist() == ["", "ra or rb or rc"]
+    assert out["excluded"].tolist()[1] == "<11"
+    shown = [t for t in [*out["remaining"], *groups.values()] if t.isdigit()]
+    values = [26, 21, 5, 10, 11]
+    hidden = [not t.isdigit() for t in [*out["remaining"], out["excluded"][1], *groups.values()]]
+    lines = [[0, 1, 2], [1, 3, 4]]
+    assert not (_derivable(values, hidden, lines) & {2, 3})  # neither 5 nor 10 derivable
+    assert shown  # something is still shown
+
+
+def test_release_crosstab_hides_complements():
+    counts = pd.DataFrame({"died": [9, 30], "alive": [1, 20]}, index=["io", "chemo"])
+    out = privacy.release_crosstab(counts, K)
+    assert out.loc["io", "died"] == "<11" and out.loc["io", "alive"] == "<11"
+    assert out.loc["io", "total"] == "10" or out.loc["io", "total"] == "<11"
+    values = np.array([[9, 1, 10], [30, 20, 50], [39, 21, 60]], dtype=float).ravel()
+    hidden = np.array([not v.isdigit() for v in out.to_numpy().ravel()])
+    lines = [[2, 0, 1], [5, 3, 4], [8, 6, 7], [6, 0, 3], [7, 1, 4], [8, 2, 5]]
+    small = {i for i, v in enumerate(values) if 0 < v < K}
+    assert not (_recoverable(values, hidden, lines) & small)

@@ -54,39 +54,65 @@ def suppress_counts(
 SECONDARY = "suppressed"  # shown for a count hidden only so that a small one cannot be derived
 
 
-def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int) -> np.ndarray:
+def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int,
+                              cost=None) -> np.ndarray:
     """Cells to hide so that no small count can be derived from a published sum.
 
     Parameters
     ----------
-    values : (m,) counts of the published cells (NaN = not published, i.e. unknown).
-    lines : groups of cell indices bound by one published linear relation (a total and its
-        parts, e.g. ``[n_overall, n_group_1, n_group_2]``): one hidden cell in such a group is
-        recoverable from the others.
+    values : (m,) counts of the cells (NaN = not published, i.e. unknown to a reader).
+    lines : groups of cell indices bound by one relation a reader knows, the FIRST index being
+        the total and the others its parts (e.g. ``[n_overall, n_group_1, n_group_2]``).
     min_cell : counts in (0, min_cell) are hidden (primary suppression).
+    cost : (m,) preference for hiding each cell as a complement (lowest first; default the
+        count). ``inf`` marks cells that cannot be hidden: counts not printed anywhere but
+        derivable (e.g. survivors = persons - deaths); they are still protected when small.
 
     Returns
     -------
-    (m,) bool: True = hide. Primary cells plus, for every line left with exactly one unknown
-    cell that is a hidden count, its smallest positive visible cell (secondary suppression),
-    repeated until no line reveals a hidden count. Unpublished (NaN) cells stay unknown and
-    protect the lines they are in.
+    (m,) bool: True = hide (derived cells are never marked; they are not printed). Primary
+    cells, plus complements until no line lets a reader compute a hidden count or a small
+    derived one (its only unknown), nor a small sum of unknown parts (total shown). A
+    complement is the cheapest shown cell of the line that lifts the unknown sum to >=
+    min_cell, else the cheapest (zeros included). Lines with an unpublished (NaN) cell reveal
+    nothing. This is the usual greedy heuristic, line by line; it does not solve the full
+    linear system a determined reader could set up across lines.
     """
     v = np.asarray(values, dtype=float)
+    c = v.copy() if cost is None else np.asarray(cost, dtype=float)
     unpublished = np.isnan(v)
-    hidden = ~unpublished & (v > 0) & (v < min_cell)
+    derived = ~unpublished & ~np.isfinite(c)  # not printed, but computable from its lines
+    hidden = ~unpublished & ~derived & (v > 0) & (v < min_cell)
     lines = [list(line) for line in lines]
+
+    def exposed(line: list[int]) -> bool:
+        """True if the line lets a reader compute a hidden count, a small derived count, or
+        a small sum of unknown parts."""
+        if any(unpublished[i] for i in line):
+            return False
+        unknown = [i for i in line if hidden[i] or derived[i]]
+        if not unknown:
+            return False
+        if len(unknown) == 1:
+            i = unknown[0]
+            return bool(hidden[i] or is_small(v[i], min_cell))
+        if line[0] in unknown:  # the total is unknown: only differences of unknowns follow
+            return False
+        return is_small(sum(v[i] for i in unknown), min_cell)
+
     changed = True
     while changed:
         changed = False
         for line in lines:
-            unknown = [i for i in line if hidden[i] or unpublished[i]]
-            if len(unknown) != 1 or unpublished[unknown[0]]:
+            if not exposed(line):
                 continue
-            visible = [i for i in line if not hidden[i] and not unpublished[i] and v[i] > 0]
-            if visible:
-                hidden[min(visible, key=lambda i: (v[i], i))] = True
-                changed = True
+            visible = [i for i in line if not hidden[i] and not derived[i] and not unpublished[i]]
+            if not visible:
+                continue
+            unknown_sum = sum(v[i] for i in line[1:] if hidden[i] or derived[i])
+            lifting = [i for i in visible if i != line[0] and unknown_sum + v[i] >= min_cell]
+            hidden[min(lifting or visible, key=lambda i: (c[i], i))] = True
+            changed = True
     return hidden
 
 
@@ -95,35 +121,40 @@ def merge_small_steps(steps: pd.DataFrame, min_cell: int) -> pd.DataFrame:
 
     ``steps`` has columns ``criterion``, ``remaining``, ``excluded`` in order (first row: the
     starting population, excluded 0). A step excluding 1..min_cell-1 persons is merged with
-    the next step (at the end, with the previous ones): criteria joined by " or ",
+    the next step (at the end, with the previous ones): criteria (and the ``reason`` and
+    ``step`` columns when present) joined by " or ",
     exclusions added, the remaining count of the later step kept, so no published difference
     of two remaining counts is small. Returns a new frame (same columns, fewer rows).
     """
+    text = [c for c in ("criterion", "reason", "step") if c in steps.columns]
+
+    def merged(first: dict, second: dict) -> dict:
+        return {**second, **{c: f"{first[c]} or {second[c]}" for c in text},
+                "excluded": first["excluded"] + second["excluded"]}
+
     rows = steps.reset_index(drop=True).to_dict("records")
     out, pending = rows[:1], None
     for row in rows[1:]:
         if pending is not None:
-            row = {**row, "criterion": f"{pending['criterion']} or {row['criterion']}",
-                   "excluded": pending["excluded"] + row["excluded"]}
+            row = merged(pending, row)
         pending = row if is_small(row["excluded"], min_cell) else None
         if pending is None:
             out.append(row)
     while pending is not None and len(out) > 1 and is_small(pending["excluded"], min_cell):
-        last = out.pop()
-        pending = {**pending, "criterion": f"{last['criterion']} or {pending['criterion']}",
-                   "excluded": last["excluded"] + pending["excluded"]}
+        pending = merged(out.pop(), pending)
     if pending is not None:
         out.append(pending)  # still small only if the whole flow excludes < min_cell
     return pd.DataFrame(out, columns=steps.columns)
 
 
-def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int) -> list[str]:
+def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int, cost=None) -> list[str]:
     """Counts as report text after primary and complementary suppression.
 
-    Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`.
+    Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`; see
+    :func:`complementary_suppression` for ``lines`` and ``cost``.
     """
     v = np.asarray(values, dtype=float)
-    hidden = complementary_suppression(v, lines, min_cell)
+    hidden = complementary_suppression(v, lines, min_cell, cost)
     return [format_count(x, min_cell) if not h or is_small(x, min_cell) else SECONDARY
             for x, h in zip(v, hidden, strict=True)]
 
@@ -133,19 +164,75 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
 
     ``counts`` is ordered and non-increasing (e.g. with a response -> alive at the landmark
     -> assessed), so each difference of neighbours is an implicit exclusion; ``parts`` (or
-    None) splits the last count into categories. Small counts, small implicit exclusions
-    and every cell that would reveal them are hidden. Returns (counts text, parts text).
+    None) splits the last count into categories. As in a flow (:func:`merge_small_steps`), a
+    count whose difference to the previous one is small is not shown (``"suppressed"``), so
+    no small difference appears; the remaining counts, the implicit exclusions (never
+    printed) and the parts are then protected together (:func:`release_counts`). Returns
+    (counts text, parts text).
     """
     names, parts = list(counts), dict(parts or {})
     seq = [float(counts[k]) for k in names]
-    diffs = [a - b for a, b in zip(seq[:-1], seq[1:], strict=True)]
-    values = [*seq, *diffs, *parts.values()]
-    m, d = len(seq), len(diffs)
-    lines = [[i, i + 1, m + i] for i in range(d)]
+    steps = pd.DataFrame({"step": names, "criterion": names, "remaining": seq,
+                          "excluded": [0.0, *(a - b for a, b in zip(seq[:-1], seq[1:], strict=True))]})
+    kept = merge_small_steps(steps, min_cell)
+    last = [str(s).split(" or ")[-1] for s in kept["step"]]
+    rem, exc = kept["remaining"].tolist(), kept["excluded"].tolist()
+    m = len(kept)
+    values = [*rem, *exc[1:], *parts.values()]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
     if parts:
-        lines.append([m - 1, *range(m + d, m + d + len(parts))])
+        lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(parts))])
+    cost = [*rem, *([np.inf] * (m - 1)), *parts.values()]  # exclusions are derived, not printed
+    text = release_counts(values, lines, min_cell, cost)
+    shown = dict(zip(last, text[:m], strict=True))
+    if last[-1] != names[-1]:  # the last count merged away: its parts' total is not shown
+        shown[names[-1]] = SECONDARY
+    return ({k: shown.get(k, SECONDARY) for k in names},
+            dict(zip(parts, text[2 * m - 1:], strict=True)))
+
+
+def release_flow(steps: pd.DataFrame, groups: dict, min_cell: int) -> tuple[pd.DataFrame, dict]:
+    """Attrition steps and final groups as report text, safe against subtraction.
+
+    ``steps``: columns ``criterion``, ``remaining``, ``excluded`` (+ optional ``reason``,
+    ``step``), in order; ``groups``: {label: persons} of the final cohort (they sum to its
+    last ``remaining``). Small exclusions are merged into neighbouring steps
+    (:func:`merge_small_steps`), then every count that a small one could be derived from is
+    hidden (each step's remaining-before = remaining-after + excluded; the groups sum to the
+    final count). Returns (steps with text counts, {label: text}).
+    """
+    merged = merge_small_steps(steps, min_cell).reset_index(drop=True)
+    m = len(merged)
+    remaining = [float(v) for v in merged["remaining"]]
+    excluded = [float(v) for v in merged["excluded"]]
+    values = [*remaining, *excluded[1:], *(float(n) for n in groups.values())]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
+    lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(groups))])
     text = release_counts(values, lines, min_cell)
-    return dict(zip(names, text[:m], strict=True)), dict(zip(parts, text[m + d:], strict=True))
+    out = merged.copy()
+    out["remaining"] = text[:m]
+    out["excluded"] = ["0" if excluded[0] == 0 else format_count(excluded[0], min_cell),
+                       *text[m:2 * m - 1]]
+    return out, dict(zip(groups, text[2 * m - 1:], strict=True))
+
+
+def release_crosstab(counts: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """A table of counts with row and column totals, as text safe against subtraction.
+
+    ``counts``: rows = groups, columns = categories that partition each group (e.g. died /
+    alive). Returns the same table plus a ``total`` column and a ``total`` row, every cell
+    after primary and complementary suppression (:func:`release_counts`).
+    """
+    table = counts.astype(float)
+    full = table.copy()
+    full["total"] = table.sum(axis=1)
+    full.loc["total"] = full.sum(axis=0)
+    r, c = full.shape  # lines list the total (last row / column) first
+    lines = [[i * c + c - 1, *(i * c + j for j in range(c - 1))] for i in range(r)]
+    lines += [[(r - 1) * c + j, *(i * c + j for i in range(r - 1))] for j in range(c)]
+    text = release_counts(full.to_numpy().ravel(), lines, min_cell)
+    return pd.DataFrame(np.array(text, dtype=object).reshape(r, c), index=full.index,
+                        columns=full.columns)
 
 
 _COUNT_KEY = re.compile(r"^n(_|$)|(^|_)(n|count)$")

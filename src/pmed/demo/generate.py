@@ -423,6 +423,7 @@ class _Truth:
         self.driver_pos = [0, 0]  # driver-positive persons: io worse than chemo, all
         self.cif_all = np.zeros((len(model.ARMS), len(model.CIF_TIMES_DAYS)))
         self.cif_received = np.zeros((len(model.ARMS), len(model.CIF_TIMES_DAYS)))
+        self.n_cif, self.n_cif_by_arm = 0, np.zeros(len(model.ARMS), np.int64)
         self.pneumonitis = {"events": 0, "death_first": 0, "censored": 0}
         self.marginal_hr = None
         self.missing: dict[str, list[int]] = {}
@@ -456,15 +457,18 @@ class _Truth:
         drv = elig["driver_positive"].to_numpy() == 1
         self.driver_pos[0] += int((drv & (tau[:, model.ARMS.index("io")] > 0)).sum())
         self.driver_pos[1] += int(drv.sum())
-        lp_pneu_x = model.linear_predictor(elig.drop(columns=list(model.ARM_COLUMN.values())),
-                                           model.PNEUMONITIS_LOG_HR)  # without the arm terms
-        for j, a in enumerate(model.ARMS):
-            lp_pneu = lp_pneu_x + model.arm_log_hr(elig, a, model.PNEUMONITIS_LOG_HR)
-            for start in range(0, len(elig), 5000):
-                sl = slice(start, start + 5000)
-                cif = model.pneumonitis_cif(np.array(model.CIF_TIMES_DAYS), lp_x[sl] + tau[sl, j], lp_pneu[sl])
-                self.cif_all[j] += cif.sum(axis=0)
-                self.cif_received[j] += cif[arm[sl] == a].sum(axis=0)
+        if first_chunk:  # true pneumonitis CIFs of the first chunk's eligible persons
+            self.n_cif = len(elig)
+            self.n_cif_by_arm = np.array([(arm == a).sum() for a in model.ARMS])
+            lp_pneu_x = model.linear_predictor(elig.drop(columns=list(model.ARM_COLUMN.values())),
+                                               model.PNEUMONITIS_LOG_HR)  # without the arm terms
+            for j, a in enumerate(model.ARMS):
+                lp_pneu = lp_pneu_x + model.arm_log_hr(elig, a, model.PNEUMONITIS_LOG_HR)
+                for start in range(0, len(elig), 5000):
+                    sl = slice(start, start + 5000)
+                    cif = model.pneumonitis_cif(np.array(model.CIF_TIMES_DAYS), lp_x[sl] + tau[sl, j], lp_pneu[sl])
+                    self.cif_all[j] += cif.sum(axis=0)
+                    self.cif_received[j] += cif[arm[sl] == a].sum(axis=0)
         status = elig["pneumonitis_status"].to_numpy()
         for key, code in (("events", 1), ("death_first", 2), ("censored", 0)):
             self.pneumonitis[key] += int((status == code).sum())
@@ -551,7 +555,7 @@ class _Truth:
                                          for a in others}
                 for p in (0, 1, 50, 90) for d in ("neg", "pos")}
         times = [str(t) for t in model.CIF_TIMES_DAYS]
-        n_arm = np.array([max(self.n_by_arm[a], 1) for a in model.ARMS])
+        n_cif, n_arm = max(self.n_cif, 1), np.maximum(self.n_cif_by_arm, 1)
         return {
             "seed": seed, "size": size, "n_persons": self.n_persons, "n_eligible": self.n_eligible,
             "eligible_person_ids": eligible.tolist(),
@@ -622,7 +626,7 @@ class _Truth:
                         "log_hr": dict(model.PNEUMONITIS_LOG_HR),
                     },
                     "competing_cause_specific_log_hr": "log_hr (death hazard does not change after pneumonitis)",
-                    "cif_all_treated_with_arm": {a: dict(zip(times, (self.cif_all[j] / n_e).tolist(), strict=True))
+                    "cif_all_treated_with_arm": {a: dict(zip(times, (self.cif_all[j] / n_cif).tolist(), strict=True))
                                                  for j, a in enumerate(model.ARMS)},
                     "cif_among_receiving_arm": {a: dict(zip(times, (self.cif_received[j] / n_arm[j]).tolist(),
                                                             strict=True))
@@ -631,7 +635,8 @@ class _Truth:
                     "method": "CIF(t) = int_0^t S_death(s) dF_pneumonitis(s) per eligible person by numeric "
                               "integration (400-point geometric grid), averaged over all eligible persons "
                               "(everyone given the arm) or over those who received it (what Aalen-Johansen "
-                              "by arm estimates without censoring bias)",
+                              "by arm estimates without censoring bias); first chunk (at most 50,000 persons, "
+                              "so every person of the ci and default sizes)",
                 },
             },
             "image_traits": image_traits,

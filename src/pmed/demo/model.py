@@ -123,9 +123,9 @@ WEIBULL_SCALE = 1.6e-4
 # the true status (also when untested), ecog the true value (also when unrecorded).
 PROPENSITY: dict[str, dict[str, float]] = {
     "io": {"intercept": -0.55, "pdl1_pct": 0.035, "ecog": 0.25, "ckd": 0.5, "age_years": 0.03,
-           "stage_iv": 0.0, "driver_positive": -1.5, "t0_year": 0.15},
+           "stage_iv": 0.0, "driver_positive": -1.0, "t0_year": 0.15},
     "chemo_io": {"intercept": 0.85, "pdl1_pct": 0.008, "ecog": -0.5, "ckd": -0.5, "age_years": -0.02,
-                 "stage_iv": 0.3, "driver_positive": -0.7, "t0_year": 0.45},
+                 "stage_iv": 0.3, "driver_positive": -0.5, "t0_year": 0.45},
 }
 PROPENSITY_CENTRE = {"age_years": 66.0, "pdl1_pct": 35.0, "t0_year": 2019.0}
 
