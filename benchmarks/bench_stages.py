@@ -91,11 +91,14 @@ def _cohort(path: Path) -> pd.DataFrame:
 
 
 def _design(cohort: pd.DataFrame, params: dict):
-    """Median/mode-imputed treatment design and the IPTW weights / matched pairs inputs."""
+    """Median/mode-imputed treatment design and a binary exposure (the causal helpers' input)."""
     from pmed import causal
 
     X = causal.design_matrix(cohort, params["treatment"]["covariates"])
-    return X, cohort["treated"].to_numpy(int)
+    if "treated" in cohort:  # cohorts extracted before the multi-arm contract
+        return X, cohort["treated"].to_numpy(int)
+    reference = params["cohort"]["treatment_strategies"]["reference"]
+    return X, (cohort["treatment"] != reference).to_numpy(int)  # any non-reference arm vs reference
 
 
 def _linear_predictor(cohort: pd.DataFrame, params: dict) -> np.ndarray:
