@@ -157,6 +157,14 @@ def _cv_inputs(cohort, params):
     return data, endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
 
 
+def _brier_times(out) -> list[float]:
+    """The integrated-Brier grid of the outcomes notebook (ends at the horizon)."""
+    if "brier_times_days" in out:
+        return [float(x) for x in out["brier_times_days"]]
+    h, k = float(out["horizon_days"]), int(out["brier_grid_points"])
+    return [h * (i + 1) / k for i in range(k)]
+
+
 def _cv(cohort, params, cache: Path | None = None):
     """Out-of-fold predictions (:func:`pmed.prediction.cross_validated_predictions`) and
     their wall time; with ``cache`` (a pickle file) computed once and then read from it."""
@@ -167,7 +175,7 @@ def _cv(cohort, params, cache: Path | None = None):
     if cache is not None and cache.exists():
         return pickle.loads(cache.read_bytes()), data, (float("nan"), float("nan"))
     settings = prediction.ModelSettings.from_params(out)
-    times = [float(x) for x in out["brier_times_days"]]
+    times = _brier_times(out)
     clock = _Clock()
     cv = prediction.cross_validated_predictions(
         data, "time_days", "event", y, w, times, settings, n_folds=out["cv_folds"],
@@ -196,7 +204,7 @@ def hot_risk_metrics(cohort, params, n_boot):
 
     out = params["outcomes"]
     cv, data, _ = _cv(cohort, params, CV_CACHE)
-    times = [float(x) for x in out["brier_times_days"]]
+    times = _brier_times(out)
     clock = _Clock()
     prediction.out_of_fold_metrics(data["time_days"].to_numpy(), data["event"].to_numpy(), cv,
                                    float(out["horizon_days"]), out["high_risk_threshold"], times, n_boot=1,
@@ -211,7 +219,7 @@ def hot_metrics_bootstrap(cohort, params, n_boot):
 
     out = params["outcomes"]
     cv, data, _ = _cv(cohort, params, CV_CACHE)
-    times = [float(x) for x in out["brier_times_days"]]
+    times = _brier_times(out)
     clock = _Clock()
     prediction.out_of_fold_metrics(data["time_days"].to_numpy(), data["event"].to_numpy(), cv,
                                    float(out["horizon_days"]), out["high_risk_threshold"], times,
@@ -228,8 +236,8 @@ def hot_propensity_matching(cohort, params, n_boot):
     X, treated = _design(cohort, params)
     clock = _Clock()
     ps = causal.fit_propensity(X, treated)
-    causal.iptw_weights(treated, ps, trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"])
-    causal.match_nearest(causal.logit(ps), treated, tr["caliper_sd"], params["common"]["seed"] + 401)
+    causal.iptw_weights(treated, ps, trim=tr.get("ps_trim", 0.0), truncate_quantile=tr["weight_truncation_quantile"])
+    causal.match_nearest(causal.logit(ps), treated, tr.get("caliper_sd", 0.2), params["common"]["seed"] + 401)
     return clock.stop()
 
 
@@ -241,8 +249,8 @@ def hot_effects_robust_cox(cohort, params, n_boot):
     tr = params["treatment"]
     X, treated = _design(cohort, params)
     ps = causal.fit_propensity(X, treated)
-    w = causal.iptw_weights(treated, ps, trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"])
-    pairs = causal.match_nearest(causal.logit(ps), treated, tr["caliper_sd"], params["common"]["seed"] + 401)
+    w = causal.iptw_weights(treated, ps, trim=tr.get("ps_trim", 0.0), truncate_quantile=tr["weight_truncation_quantile"])
+    pairs = causal.match_nearest(causal.logit(ps), treated, tr.get("caliper_sd", 0.2), params["common"]["seed"] + 401)
     t, e = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     clock = _Clock()
     causal.effects_table(t, e, treated, {"crude": None, "iptw": w, "matched": causal.matching_weights(pairs, len(t))},
@@ -260,7 +268,7 @@ def hot_iptw_bootstrap(cohort, params, n_boot):
     clock = _Clock()
     causal.bootstrap_iptw_difference(
         X, t, e, treated, float(tr["horizon_days"]), n_boot or tr["n_bootstrap"], params["common"]["seed"] + 402,
-        trim=tr["ps_trim"], truncate_quantile=tr["weight_truncation_quantile"],
+        trim=tr.get("ps_trim", 0.0), truncate_quantile=tr["weight_truncation_quantile"],
         **_kwargs(causal.bootstrap_iptw_difference, n_jobs=params["outcomes"]["n_jobs"]))
     return clock.stop()
 
