@@ -306,6 +306,9 @@ def test_fit_cox_counting_right_censored_equals_lifelines(rossi):
         sv.fit_cox_counting(rossi.assign(s=rossi["week"]), "week", "arrest", ["fin"], start_col="s")
 
 
-def test_varying_terms_drops_constant_columns_among_complete_cases():
-    df = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "b": [0.0, 0.0, 1.0, 0.0], "c": [1, 0, 1, 1]})
-    assert sv.varying_terms(df, ["a", "b", "c"]) == ["a", "c"]  # b is 0 wherever a is known
+def test_estimable_terms_drops_constant_and_sparse_columns_among_complete_cases():
+    df = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0] * 5, "b": [0.0, 0.0, 1.0, 0.0] * 5,
+                       "c": [1, 0, 1, 1] * 5, "d": [0] * 19 + [1]})
+    # b is 0 wherever a is known; d has one complete case at 1; c has 5 at 0 (>= 5)
+    assert sv.estimable_terms(df, ["a", "b", "c", "d"], min_per_level=5) == ["a", "c"]
+    assert sv.estimable_terms(df, ["a", "c"], min_per_level=6) == ["a"]

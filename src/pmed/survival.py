@@ -35,7 +35,7 @@ __all__ = [
     "fit_cox_mi",
     "require_columns",
     "true_log_hazard_ratios",
-    "varying_terms",
+    "estimable_terms",
     "truth_check",
     "predict_survival",
     "CoxFit",
@@ -199,12 +199,23 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> Non
         raise KeyError(f"{table}: missing column(s) {missing}; expected them per the cohort contract")
 
 
-def varying_terms(df: pd.DataFrame, terms: Sequence[str]) -> list[str]:
-    """The ``terms`` that vary among the complete cases of ``df[terms]`` (others cannot be
-    estimated there: e.g. an arm x driver product when no driver-positive patient of that arm
-    has complete data)."""
+def estimable_terms(df: pd.DataFrame, terms: Sequence[str], min_per_level: int = 10) -> list[str]:
+    """The ``terms`` a Cox model can estimate among the complete cases of ``df[terms]``.
+
+    Drops a term that does not vary there, and a 0/1 term with fewer than ``min_per_level``
+    complete cases at either level (e.g. an arm x driver product when one driver-positive
+    patient of that arm has complete data: its likelihood has no finite maximum).
+    """
     complete = df[list(terms)].dropna()
-    return [t for t in terms if complete[t].nunique() > 1]
+    keep = []
+    for t in terms:
+        values = complete[t]
+        if values.nunique() < 2:
+            continue
+        if set(values.unique()) <= {0, 1} and min((values == 1).sum(), (values == 0).sum()) < min_per_level:
+            continue
+        keep.append(t)
+    return keep
 
 
 def true_log_hazard_ratios(ground_truth: dict) -> dict[str, float]:
