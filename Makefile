@@ -10,7 +10,8 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks
+.PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
+	repro-check FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
@@ -54,9 +55,15 @@ lint: venv
 	@echo "==> ruff"
 	$(BIN)/ruff check src tests benchmarks notebooks
 
-$(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) params.yaml | venv
+# The CI data depend on the demo code and on params.yaml's demo section + common.seed only:
+# the stamp file is rewritten (and so newer) only when those values change.
+DEMO_STAMP := $(CI_WS)/demo-params.json
+$(DEMO_STAMP): FORCE | venv
+	@$(BIN)/python -m pmed.nbtools demo-stamp $@
+
+$(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
-	rm -rf $(CI_WS)
+	find $(CI_WS) -mindepth 1 -maxdepth 1 ! -name $(notdir $(DEMO_STAMP)) -exec rm -rf {} +
 	$(BIN)/python -m pmed.demo --size ci --out $(CI_WS)/data/raw
 
 nbval: venv $(CI_WS)/data/raw/truth/ground_truth.json
@@ -69,8 +76,9 @@ nbval-refresh: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> re-executing notebooks on the CI data and storing the checked cells' outputs"
 	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
 
+# Jupyter refuses to run as root unless told to (containers, CI images): add --allow-root then.
 lab: venv
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 hooks: venv
 	$(BIN)/pre-commit install
