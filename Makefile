@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/)"
+	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
@@ -45,7 +45,7 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: unit nbval
+test: unit nbval repro-check
 
 unit: venv lint
 	@echo "==> unit tests"
@@ -60,6 +60,11 @@ lint: venv
 DEMO_STAMP := $(CI_WS)/demo-params.json
 $(DEMO_STAMP): FORCE | venv
 	@$(BIN)/python -m pmed.nbtools demo-stamp $@
+
+repro-check: venv
+	@echo "==> reproduction: the committed HEAD, cloned twice, runs the pipeline at CI size"
+	@echo "    (other threads and workers in the 2nd clone): every output and dvc.lock identical"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_determinism.py
 
 $(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
