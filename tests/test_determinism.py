@@ -8,7 +8,7 @@ cloned twice and the pipeline runs at CI size (CI demo data, the bootstrap sizes
   CI-size `dvc.lock` and `data.dvc` are committed in A (the repository's own lock is for the
   default demo, so like is compared with like);
 - clone B, a fresh clone of A: the same steps with a hostile environment (2 BLAS/OpenMP
-  threads, another hash seed) must leave `git status --porcelain` empty, i.e. the demo data and
+  threads, another hash seed, OpenBLAS's AVX-512 kernels where the CPU has them) must leave `git status --porcelain` empty, i.e. the demo data and
   every output declared in dvc.yaml (outs, metrics, plots) byte-identical;
 - B again with other worker counts (serial imaging extraction, serial/parallel bootstraps):
   every output still identical to A's;
@@ -48,6 +48,8 @@ CI_OVERLAY = {
 OTHER_WORKERS = {"outcomes.n_jobs": 1, "treatment.n_jobs": 1, "imaging_features.workers": 1}
 HOSTILE = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
            "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "2", "PYTHONHASHSEED": "12345"}
+if "avx512f" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""):
+    HOSTILE["OPENBLAS_CORETYPE"] = "SkylakeX"  # what OpenBLAS picks on many AVX-512 machines
 # the README's commands (section "Reproducibility"), run as written from a plain shell
 README_COMMANDS = [
     ".venv/bin/dvc repro",
@@ -62,7 +64,7 @@ README_COMMANDS = [
 def plain_env(clone: Path, **extra: str) -> dict[str, str]:
     """A shell environment without the project's venv on PATH (nor any pmed/thread setting),
     importing the clone's own code."""
-    drop = {"VIRTUAL_ENV", "PMED_WORKSPACE", "PYTHONPATH", *runner.KERNEL_ENV}
+    drop = {"VIRTUAL_ENV", "PMED_WORKSPACE", "PYTHONPATH", *runner.KERNEL_ENV, *runner.BLAS_CORE}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                   if p and not Path(p).resolve().is_relative_to(ROOT))

@@ -194,6 +194,15 @@ def test_kernel_environment_pins_threads_and_is_restored(monkeypatch):
     assert runner.os.environ["OMP_NUM_THREADS"] == "8"
 
 
+def test_blas_pin_only_where_the_cpu_has_the_kernels(tmp_path):
+    cpu = tmp_path / "cpuinfo"
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2 avx512f\n")
+    assert runner.blas_pin(cpu) == {"OPENBLAS_CORETYPE": "Haswell"}
+    cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx\n")
+    assert runner.blas_pin(cpu) == {}
+    assert runner.blas_pin(tmp_path / "absent") == {}
+
+
 def _png(text_chunk: bool) -> bytes:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo

@@ -15,8 +15,8 @@ executed notebook and its HTML) are moved into place; a failed stage leaves the 
 untouched and its partial outputs in the staging folder for inspection. Outputs marked
 ``persist: true`` (caches) are linked, not staged.
 
-Same inputs => same bytes: the kernel runs with one BLAS/OpenMP/SimpleITK thread and a fixed
-hash seed (:data:`KERNEL_ENV`); the executed notebook is scrubbed of run metadata
+Same inputs => same bytes: the kernel runs with one BLAS/OpenMP/SimpleITK thread, a fixed
+hash seed (:data:`KERNEL_ENV`) and OpenBLAS's AVX2 kernels (:func:`blas_pin`); the executed notebook is scrubbed of run metadata
 (:func:`pmed.nbtools.scrub_executed`) and PNG figures lose their text chunks.
 """
 
@@ -55,6 +55,24 @@ KERNEL_ENV = {
     "TQDM_MINITERS": "1e12",  # draw a bar at start and end only
     "TQDM_BAR_FORMAT": "{l_bar}{bar}| {n_fmt}/{total_fmt}",  # no elapsed time or rate
 }
+
+# OpenBLAS picks its kernels for the CPU it runs on (here Haswell = AVX2, SkylakeX = AVX-512)
+# and the kernels round differently: with SkylakeX instead of Haswell kernels the CI-size run
+# changed image_features.parquet, recommendations.parquet and the treatment figures. Every
+# x86-64 CPU with AVX2 and FMA gets the Haswell kernels (on older CPUs the variable would crash
+# OpenBLAS, so it is not set there and results may differ in the last bits).
+BLAS_CORE = {"OPENBLAS_CORETYPE": "Haswell"}
+
+
+def blas_pin(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """:data:`BLAS_CORE` if the CPU has AVX2 and FMA (Linux x86-64), else {}."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return {}
+    return dict(BLAS_CORE) if {"avx2", "fma"} <= set(flags) else {}
+
 
 _VAR = re.compile(r"\$\{([^}]+)\}")
 
@@ -149,10 +167,10 @@ def require_kernel(name: str) -> None:
 
 @contextlib.contextmanager
 def kernel_environment(workspace: Path):
-    """os.environ for a kernel started inside the block: :data:`KERNEL_ENV` and
-    ``PMED_WORKSPACE=workspace``; restored afterwards."""
+    """os.environ for a kernel started inside the block: :data:`KERNEL_ENV`, :func:`blas_pin`
+    and ``PMED_WORKSPACE=workspace``; restored afterwards."""
     saved = dict(os.environ)
-    os.environ.update(KERNEL_ENV, PMED_WORKSPACE=str(workspace))
+    os.environ.update(KERNEL_ENV, **blas_pin(), PMED_WORKSPACE=str(workspace))
     try:
         yield
     finally:
