@@ -233,6 +233,9 @@ def test_scrub_executed_removes_run_metadata_and_paths():
                                                       "execution": {"iopub.status.busy": "t"}}),
         nbformat.v4.new_code_cell("print()", outputs=[
             nbformat.v4.new_output("stream", name="stderr", text="a 10%\rb 100%\n"),
+            nbformat.v4.new_output("stream", name="stderr", text=(
+                "radiomics:   0%|          | 0/83\rradiomics: 100%|##########| 83/83\n"
+                "stability: 100%|##########| 150/150 [00:12<00:00, 4.8it/s]\n")),
             nbformat.v4.new_output("stream", name="stderr", text="/ws/x/data/a.csv read\n"),
             nbformat.v4.new_output("display_data", data={
                 "text/plain": "/repo/src/f.py", "image/png": base64.b64encode(_png(True)).decode()}),

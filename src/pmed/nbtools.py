@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ INJECTED_ID = "injected-parameters"  # fixed id for papermill's injected cell (r
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_VOLATILE_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}  # Software, dates, comments
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
+# a tqdm progress bar's line ("radiomics: 100%|#####| 83/83", timings optional): it depends on
+# timing and on cache state (no bar when everything was cached), so reports leave it out
+PROGRESS_LINE = re.compile(r"^[^\n]*\d+%\|[^\n]*\| *\d+/\d+[^\n]*(\n|$)", re.M)
 
 
 def is_checked(cell) -> bool:
@@ -101,8 +105,8 @@ def scrub_executed(nb, folders: list[Path]) -> None:
 
     Removes papermill's run metadata (start/end times, durations, input/output paths, the
     environment; the parameters are kept) and each cell's timing metadata, gives the
-    injected-parameters cell a fixed id, merges stream outputs and applies carriage returns
-    (a progress bar keeps its final state only), removes text chunks of embedded PNGs, and
+    injected-parameters cell a fixed id, merges stream outputs, applies carriage returns and
+    drops progress-bar lines (:data:`PROGRESS_LINE`), removes text chunks of embedded PNGs, and
     rewrites the absolute ``folders`` (e.g. workspace, repository) in outputs as relative paths.
     """
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
@@ -125,7 +129,7 @@ def scrub_executed(nb, folders: list[Path]) -> None:
         coalesce.preprocess_cell(cell, {}, i)
         for out in cell.outputs:
             if out.output_type == "stream":
-                out.text = _relative(out.text, prefixes)
+                out.text = _relative(PROGRESS_LINE.sub("", out.text), prefixes)
             elif out.output_type == "error":
                 out.evalue = _relative(out.evalue, prefixes)
                 out.traceback = [_relative(t, prefixes) for t in out.traceback]
@@ -138,6 +142,7 @@ def scrub_executed(nb, folders: list[Path]) -> None:
                     raw = base64.b64decode(data["image/png"])
                     tail = "\n" if data["image/png"].endswith("\n") else ""
                     data["image/png"] = base64.b64encode(strip_png_metadata(raw)).decode() + tail
+        cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or o.text]
 
 
 def refresh(notebook: Path, kernel: str = "pmed", timeout: int = 1800) -> int:
