@@ -16,8 +16,9 @@ untouched and its partial outputs in the staging folder for inspection. Outputs 
 ``persist: true`` (caches) are linked, not staged.
 
 Same inputs => same bytes: the kernel runs with one BLAS/OpenMP/SimpleITK thread, a fixed
-hash seed (:data:`KERNEL_ENV`) and OpenBLAS's AVX2 kernels (:func:`blas_pin`); the executed notebook is scrubbed of run metadata
-(:func:`pmed.nbtools.scrub_executed`) and PNG figures lose their text chunks.
+hash seed, numpy's AVX2 kernels (:data:`KERNEL_ENV`) and OpenBLAS's (:func:`blas_pin`); the
+executed notebook is scrubbed of run metadata (:func:`pmed.nbtools.scrub_executed`) and PNG
+figures lose their text chunks.
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ STAGING = ".pmed-staging"  # under the workspace (git-ignored)
 
 # Environment of the stage's kernel. Results of multithreaded reductions (OpenBLAS, OpenMP in
 # scikit-learn's gradient boosting, SimpleITK filters) depend on the thread count, which
-# otherwise follows the machine's cores; PYTHONHASHSEED fixes the iteration order of sets of
-# strings; the tqdm settings leave one line per progress bar without timings.
+# otherwise follows the machine's cores; numpy picks SIMD kernels for the CPU at run time and
+# its AVX-512 ones round differently from its AVX2 ones (emulating an AVX2-only CPU changed
+# image_features.parquet), so AVX-512 dispatch is switched off (a no-op on CPUs without it);
+# PYTHONHASHSEED fixes the iteration order of sets of strings; the tqdm settings leave one
+# line per progress bar without timings.
 KERNEL_ENV = {
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
