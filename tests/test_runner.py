@@ -265,3 +265,15 @@ def test_parameters_cell_parses_without_papermill_warnings(path, caplog):
     with caplog.at_level(logging.WARNING, logger="papermill"):
         PythonTranslator.inspect(cell)
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+
+
+def test_demo_stamp_changes_only_with_the_demo_parameters(tmp_path):
+    stamp = tmp_path / "ci" / "demo-params.json"
+    assert nbtools.demo_stamp(stamp) is True
+    mtime = stamp.stat().st_mtime_ns
+    assert nbtools.demo_stamp(stamp) is False and stamp.stat().st_mtime_ns == mtime
+    recorded = json.loads(stamp.read_text())
+    assert recorded == {"demo": config.load_params()["demo"],
+                        "seed": config.load_params()["common"]["seed"]}
+    stamp.write_text(json.dumps({**recorded, "seed": 1}))  # the demo parameters changed
+    assert nbtools.demo_stamp(stamp) is True
