@@ -236,20 +236,22 @@ def test_scrub_executed_removes_run_metadata_and_paths():
             nbformat.v4.new_output("stream", name="stderr", text=(
                 "radiomics:   0%|          | 0/83\rradiomics: 100%|##########| 83/83\n"
                 "stability: 100%|##########| 150/150 [00:12<00:00, 4.8it/s]\n")),
-            nbformat.v4.new_output("stream", name="stderr", text="/ws/x/data/a.csv read\n"),
+            nbformat.v4.new_output("stream", name="stderr", text=(
+                "/ws/x/data/a.csv read\n/ws/xy/b in /ws/x, /home/u/.pyenv/w.py:1\n")),
             nbformat.v4.new_output("display_data", data={
                 "text/plain": "/repo/src/f.py", "image/png": base64.b64encode(_png(True)).decode()}),
         ]),
     ])
     nb.metadata["papermill"] = {"start_time": "2026", "duration": 3.0, "parameters": {"a": 1},
                                 "input_path": "/repo/nb.ipynb"}
-    nbtools.scrub_executed(nb, [Path("/ws/x"), Path("/repo")])
+    nbtools.scrub_executed(nb, {Path("/ws/x"): "", Path("/repo/src"): "", Path("/home/u"): "~",
+                                Path("/"): ""})  # a folder as short as "/" is left alone
     assert nb.metadata["papermill"] == {"parameters": {"a": 1}}
     assert nb.cells[0].id == nbtools.INJECTED_ID and nb.cells[0].metadata == {
         "tags": ["injected-parameters"]}
     outs = nb.cells[1].outputs
-    assert outs[0].text == "b 100%\ndata/a.csv read\n"
-    assert outs[1].data["text/plain"] == "src/f.py"
+    assert outs[0].text == "b 100%\ndata/a.csv read\n/ws/xy/b in ., ~/.pyenv/w.py:1\n"
+    assert outs[1].data["text/plain"] == "f.py"
     assert base64.b64decode(outs[1].data["image/png"]) == _png(False)
 
 

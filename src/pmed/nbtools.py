@@ -94,26 +94,43 @@ def strip_png_files(folder_or_file: Path) -> int:
     return n
 
 
-def _relative(text: str, prefixes: list[tuple[str, str]]) -> str:
-    for old, new in prefixes:
-        text = text.replace(old, new)
-    return text
+def _path_pattern(folders: dict[Path, str]) -> tuple[re.Pattern, dict[str, str]] | None:
+    """One regex for absolute folders (longest first), each followed by "/" or the end of a
+    path, and the relative prefix each becomes."""
+    names = {str(f): rel for f, rel in folders.items() if len(Path(f).parts) > 2}
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(f"({alternatives})(/|(?![\\w.-]))"), names
 
 
-def scrub_executed(nb, folders: list[Path]) -> None:
+def _relative(text: str, pattern) -> str:
+    """``text`` with the folders of :func:`_path_pattern` written as relative paths."""
+    if pattern is None:
+        return text
+    regex, names = pattern
+
+    def replace(match: re.Match) -> str:
+        rel, slash = names[match.group(1)], match.group(2)
+        if rel:
+            return rel + slash
+        return "" if slash else "."
+    return regex.sub(replace, text)
+
+
+def scrub_executed(nb, folders: dict[Path, str]) -> None:
     """Make an executed notebook a function of its inputs only (in place).
 
     Removes papermill's run metadata (start/end times, durations, input/output paths, the
     environment; the parameters are kept) and each cell's timing metadata, gives the
     injected-parameters cell a fixed id, merges stream outputs, applies carriage returns and
     drops progress-bar lines (:data:`PROGRESS_LINE`), removes text chunks of embedded PNGs, and
-    rewrites the absolute ``folders`` (e.g. workspace, repository) in outputs as relative paths.
+    rewrites the absolute ``folders`` in outputs as the relative prefixes they map to
+    (e.g. {workspace: "", home: "~"}; "" makes ``<workspace>/data/x`` read ``data/x``).
     """
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
-    prefixes = []
-    for folder in sorted({str(f) for f in folders}, key=len, reverse=True):
-        prefixes += [(folder + "/", ""), (folder, ".")]
+    prefixes = _path_pattern(folders)
     run = nb.metadata.pop("papermill", {})
     if "parameters" in run:
         nb.metadata["papermill"] = {"parameters": run["parameters"]}

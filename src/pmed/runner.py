@@ -319,7 +319,7 @@ def run_stage(stage: str, dvc_file: Path | None = None, params: dict | None = No
         raise StageError(f"stage {stage!r} failed ({what}); its previous outputs are unchanged, "
                          f"the failed run is in {staging.relative_to(ws)}/") from err
     nb = nbformat.read(staging / executed, as_version=4)
-    nbtools.scrub_executed(nb, [staging, ws, config.ROOT, Path.home()])
+    nbtools.scrub_executed(nb, {staging: "", ws: "", config.ROOT: "", Path.home(): "~"})
     nbformat.write(nb, staging / executed)
     render_html(staging / executed, staging / html)
     check_outputs(staging, fresh, stage, set(outputs))
