@@ -6,6 +6,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.pmed-installed
 CI_WS    := build/ci
+CI_PARAMS := tests/params_ci.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -73,13 +74,13 @@ $(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 
 nbval: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> nbval: executing every notebook on the CI data, comparing the checked cells"
-	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pytest -p no:cacheprovider \
+	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) PMED_PARAMS_OVERLAY=$(CI_PARAMS) $(BIN)/python -m pytest -p no:cacheprovider \
 		--nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		$(NOTEBOOKS)
 
 nbval-refresh: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> re-executing notebooks on the CI data and storing the checked cells' outputs"
-	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
+	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) PMED_PARAMS_OVERLAY=$(CI_PARAMS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
 
 # Jupyter refuses to run as root unless told to (containers, CI images): add --allow-root then.
 lab: venv

@@ -61,3 +61,13 @@ def test_calibration_curve_and_oe():
     npt.assert_allclose(cal.observed_expected(y, [0.5, 0.5, 0.5, 0.5]), 0.25 / 0.5)
     with pytest.raises(ValueError, match="predicted risks"):
         cal.observed_expected(y, [1.5, 0.5, 0.5, 0.5])
+
+
+def test_calibration_groups_merged_to_min_count():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 70)
+    y = rng.binomial(1, p)
+    curve = cal.calibration_curve(y, p, n_bins=10, min_count=11)
+    assert curve["n"].sum() == 70 and curve["n"].min() >= 11
+    assert curve["predicted"].is_monotonic_increasing
+    assert len(cal.calibration_curve(y, p, n_bins=10)) == 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import sqlglot
 
+from pmed import config
 from pmed.cohort import (
     CohortError,
     contract,
@@ -25,13 +27,16 @@ from pmed.cohort import (
     queries,
     write_outputs,
 )
+from pmed.cohort.extract import attrition_labels, column_windows
 
 D = dt.date
 # concept ids of the fixture vocabulary
-NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD = 1, 2, 3, 10, 11, 12
+NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD, TKI = 1, 2, 3, 10, 11, 12, 13
 COPD, DIAB, HF, CKD = 20, 21, 22, 23
 ALB, LDH, NEUT, LYMPH, HB, CREAT, WEIGHT, BMI, PDL1, ECOG, SMOKING, STAGE = range(30, 42)
-NEVER, FORMER, CURRENT, ST3, ST4 = 60, 61, 62, 63, 64
+NEVER, FORMER, CURRENT, ST3, ST4, ST4A = 60, 61, 62, 63, 64, 65
+PNEUMONITIS, SURGERY = 70, 80
+INPATIENT, OUTPATIENT, IU_L = 9201, 9202, 8923
 G_DL, G_L, U_L, E9_L, MG_DL, UMOL_L, KG, KG_M2, PCT = 8713, 8636, 8645, 9444, 8840, 8749, 9529, 9531, 8554
 FEMALE, MALE = 8532, 8507
 
@@ -39,7 +44,8 @@ FEMALE, MALE = 8532, 8507
 def definition_dict() -> dict:
     """A cohort: section over the fixture vocabulary (same shape as params.yaml)."""
     sets = {"nsclc": [NSCLC], "other_cancer": [OTHER_CA], "immunotherapy": [IMMUNO],
-            "chemotherapy": [CHEMO], "copd": [COPD], "diabetes": [DIAB],
+            "chemotherapy": [CHEMO], "targeted": [TKI], "pneumonitis": [PNEUMONITIS],
+            "surgery": [SURGERY], "copd": [COPD], "diabetes": [DIAB],
             "heart_failure": [HF], "ckd": [CKD], "albumin": [ALB], "ldh": [LDH],
             "neutrophils": [NEUT], "lymphocytes": [LYMPH], "hemoglobin": [HB],
             "creatinine": [CREAT], "weight": [WEIGHT], "bmi": [BMI], "pdl1": [PDL1],
@@ -47,18 +53,39 @@ def definition_dict() -> dict:
 
     def num(cs, units, lo, hi, window="lab"):
         return {"concept_set": cs, "table": "measurement", "window": window, "units": units,
-                "plausible": [lo, hi]}
+                "plausible": [lo, hi], "anchor": "index"}
 
     return {
         "concept_sets": sets, "include_descendants": True, "target_concept_set": "nsclc",
         "prior_observation_days": 365, "min_age_years": 18, "max_age_years": None,
-        "female_concept_id": FEMALE,
+        "female_concept_id": FEMALE, "male_concept_id": MALE,
+        "protocol": {c: {"specification": f"{c} of the target trial"}
+                     for c in ("eligibility", "treatment_strategies", "assignment", "time_zero",
+                               "outcomes", "follow_up", "causal_contrast")},
         "exclusions": {"prior_concept_sets": ["other_cancer"], "window": [None, 0]},
-        "exposure": {"groups": {"immunotherapy": "immunotherapy", "chemotherapy": "chemotherapy"},
-                     "treated_group": "immunotherapy", "max_days_after_index": 60},
-        "outcome": {"administrative_censor_date": "2025-12-31"},
+        "treatment_strategies": {
+            "grace_days": 21, "max_days_after_index": 60, "reference": "chemo",
+            "arms": {"chemo": {"all_of": ["chemotherapy"], "none_of": ["immunotherapy", "targeted"],
+                               "cohort_definition_id": 1},
+                     "io": {"all_of": ["immunotherapy"], "none_of": ["chemotherapy", "targeted"],
+                            "cohort_definition_id": 2},
+                     "chemo_io": {"all_of": ["chemotherapy", "immunotherapy"],
+                                  "none_of": ["targeted"], "cohort_definition_id": 3}}},
+        "follow_up": {"administrative_censor_date": "2025-12-31"},
+        "outcomes": {
+            "death": {"type": "death"},
+            "pneumonitis": {"type": "event", "concept_set": "pneumonitis",
+                            "table": "condition_occurrence", "visit_concept_ids": [INPATIENT],
+                            "blanking_days": 0, "competing": "death"},
+            "neutropenia": {"type": "event", "concept_set": "neutrophils", "table": "measurement",
+                            "value_range": [None, 0.5], "unit_concept_ids": [E9_L]},
+            "surgery": {"type": "event", "concept_set": "surgery", "table": "procedure_occurrence",
+                        "blanking_days": 7, "competing": None},
+            "hospitalisation": {"type": "event", "table": "visit_occurrence",
+                                "visit_concept_ids": [INPATIENT]},
+        },
         "covariates": {
-            "lab_window_days": 90, "condition_window": [None, -1],
+            "lab_window_days": 90, "condition_window": [None, -1], "condition_anchor": "index",
             "conditions": {"copd": "copd", "diabetes": "diabetes",
                            "heart_failure": "heart_failure", "ckd": "ckd"},
             "numeric": {
@@ -75,10 +102,10 @@ def definition_dict() -> dict:
             },
             "categorical": {
                 "smoking": {"concept_set": "smoking", "table": "observation", "window": [None, 0],
-                            "levels": {"smoking_current": [CURRENT], "smoking_former": [FORMER]},
+                            "anchor": "index", "levels": {"smoking_current": [CURRENT], "smoking_former": [FORMER]},
                             "reference": [NEVER]},
                 "stage": {"concept_set": "stage", "table": "measurement", "window": [None, 0],
-                          "levels": {"stage_iv": [ST4]}, "reference": [ST3]},
+                          "anchor": "index", "levels": {"stage_iv": [ST4]}, "reference": [ST3]},
             },
         },
     }
@@ -93,22 +120,41 @@ class Omop:
 
     def __init__(self):
         self.t = {k: [] for k in ("person", "observation_period", "condition_occurrence",
-                                  "drug_exposure", "measurement", "observation", "death")}
+                                  "drug_exposure", "measurement", "observation", "death",
+                                  "visit_occurrence", "procedure_occurrence")}
 
-    def person(self, pid, born, female=False, obs=None):
+    def person(self, pid, born, female=False, obs=None, gender=None):
         obs = obs or DEFAULT_OBS
-        self.t["person"].append({"person_id": pid, "gender_concept_id": FEMALE if female else MALE,
+        gender = gender if gender is not None else FEMALE if female else MALE
+        self.t["person"].append({"person_id": pid, "gender_concept_id": gender,
                                  "year_of_birth": born.year, "month_of_birth": born.month,
                                  "day_of_birth": born.day})
-        self.t["observation_period"].append({"observation_period_id": pid, "person_id": pid,
-                                             "observation_period_start_date": obs[0],
-                                             "observation_period_end_date": obs[1]})
+        return self.period(pid, *obs)
+
+    def period(self, pid, start, end):
+        rows = self.t["observation_period"]
+        rows.append({"observation_period_id": len(rows) + 1, "person_id": pid,
+                     "observation_period_start_date": start, "observation_period_end_date": end})
         return self
 
-    def cond(self, pid, concept, date):
+    def cond(self, pid, concept, date, visit=None):
+        visit_id = None
+        if visit is not None:
+            rows = self.t["visit_occurrence"]
+            visit_id = len(rows) + 1
+            rows.append({"visit_occurrence_id": visit_id, "person_id": pid,
+                         "visit_concept_id": visit, "visit_start_date": date,
+                         "visit_end_date": date})
         self.t["condition_occurrence"].append({"condition_occurrence_id": len(self.t["condition_occurrence"]) + 1,
                                                "person_id": pid, "condition_concept_id": concept,
-                                               "condition_start_date": date})
+                                               "condition_start_date": date,
+                                               "visit_occurrence_id": visit_id})
+        return self
+
+    def proc(self, pid, concept, date):
+        rows = self.t["procedure_occurrence"]
+        rows.append({"procedure_occurrence_id": len(rows) + 1, "person_id": pid,
+                     "procedure_concept_id": concept, "procedure_date": date})
         return self
 
     def drug(self, pid, concept, date):
@@ -140,18 +186,25 @@ class Omop:
                 else:
                     df[col] = df[col].astype("Int64")
             out[name] = df
-        ids = sorted({v for v in [NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD, COPD, DIAB,
-                                  HF, CKD, *range(30, 42), NEVER, FORMER, CURRENT, ST3, ST4, G_DL,
+        ids = sorted({v for v in [NSCLC, ADENO, OTHER_CA, IMMUNO, CHEMO, IMMUNO_CHILD, TKI, COPD,
+                                  DIAB, HF, CKD, *range(30, 42), NEVER, FORMER, CURRENT, ST3, ST4,
+                                  ST4A, PNEUMONITIS, SURGERY, INPATIENT, OUTPATIENT, IU_L, G_DL,
                                   G_L, U_L, E9_L, MG_DL, UMOL_L, KG, KG_M2, PCT, FEMALE, MALE]})
-        out["concept"] = pd.DataFrame({"concept_id": ids, "concept_name": [f"c{i}" for i in ids]})
-        pairs = [(i, i) for i in ids] + [(NSCLC, ADENO), (IMMUNO, IMMUNO_CHILD)]
+        names = {IU_L: "international unit per liter"}
+        out["concept"] = pd.DataFrame({"concept_id": ids,
+                                       "concept_name": [names.get(i, f"c{i}") for i in ids],
+                                       "invalid_reason": pd.array([None] * len(ids), dtype="string")})
+        pairs = [(i, i) for i in ids] + [(NSCLC, ADENO), (IMMUNO, IMMUNO_CHILD), (ST4, ST4A)]
         out["concept_ancestor"] = pd.DataFrame(pairs, columns=["ancestor_concept_id",
                                                                "descendant_concept_id"])
         return out
 
 
 def build_fixture() -> Omop:
-    """The 17 fixture persons; each comment gives the rule tested and the hand answer."""
+    """The 25 fixture persons; each comment gives the rule tested and the hand answer.
+
+    Person 5's gender_concept_id is 0 (unknown): sex_female missing.
+    """
     o = Omop()
     # 1: eligible, immunotherapy, female. Index 2020-03-01 (first of two adenocarcinoma
     # (descendant) records). t0 = 2020-03-20 (19 d). Death 2021-03-20: 2020-03-20 ->
@@ -194,7 +247,7 @@ def build_fixture() -> Omop:
     o.cond(4, NSCLC, IDX).drug(4, CHEMO, IDX)
     # 5: eligible: period starts exactly 365 days before index (inclusive); chemo on index
     # day (t0 = index, 0 d). Observation to 2024-12-31: 2020-03-01 -> 2024-12-31 = 1766 d.
-    o.person(5, D(1955, 1, 1), obs=(IDX - dt.timedelta(365), D(2024, 12, 31)))
+    o.person(5, D(1955, 1, 1), obs=(IDX - dt.timedelta(365), D(2024, 12, 31)), gender=0)
     o.cond(5, NSCLC, IDX).drug(5, CHEMO, IDX)
     # 6: excluded at age: born 2002-03-02 is 17 on 2020-03-01 (18th birthday the next day).
     o.person(6, D(2002, 3, 2)).cond(6, NSCLC, IDX).drug(6, CHEMO, IDX)
@@ -211,7 +264,7 @@ def build_fixture() -> Omop:
     # 10: excluded: immunotherapy the day before index (treatment before index).
     o.person(10, D(1955, 1, 1)).cond(10, NSCLC, IDX)
     o.drug(10, IMMUNO, IDX - dt.timedelta(1)).drug(10, CHEMO, IDX)
-    # 11: excluded at first line: both groups start the same day (ambiguous).
+    # 11: chemo and immunotherapy start the same day: regimen chemo_io (t0 2020-03-05).
     o.person(11, D(1955, 1, 1)).cond(11, NSCLC, IDX)
     o.drug(11, IMMUNO, D(2020, 3, 5)).drug(11, CHEMO, D(2020, 3, 5))
     # 12: excluded: death recorded (2020-03-05) before treatment start (2020-03-10).
@@ -234,7 +287,57 @@ def build_fixture() -> Omop:
     # excluded at prior observation. Its diagnosis is an event outside observation.
     o.person(17, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2019, 12, 31)))
     o.cond(17, NSCLC, IDX).drug(17, CHEMO, IDX)
+    add_regimen_outcome_and_date_cases(o)
     return o
+
+
+def add_regimen_outcome_and_date_cases(o: Omop) -> None:
+    """Persons 18-25 and extra records of persons 1-15 for regimens, outcomes, dates."""
+    # Regimens (grace 21 days, inclusive). 11 (above): both on the same day -> chemo_io.
+    # 18: chemo at t0 = day 5, immunotherapy at t0 + 21 -> chemo_io.
+    o.person(18, D(1955, 1, 1)).cond(18, NSCLC, IDX)
+    o.drug(18, CHEMO, IDX + dt.timedelta(5)).drug(18, IMMUNO, IDX + dt.timedelta(26))
+    # 19: immunotherapy at t0 + 22 (after the grace period) -> chemo alone.
+    o.person(19, D(1955, 1, 1)).cond(19, NSCLC, IDX)
+    o.drug(19, CHEMO, IDX + dt.timedelta(5)).drug(19, IMMUNO, IDX + dt.timedelta(27))
+    # 20: targeted drug alone; 21: chemo + targeted within grace: regimens matching no arm.
+    o.person(20, D(1955, 1, 1)).cond(20, NSCLC, IDX).drug(20, TKI, IDX + dt.timedelta(10))
+    o.person(21, D(1955, 1, 1)).cond(21, NSCLC, IDX)
+    o.drug(21, CHEMO, IDX + dt.timedelta(5)).drug(21, TKI, IDX + dt.timedelta(15))
+    # 25: chemo at day 19, after its observation period ended (day 9): own attrition row.
+    o.person(25, D(1955, 1, 1), obs=(D(2010, 1, 1), D(2020, 3, 10))).cond(25, NSCLC, IDX)
+    o.drug(25, CHEMO, D(2020, 3, 20))
+    # Impossible dates, each excluded at 'valid_dates': 22 death before birth; 23 index
+    # diagnosis before birth; 24 a second observation period ending before it starts.
+    o.person(22, D(1955, 1, 1)).cond(22, NSCLC, IDX).drug(22, CHEMO, IDX)
+    o.death(22, D(1950, 1, 1))
+    o.person(23, D(1955, 1, 1)).cond(23, NSCLC, D(1954, 6, 1)).drug(23, CHEMO, IDX)
+    o.person(24, D(1955, 1, 1)).period(24, D(2005, 1, 1), D(2004, 1, 1))
+    o.cond(24, NSCLC, IDX).drug(24, CHEMO, IDX)
+    # Pneumonitis (inpatient only, blanking 0 = day 0 ignored, death competing) and
+    # hospitalisation (any inpatient visit after t0): person 1 (t0 2020-03-20, death day
+    # 365): day 0 inpatient (blanked), 2020-05-01 outpatient (not counted), 2020-06-19
+    # inpatient = day 11 + 30 + 31 + 19 = 91 -> status 1, 91 d.
+    o.cond(1, PNEUMONITIS, D(2020, 3, 20), visit=INPATIENT)
+    o.cond(1, PNEUMONITIS, D(2020, 5, 1), visit=OUTPATIENT)
+    o.cond(1, PNEUMONITIS, D(2020, 6, 19), visit=INPATIENT)
+    # 7: recorded after death (day 10) -> status 2, 10 d.  15: on the day of death (day
+    # 305) -> the event counts: status 1, 305 d.  14: after the administrative date ->
+    # status 0 at 2101 d.
+    o.cond(7, PNEUMONITIS, D(2020, 3, 20), visit=INPATIENT)
+    o.cond(15, PNEUMONITIS, D(2020, 12, 31), visit=INPATIENT)
+    o.cond(14, PNEUMONITIS, D(2026, 1, 1), visit=INPATIENT)
+    # Surgery (procedure, blanking 7 days, competing null): person 1 day 7 blanked, day 8
+    # -> status 1, 8 d. Person 7 dies at day 10 without surgery: censored (0) at 10 d.
+    o.proc(1, SURGERY, D(2020, 3, 27)).proc(1, SURGERY, D(2020, 3, 28))
+    # Neutropenia (neutrophils <= 0.5 10^9/L): person 5 (t0 = index) 2.0 at day 9 (too
+    # high), 0.3 in unit 999 at day 14 (unit not listed), 0.3 at day 31 -> status 1, 31 d.
+    o.meas(5, NEUT, D(2020, 3, 10), 2.0, E9_L).meas(5, NEUT, D(2020, 3, 15), 0.3, 999)
+    o.meas(5, NEUT, D(2020, 4, 1), 0.3, E9_L)
+    # Person 7's stage is a sub-stage (IVA, a descendant of stage IV) -> stage_iv 1.
+    o.meas(7, STAGE, IDX, value_concept=ST4A)
+    # Person 2's LDH in IU/L (no factor): dropped, reported under unit 8923.
+    o.meas(2, LDH, D(2021, 1, 5), 200.0, IU_L)
 
 
 def write_tables(frames: dict[str, pd.DataFrame], folder: Path, fmt: str = "parquet") -> Path:
@@ -259,13 +362,20 @@ def row(result, pid) -> pd.Series:
     return c.loc[c["person_id"] == pid].iloc[0]
 
 
+ELIGIBLE = [1, 2, 5, 7, 11, 14, 15, 18, 19]
+
+
 def test_eligible_persons_and_attrition(fixture_result):
     _, _, res = fixture_result
-    assert res.cohort["person_id"].tolist() == [1, 2, 5, 7, 14, 15]
-    # 16 persons with NSCLC (all but 13); -2 prior obs (4, 17); -1 age (6); -2 other cancer
-    # (8, 9); -1 prior treatment (10); -3 first line (3, 11, 16); -1 dead before t0 (12).
-    assert res.attrition["remaining"].tolist() == [16, 14, 13, 11, 10, 7, 6]
-    assert res.attrition["excluded"].tolist() == [0, 2, 1, 2, 1, 3, 1]
+    assert res.cohort["person_id"].tolist() == ELIGIBLE
+    # 24 persons with NSCLC (all but 13); -3 impossible dates (22, 23, 24); -2 prior obs
+    # (4, 17); -1 age (6); -2 other cancer (8, 9); -1 prior treatment (10); -2 no first line
+    # within 60 days (3, 16); -1 t0 after observation (25); -2 regimen matching no arm
+    # (20, 21); -1 dead before t0 (12).
+    assert res.attrition["remaining"].tolist() == [24, 21, 19, 18, 16, 15, 13, 12, 10, 9]
+    assert res.attrition["excluded"].tolist() == [0, 3, 2, 1, 2, 1, 2, 1, 2, 1]
+    assert res.attrition["criterion"].tolist() == list(attrition_labels(
+        parse_definition(definition_dict())).values())
 
 
 def test_index_treatment_and_outcome(fixture_result):
@@ -273,14 +383,83 @@ def test_index_treatment_and_outcome(fixture_result):
     c = res.cohort.set_index("person_id")
     assert c.loc[1, "index_date"] == IDX and c.loc[1, "t0_date"] == D(2020, 3, 20)
     assert c.loc[2, "index_date"] == D(2021, 1, 10)
-    assert c["days_dx_to_treatment"].to_dict() == {1: 19, 2: 60, 5: 0, 7: 5, 14: 30, 15: 0}
-    assert c["treatment"].to_dict() == {1: "immunotherapy", 2: "chemotherapy",
-                                        5: "chemotherapy", 7: "immunotherapy",
-                                        14: "immunotherapy", 15: "chemotherapy"}
-    assert c["treated"].tolist() == [1, 0, 0, 1, 1, 0]
+    assert c["days_dx_to_treatment"].to_dict() == {1: 19, 2: 60, 5: 0, 7: 5, 11: 4, 14: 30,
+                                                   15: 0, 18: 5, 19: 5}
+    # person 1: chemo 31 days after its immunotherapy start is outside the grace period
+    assert c["treatment"].to_dict() == {1: "io", 2: "chemo", 5: "chemo", 7: "io",
+                                        11: "chemo_io", 14: "io", 15: "chemo",
+                                        18: "chemo_io", 19: "chemo"}
+    assert c["arm_io"].tolist() == [1, 0, 0, 1, 0, 1, 0, 0, 0]
+    assert c["arm_chemo_io"].tolist() == [0, 0, 0, 0, 1, 0, 0, 1, 0]
+    assert "treated" not in c.columns and "arm_chemo" not in c.columns
+    assert c["t0_year"].to_dict() == {1: 2020, 2: 2021, 5: 2020, 7: 2020, 11: 2020, 14: 2020,
+                                      15: 2020, 18: 2020, 19: 2020}
+    to_end = {p: float((D(2024, 12, 31) - c.loc[p, "t0_date"]).days) for p in (11, 18, 19)}
     assert c["time_days"].to_dict() == {1: 365.0, 2: 476.0, 5: 1766.0, 7: 10.0,
-                                        14: 2101.0, 15: 305.0}
-    assert c["event"].to_dict() == {1: 1, 2: 0, 5: 0, 7: 1, 14: 0, 15: 1}
+                                        14: 2101.0, 15: 305.0} | to_end
+    assert c["event"].to_dict() == {1: 1, 2: 0, 5: 0, 7: 1, 11: 0, 14: 0, 15: 1, 18: 0, 19: 0}
+
+
+def test_event_outcomes_with_blanking_visits_and_competing_death(fixture_result):
+    _, _, res = fixture_result
+    c = res.cohort.set_index("person_id")
+    death_t = c["time_days"]
+    status = c["pneumonitis_status"].to_dict()
+    assert status == {1: 1, 2: 0, 5: 0, 7: 2, 11: 0, 14: 0, 15: 1, 18: 0, 19: 0}
+    expected_t = death_t.to_dict() | {1: 91.0}  # others: death or censoring, as for death
+    assert c["pneumonitis_time_days"].to_dict() == expected_t
+    assert c["hospitalisation_status"].to_dict() == status
+    assert c["hospitalisation_time_days"].to_dict() == expected_t
+    # surgery: blanking 7 days, competing null (death censors: status 0 at the death date)
+    assert c.loc[1, "surgery_status"] == 1 and c.loc[1, "surgery_time_days"] == 8.0
+    assert c.loc[7, "surgery_status"] == 0 and c.loc[7, "surgery_time_days"] == 10.0
+    assert set(c["surgery_status"]) == {0, 1}
+    # neutropenia: value rule (<= 0.5) in the listed unit only; death competing
+    assert c.loc[5, "neutropenia_status"] == 1 and c.loc[5, "neutropenia_time_days"] == 31.0
+    assert c["neutropenia_status"].to_dict() == {1: 2, 2: 0, 5: 1, 7: 2, 11: 0, 14: 0, 15: 2,
+                                                 18: 0, 19: 0}
+    assert str(c["pneumonitis_status"].dtype) == "int8"
+
+
+def test_cohort_table_in_omop_layout(fixture_result):
+    _, d, res = fixture_result
+    t = res.cohort_omop
+    assert list(t.columns) == ["cohort_definition_id", "subject_id", "cohort_start_date",
+                               "cohort_end_date"]
+    ids = {a: arm.cohort_definition_id for a, arm in d.strategies.arms.items()}
+    c = res.cohort.set_index("person_id")
+    assert sorted(t["subject_id"]) == ELIGIBLE
+    for _, r in t.iterrows():
+        p = c.loc[r["subject_id"]]
+        assert r["cohort_definition_id"] == ids[p["treatment"]]
+        assert r["cohort_start_date"] == p["t0_date"]
+        assert (r["cohort_end_date"] - r["cohort_start_date"]).days == p["time_days"]
+    assert t["cohort_definition_id"].tolist() == sorted(t["cohort_definition_id"])
+
+
+def test_baselines_anchored_at_t0_by_default(tmp_path, fixture_result):
+    """Without `anchor: index` the windows count from t0: person 1 (t0 = index + 19) gets
+    the albumin of day +1 after index (day -18 from t0: 2.0 g/dL), loses the creatinine of
+    day -90 from index (-109 from t0) and has the diabetes recorded on the index day."""
+    folder, _, _ = fixture_result
+    spec = definition_dict()
+    cov = spec["covariates"]
+    del cov["condition_anchor"]
+    for c in [*cov["numeric"].values(), *cov["categorical"].values()]:
+        del c["anchor"]
+    d = parse_definition(spec)
+    assert column_windows(d)["albumin_g_dl"] == "[-90, 0] days from t0"
+    p1 = row(extract_cohort(folder, d, memory_limit="1GB", threads=1), 1)
+    assert p1["albumin_g_dl"] == pytest.approx(2.0)
+    assert pd.isna(p1["creatinine_mg_dl"]) and p1["diabetes"] == 1
+
+
+@pytest.mark.parametrize("window", [[-90, 1], [-90, None], [None, 5]])
+def test_baseline_window_may_not_pass_its_anchor(window):
+    spec = definition_dict()
+    spec["covariates"]["numeric"]["albumin_g_dl"]["window"] = window
+    with pytest.raises(CohortError, match=r"albumin_g_dl.window ends at .* on or before its anchor"):
+        parse_definition(spec)
 
 
 def test_age_and_sex(fixture_result):
@@ -291,6 +470,7 @@ def test_age_and_sex(fixture_result):
     # person 7 is exactly 18 in completed years; 6575 d / 365.25 = 18.0014
     assert p7["age_years"] == pytest.approx(6575 / 365.25)
     assert (p1["sex_female"], p7["sex_female"], row(res, 2)["sex_female"]) == (1, 1, 0)
+    assert pd.isna(row(res, 5)["sex_female"])  # gender_concept_id 0: unknown, not male
 
 
 def test_covariate_windows_and_units(fixture_result):
@@ -306,12 +486,14 @@ def test_covariate_windows_and_units(fixture_result):
     assert (p2["smoking_current"], p2["smoking_former"], p2["stage_iv"]) == (0, 0, 0)
     p5 = row(res, 5)
     assert pd.isna(p5["smoking_current"]) and pd.isna(p5["stage_iv"])
+    assert row(res, 7)["stage_iv"] == 1  # sub-stage IVA: a descendant of stage IV
+    assert pd.isna(p2["ldh_u_l"])        # only record in IU/L: no factor
 
 
 def test_output_dtypes_follow_contract(fixture_result):
     _, _, res = fixture_result
     c = res.cohort
-    assert list(c.columns) == list(contract.COLUMNS)
+    assert list(c.columns) == list(contract.columns(parse_definition(definition_dict())))
     assert c["person_id"].dtype == "int64" and c["event"].dtype == "int8"
     assert str(c["smoking_current"].dtype) == "Int8" and c["ecog"].dtype == "float64"
     assert isinstance(c["index_date"].iloc[0], dt.date)
@@ -319,17 +501,37 @@ def test_output_dtypes_follow_contract(fixture_result):
 
 def test_quality_counts(fixture_result):
     _, _, res = fixture_result
-    q = res.quality.set_index(["check", "table", "column"])["count"]
+    q = res.quality.groupby(["check", "table", "column"])["count"].sum()
     assert q[("duplicate", "condition_occurrence", "")] == 1        # person 2's dx
     assert q[("duplicate", "measurement", "")] == 0
-    # outside observation: person 17's NSCLC (2020-03-01 > 2019-12-31); person 2's death;
+    # outside observation: persons 17's and 23's NSCLC; persons 2's and 22's deaths;
     # person 14's death lies inside its period (2026-01-15 <= 2026-06-30).
-    assert q[("outside_observation", "condition_occurrence", "condition_start_date")] == 1
-    assert q[("outside_observation", "death", "death_date")] == 1
+    assert q[("outside_observation", "condition_occurrence", "condition_start_date")] == 2
+    assert q[("outside_observation", "death", "death_date")] == 2
+    assert q[("outside_observation", "drug_exposure", "drug_exposure_start_date")] == 2  # 17, 25
     assert q[("implausible", "measurement", "pdl1_pct")] == 1
     assert q[("implausible", "measurement", "weight_kg")] == 1
     assert q[("unknown_unit", "measurement", "hemoglobin_g_dl")] == 1
     assert q[("implausible", "measurement", "albumin_g_dl")] == 0
+    # impossible dates: their own rows, never another criterion's count
+    assert q[("impossible_date", "death", "death_date")] == 1                       # 22
+    assert q[("impossible_date", "condition_occurrence", "condition_start_date")] == 1  # 23
+    assert q[("impossible_date", "observation_period", "observation_period_end_date")] == 1
+    assert q[("impossible_date", "measurement", "measurement_date")] == 0
+    assert q[("unknown_gender", "person", "gender_concept_id")] == 1                 # 5
+    assert q[("value_via_descendant", "measurement", "stage")] == 1                  # 7
+    assert q[("value_via_descendant", "observation", "smoking")] == 0
+
+
+def test_unit_drops_reported_per_unit_with_its_name(fixture_result):
+    _, _, res = fixture_result
+    u = res.quality[res.quality["check"] == "unknown_unit"].set_index("column")
+    assert (u.loc["ldh_u_l", "concept_id"], u.loc["ldh_u_l", "concept_name"],
+            u.loc["ldh_u_l", "count"]) == (IU_L, "international unit per liter", 1)
+    assert (u.loc["hemoglobin_g_dl", "concept_id"], u.loc["hemoglobin_g_dl", "concept_name"]) \
+        == (999, "(not in concept table)")
+    assert u.loc["neutrophils_10e9_l", "concept_id"] == 999   # person 5's 0.3 in unit 999
+    assert pd.isna(u.loc["albumin_g_dl", "concept_id"]) and u.loc["albumin_g_dl", "count"] == 0
 
 
 def test_csv_input_gives_the_same_cohort(fixture_result, tmp_path):
@@ -344,7 +546,9 @@ def test_every_query_transpiles_to_postgres_and_spark():
     d = parse_definition(definition_dict())
     cols = {t: ["person_id", "value_as_number"] for t in quality.CLINICAL_TABLES}
     sqls = [*queries.setup_queries(d).values(), *queries.cohort_queries(d).values()]
-    sqls += [c["sql"] for c in quality.quality_queries(d, cols)]
+    dates = {t: list(cols) for t, cols in quality.END_DATES.items()}
+    sqls += [c["sql"] for c in quality.quality_queries(d, cols, dates)]
+    assert sum(c["check"] == "impossible_date" for c in quality.quality_queries(d, cols, dates)) == 9
     sqls.append(quality.non_null_columns_query("measurement", ["person_id", "unit_concept_id"]))
     for sql in sqls:
         for dialect in ("postgres", "spark"):
@@ -365,7 +569,7 @@ def test_sql_script_reproduces_the_cohort(fixture_result):
     *setup, final = [s for s in script.split(";\n") if s.strip()]
     for statement in setup:
         con.execute(statement)
-    pd.testing.assert_frame_equal(contract.coerce(con.execute(final).df()), res.cohort)
+    pd.testing.assert_frame_equal(contract.coerce(con.execute(final).df(), d), res.cohort)
     for dialect in ("postgres", "spark"):
         assert len(sqlglot.parse(queries.render_script(d, dialect), read=dialect)) == len(setup) + 1
 
@@ -374,15 +578,19 @@ def test_write_outputs_atomic_and_complete(fixture_result, tmp_path):
     _, d, res = fixture_result
     paths = write_outputs(res, d, tmp_path)
     back = pd.read_parquet(paths["cohort.parquet"])
-    assert back["person_id"].tolist() == [1, 2, 5, 7, 14, 15]
+    assert back["person_id"].tolist() == ELIGIBLE
     assert str(back["stage_iv"].dtype) == "Int8"
     dictionary = pd.read_csv(paths["cohort_dictionary.csv"])
-    assert dictionary["column"].tolist() == list(contract.COLUMNS)
+    assert dictionary["column"].tolist() == list(contract.columns(d))
+    assert dictionary.set_index("column").loc["albumin_g_dl", "window"] == "[-90, 0] days from index"
+    omop_back = pd.read_parquet(paths["cohort_omop.parquet"])
+    assert len(omop_back) == len(back) and omop_back["cohort_definition_id"].dtype == "int64"
     assert not list(tmp_path.glob("*.tmp"))
     bad = res.cohort.copy()
     bad.loc[0, "time_days"] = -1.0
     with pytest.raises(CohortError, match="negative time_days"):
-        write_outputs(type(res)(bad, res.attrition, res.quality), d, tmp_path / "bad")
+        write_outputs(type(res)(bad, res.attrition, res.quality, res.cohort_omop), d,
+                      tmp_path / "bad")
     assert not (tmp_path / "bad" / "cohort.parquet").exists()
 
 
@@ -441,12 +649,38 @@ def test_empty_after_criterion_names_it(tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("prior_observation_days", "365", "prior_observation_days must be an integer"),
     ("target_concept_set", "sclc", "refers to concept set 'sclc'"),
-    ("outcome", {"administrative_censor_date": "31/12/2025"}, "must be an ISO date"),
+    ("follow_up", {"administrative_censor_date": "31/12/2025"}, "must be an ISO date"),
+    ("outcomes", {"pneumonitis": {"type": "event", "table": "condition_occurrence",
+                                  "concept_set": "pneumonitis"}}, "exactly one {type: death}"),
+    ("outcomes", {"death": {"type": "death"}, "x": {"type": "event", "table": "drug_era",
+                                                    "concept_set": "copd"}}, "x.table must be"),
+    ("outcomes", {"death": {"type": "death"}, "x": {"type": "event", "table": "condition_occurrence",
+                                                    "concept_set": "copd", "value_range": [0, 1]}},
+     "x.value_range applies only to tables"),
+    ("protocol", {"eligibility": {"specification": "adults"}}, "missing key protocol.'treatment"),
 ])
 def test_bad_definition(key, value, message):
     spec = definition_dict()
     spec[key] = value
     with pytest.raises(CohortError, match=message):
+        parse_definition(spec)
+
+
+def test_arms_must_be_mutually_exclusive_with_a_reference():
+    spec = definition_dict()
+    arms = spec["treatment_strategies"]["arms"]
+    del arms["chemo_io"]["none_of"]
+    d = parse_definition(spec)  # chemo_io without none_of still excludes chemo and io
+    assert d.strategies.non_reference == ["io", "chemo_io"]
+    arms["io"]["none_of"] = ["targeted"]  # io {immuno} and chemo_io {chemo, immuno} overlap
+    with pytest.raises(CohortError, match="arms 'io' and 'chemo_io' can match the same regimen"):
+        parse_definition(spec)
+    spec = definition_dict()
+    spec["treatment_strategies"]["reference"] = "placebo"
+    with pytest.raises(CohortError, match="reference 'placebo' is not one of the arms"):
+        parse_definition(spec)
+    spec["treatment_strategies"]["arms"] = {"io": arms["io"]}
+    with pytest.raises(CohortError, match=">= 2 arm"):
         parse_definition(spec)
 
 
@@ -469,3 +703,74 @@ def test_cli_prints_the_script_for_params_yaml(capsys):
     out = capsys.readouterr().out
     assert out.startswith("CREATE TABLE definition_concepts") and "MAKE_DATE(" in out
     assert out.rstrip().endswith("SELECT * FROM cohort;")
+
+
+def test_pandas_reference_gives_the_fixture_cohort(fixture_result):
+    """benchmarks/bench_cohort.py's independent pandas version agrees on every rule here."""
+    sys.path.insert(0, str(config.ROOT / "benchmarks"))
+    from bench_cohort import pandas_cohort
+
+    folder, d, res = fixture_result
+    pd.testing.assert_frame_equal(pandas_cohort(folder, d), res.cohort)
+
+
+def test_observation_outcome_with_value_concepts(tmp_path):
+    """An observation outcome restricted to one value concept: person 5 (t0 2020-03-01)
+    records 'never' at day 31 (other value) and 'current' at day 61 -> status 1, 61 d."""
+    o = build_fixture()
+    o.meas(5, SMOKING, D(2020, 4, 1), value_concept=NEVER, table="observation")
+    o.meas(5, SMOKING, D(2020, 5, 1), value_concept=CURRENT, table="observation")
+    spec = definition_dict()
+    spec["outcomes"] = {"death": {"type": "death"},
+                        "smoking_relapse": {"type": "event", "table": "observation",
+                                            "concept_set": "smoking",
+                                            "value_concept_ids": [CURRENT]}}
+    d = parse_definition(spec)
+    res = extract_cohort(write_tables(o.frames(), tmp_path), d, memory_limit="1GB", threads=1)
+    p5 = row(res, 5)
+    assert (p5["smoking_relapse_status"], p5["smoking_relapse_time_days"]) == (1, 61.0)
+    assert set(res.cohort.loc[res.cohort["person_id"] != 5, "smoking_relapse_status"]) <= {0, 2}
+    assert pd.isna(p5["smoking_current"])  # records after index do not enter its baseline
+
+
+def test_person_row_missing_is_not_an_impossible_date(tmp_path):
+    """A diagnosis of a person absent from `person` (no birth date) is excluded at the age
+    step, as before, not counted as an impossible date."""
+    frames = build_fixture().frames()
+    frames["person"] = frames["person"][frames["person"]["person_id"] != 5]
+    res = extract_cohort(write_tables(frames, tmp_path), parse_definition(definition_dict()),
+                         memory_limit="1GB", threads=1)
+    assert res.attrition["excluded"].tolist() == [0, 3, 2, 2, 2, 1, 2, 1, 2, 1]
+    assert 5 not in res.cohort["person_id"].tolist()
+
+
+def test_anchor_must_be_t0_or_index():
+    spec = definition_dict()
+    spec["covariates"]["condition_anchor"] = "diagnosis"
+    with pytest.raises(CohortError, match=r"covariates.condition_anchor must be one of \('t0', 'index'\)"):
+        parse_definition(spec)
+    spec = definition_dict()
+    spec["covariates"]["categorical"]["stage"]["anchor"] = "T0"
+    with pytest.raises(CohortError, match=r"categorical.stage.anchor must be one of"):
+        parse_definition(spec)
+
+
+def test_atlas_concept_set_file_gives_the_same_cohort(fixture_result, tmp_path):
+    """A concept set given as an ATLAS JSON export resolves like the id list it describes."""
+    import json
+
+    folder, d, res = fixture_result
+    spec = definition_dict()
+    files = {}
+    for name in (spec["target_concept_set"], "immunotherapy"):
+        if name not in spec["concept_sets"]:
+            continue
+        items = [{"concept": {"CONCEPT_ID": cid}, "includeDescendants": True,
+                  "isExcluded": False, "includeMapped": False} for cid in spec["concept_sets"][name]]
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"items": items}))
+    assert len(files) == 2, sorted(spec["concept_sets"])
+    spec["concept_sets"] = {**spec["concept_sets"], **{k: str(v) for k, v in files.items()}}
+    via_atlas = extract_cohort(folder, parse_definition(spec), memory_limit="1GB", threads=1)
+    pd.testing.assert_frame_equal(via_atlas.cohort, res.cohort)
+    pd.testing.assert_frame_equal(via_atlas.attrition, res.attrition)

@@ -66,8 +66,9 @@ def test_attrition_matches_generator(demo):
         "AS op USING (person_id) WHERE op.observation_period_end_date < dx.idx").fetchone()[0]
     assert overlap > 0
     diff = (cmp["excluded"] - cmp["expected"]).to_dict()
-    assert diff == {"qualifying_dx": 0, "prior_obs": overlap, "adult": 0, "no_prior_cancer": 0,
-                    "no_prior_treatment": -overlap, "first_line": 0, "alive_at_t0": 0}
+    assert diff == {"qualifying_dx": 0, "valid_dates": 0, "prior_obs": overlap, "adult": 0,
+                    "no_prior_cancer": 0, "no_prior_treatment": -overlap, "first_line": 0,
+                    "t0_observed": 0, "arm_assigned": 0, "alive_at_t0": 0}
 
 
 def test_missingness_close_to_generator(demo):
@@ -99,7 +100,8 @@ def test_params_concept_ids_match_demo_vocabulary():
     d = parse_definition(config.load_params()["cohort"])
     for name, ids in d.concept_sets.items():
         assert ids == v.CONCEPT_SETS[name], name
-    smoking, stage = d.categorical
+    coded = {c.name: c for c in d.categorical}
+    smoking, stage = coded["smoking"], coded["stage"]
     assert smoking.levels == {"smoking_current": [v.VALUE_CONCEPTS["current_smoker"]],
                               "smoking_former": [v.VALUE_CONCEPTS["former_smoker"]]}
     assert smoking.reference == [v.VALUE_CONCEPTS["never_smoker"]]
@@ -108,3 +110,22 @@ def test_params_concept_ids_match_demo_vocabulary():
     units = {c.column: c.units for c in d.numeric}
     assert units["albumin_g_dl"] == {v.UNITS["g/dL"]: 1.0, v.UNITS["g/L"]: 0.1}
     assert units["creatinine_mg_dl"] == {v.UNITS["mg/dL"]: 1.0, v.UNITS["umol/L"]: 0.011312217}
+
+
+def test_arms_outcomes_and_driver_status_match_generator(demo):
+    """With the generator's k-arm regimens, competing outcomes and driver tests (its
+    ground_truth.json keys ``arms`` / ``competing_outcomes``), the cohort must reproduce the
+    persons per arm, each outcome's observed status counts exactly and the driver-status
+    missingness. The older generator (two single-drug arms) writes none of these keys."""
+    _, d, truth, res = demo
+    if "arms" not in truth:
+        pytest.skip("demo generator predates the k-arm regimens (no 'arms' in ground truth)")
+    c = res.cohort
+    assert truth["arms"]["reference"] == d.strategies.reference
+    assert c["treatment"].value_counts().to_dict() == truth["arms"]["n_eligible_by_arm"]
+    for name, info in truth["competing_outcomes"].items():
+        status = c[f"{name}_status"].value_counts().to_dict()
+        counts = info["observed_status_counts"]
+        assert status == {0: counts["censored"], 1: counts["events"], 2: counts["death_first"]}
+    assert c["driver_positive"].isna().mean() == pytest.approx(
+        truth["missingness_eligible"]["driver_positive"], abs=1e-6)

@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pmed.cohort import contract
+from pmed import config
+from pmed.cohort import contract, parse_definition
 from pmed.cohort.flow import flow_diagram
 from pmed.cohort.groundtruth import compare_attrition, compare_defects
+from pmed.cohort.protocol import protocol_table
 from pmed.cohort.summary import cohort_metrics, median_followup
-from pmed.cohort.table1 import make_table1, smd_summary, suppress_cell
+from pmed.cohort.table1 import make_table1, smd_summary
 
 
 def small_cohort() -> pd.DataFrame:
@@ -22,7 +24,8 @@ def small_cohort() -> pd.DataFrame:
     ckd: 5 immunotherapy persons (a small cell).
     """
     n_c, n_i = 80, 100
-    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in contract.COLUMNS})
+    columns = contract.columns(parse_definition(config.load_params()["cohort"]))
+    df = pd.DataFrame({c: np.full(n_c + n_i, 1.0) for c in columns})
     df["treatment"] = ["chemotherapy"] * n_c + ["immunotherapy"] * n_i
     stage = [1] * 30 + [0] * 50 + [1] * 46 + [0] * 53 + [None]
     df["stage_iv"] = pd.array(stage, dtype="Int8")
@@ -53,12 +56,26 @@ def test_table1_smd_missing_and_suppression():
     assert table.loc[("Smoking status, n (%)", "never"), "Overall"] == "45 (25.0)"
 
 
-@pytest.mark.parametrize("cell, expected", [
-    ("5 (1.2)", "<11"), ("11 (2.0)", "11 (2.0)"), ("0 (0.0)", "0 (0.0)"),
-    ("3.5 (1.0)", "3.5 (1.0)"), ("247.0 [197.0,322.0]", "247.0 [197.0,322.0]"),
-])
-def test_suppress_cell(cell, expected):
-    assert suppress_cell(cell, 11) == expected
+def test_table1_tiny_cohort_nothing_derivable():
+    """The issue's case: 21 persons (io 10, chemo 11), CKD in one io patient. "CKD no 20 (95.2)"
+    beside chemo "11 (100.0)" revealed it; now every count that would is hidden."""
+    df = small_cohort().iloc[:21].copy()
+    df["treatment"] = ["immunotherapy"] * 10 + ["chemotherapy"] * 11
+    df["ckd"] = [1] + [0] * 20
+    table = make_table1(df, min_cell=11)
+    ckd = table.xs("Chronic kidney disease, n (%)", level=0)
+    n = table.loc[("n", "")]
+    shown = {(lvl, col): v for lvl in ckd.index for col in ("Overall", "immunotherapy", "chemotherapy")
+             for v in [ckd.loc[lvl, col]] if v[:1].isdigit()}
+    # any shown CKD cell with its column total shown would give the other level by subtraction
+    for (lvl, col), v in shown.items():
+        assert not n[col][:1].isdigit() or int(v.split()[0]) in (0, int(n[col])), (lvl, col, v, n[col])
+    assert n["immunotherapy"] == "<11"
+    levels = table[[i[1] != "" for i in table.index]]
+    if not n["chemotherapy"][:1].isdigit():  # a hidden group size: no percentage reveals it
+        assert not any("(" in v for v in levels["chemotherapy"])
+    # continuous summaries of the group of 10 are not shown
+    assert table.loc[("Age, years, mean (SD)", ""), "immunotherapy"] == ""
 
 
 def test_flow_diagram_suppresses_small_counts():
@@ -98,9 +115,52 @@ def test_cohort_metrics_suppress_small_counts():
     attrition = pd.DataFrame({"criterion": ["a", "b"], "remaining": [190, 180],
                               "excluded": [0, 10]})
     m = cohort_metrics(df, attrition, ["s1", "s2"], min_cell=11)
-    assert m["persons"] == 180 and m["events"] == "<11"
-    assert m["attrition"]["s2"] == {"remaining": 180, "excluded": "<11"}
-    assert m["groups"]["chemotherapy"]["persons"] == 80
+    # 190 -> 180 excludes 10: hidden, and 180 with it (else 190 - 180 reveals it); then one
+    # arm's persons too (the arms add up to 180), and the deaths (3 < 11) with a complement
+    assert m["attrition"]["s2"]["excluded"] == "<11"
+    assert m["attrition"]["s2"]["remaining"] == "suppressed" and m["persons"] == "suppressed"
+    assert m["events"] == "<11"
+    shown = [m["groups"][g]["persons"] for g in m["groups"]]
+    assert sum(v == "suppressed" for v in shown) >= 1
+
+
+def test_release_cohort_counts_tiny_cohort_nothing_derivable():
+    """21 persons (io 10, chemo 11) after 26 -> 25 -> 24 -> 21: no small count derivable."""
+    from pmed.cohort.summary import release_cohort_counts
+
+    df = pd.DataFrame({"treatment": ["io"] * 10 + ["chemo"] * 11,
+                       "event": [1] * 9 + [0] + [1] * 11})
+    attrition = pd.DataFrame({"criterion": ["all", "a", "b", "c"], "remaining": [26, 25, 24, 21],
+                              "excluded": [0, 1, 1, 3]})
+    flow, groups = release_cohort_counts(df, attrition, 11)
+    shown = {}
+    for i, r in flow.iterrows():
+        shown[f"rem{i}"], shown[f"exc{i}"] = r["remaining"], r["excluded"]
+    for a, g in groups.items():
+        shown[f"n_{a}"], shown[f"d_{a}"] = g["persons"], g["events"]
+    known = {k: int(v) for k, v in shown.items() if v.isdigit()}
+    assert all(v == 0 or v >= 11 for v in known.values())
+    # the reader's linear system: flow steps, arms adding up, deaths + survivors = persons;
+    # no small count (io persons 10, io deaths 9, io survivors 1, 5 excluded) is determined
+    names = [*shown, "a_io", "a_chemo", "a_total"]
+    eq = [("rem0", "rem1", "exc1")] if "exc1" in shown else []
+    eq += [("d_total", "d_io", "d_chemo"), (f"rem{len(flow) - 1}", "n_io", "n_chemo"),
+           ("n_io", "d_io", "a_io"), ("n_chemo", "d_chemo", "a_chemo"),
+           ("a_total", "a_io", "a_chemo")]
+    truth = {"rem0": 26, "exc1": 5, "rem1": 21, "n_io": 10, "n_chemo": 11, "d_io": 9,
+             "d_chemo": 11, "d_total": 20, "a_io": 1, "a_chemo": 0, "a_total": 1}
+    unknown = [n for n in names if n not in known and n in truth]
+    rows, rhs = [], []
+    for total, *parts_ in eq:
+        coef = {total: 1.0, **{p_: -1.0 for p_ in parts_}}
+        rows.append([coef.get(u, 0.0) for u in unknown])
+        rhs.append(-sum(c * known[n] for n, c in coef.items() if n in known))
+    a = np.array(rows)
+    for target in ("n_io", "d_io", "a_io", "exc1"):
+        if target in unknown:
+            e = np.eye(len(unknown))[unknown.index(target)]
+            determined = np.linalg.matrix_rank(np.vstack([a, e])) == np.linalg.matrix_rank(a)
+            assert not determined, target
 
 
 def test_compare_defects_and_attrition():
@@ -118,3 +178,21 @@ def test_compare_defects_and_attrition():
                                                         "short_prior_observation": 10}}}
     out = compare_attrition(attrition, ["qualifying_dx", "prior_obs"], gt)
     assert out["excluded"].tolist() == [10, 10] and out["expected"].tolist() == [10, 10]
+
+
+def test_protocol_table_from_params():
+    d = parse_definition(config.load_params()["cohort"])
+    table = protocol_table(d)
+    assert table["component"].tolist() == ["Eligibility criteria", "Treatment strategies",
+                                           "Assignment procedure", "Time zero", "Outcomes",
+                                           "Follow-up", "Causal contrast"]
+    row = table.set_index("component")
+    assert (row.loc["Time zero", "target trial specification"]
+            == d.protocol["time_zero"]["specification"])
+    strategies = row.loc["Treatment strategies", "emulation in this extract"]
+    assert f"within {d.strategies.grace_days} days of t0" in strategies
+    assert "chemo_io: all of chemotherapy, immunotherapy" in strategies
+    assert strategies.endswith(d.protocol["treatment_strategies"]["emulation"])
+    outcomes = row.loc["Outcomes", "emulation in this extract"]
+    assert "death: death from any cause" in outcomes and "death competing (status 2)" in outcomes
+    assert "arm_io, arm_chemo_io" in row.loc["Causal contrast", "emulation in this extract"]

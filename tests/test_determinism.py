@@ -1,8 +1,8 @@
 """Bit-for-bit reproduction from a fresh clone, and the README's commands from a plain shell.
 
 Slow (several minutes; `make test` runs it through `make repro-check`): the committed HEAD is
-cloned twice and the pipeline runs at CI size (CI demo data, the bootstrap sizes of
-:data:`CI_OVERLAY`) with `.venv/bin/dvc` from a shell whose PATH does not hold the venv:
+cloned twice and the pipeline runs at CI size (CI demo data, params.yaml with the CI overlay
+tests/params_ci.yaml merged in and committed) with `.venv/bin/dvc` from a shell whose PATH does not hold the venv:
 
 - clone A: `make repro`'s steps (demo data, `dvc commit data.dvc`, `dvc repro`), then the
   CI-size `dvc.lock` and `data.dvc` are committed in A (the repository's own lock is for the
@@ -39,16 +39,9 @@ pytestmark = pytest.mark.slow
 ROOT = config.ROOT
 VENV = ROOT / ".venv"
 
-# CI-size bootstrap/resampling counts (keys absent from params.yaml are skipped)
-CI_OVERLAY = {
-    "survival.n_bootstrap": 20, "survival.n_imputations": 3,
-    "outcomes.n_bootstrap": 20, "outcomes.permutation_repeats": 2, "outcomes.n_jobs": 2,
-    "treatment.n_bootstrap": 20, "treatment.n_jobs": 2, "treatment.hte.n_bootstrap": 50,
-    "imaging_features.workers": 2,
-    "imaging_analysis.n_bootstrap": 50, "imaging_analysis.n_repeats": 1,
-}
-# the same run with other worker counts: results must not depend on them
-OTHER_WORKERS = {"outcomes.n_jobs": 1, "treatment.n_jobs": 1, "imaging_features.workers": 1}
+CI_OVERLAY = "tests/params_ci.yaml"  # CI sizes of the study's configuration (as `make nbval`)
+# the same run with other worker counts (keys absent from params.yaml are skipped)
+OTHER_WORKERS = {"outcomes.n_jobs": 2, "treatment.n_jobs": 1, "imaging_features.workers": 1}
 HOSTILE = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
            "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "2", "PYTHONHASHSEED": "12345"}
 if "avx512f" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""):
@@ -146,7 +139,10 @@ def clones(tmp_path_factory):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
     a = fresh_clone(ROOT, base / "a", head)
-    set_params(a / "params.yaml", CI_OVERLAY)
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    overlay = yaml.safe_load((a / CI_OVERLAY).read_text())
+    (a / "params.yaml").write_text(yaml.safe_dump(
+        config.merge_overlay(params, overlay, CI_OVERLAY), sort_keys=False))
     make_repro(a)
     sh(a, "git add params.yaml dvc.lock data.dvc && git -c user.name=ci -c user.email=ci@localhost"
           " commit --quiet -m 'CI-size lock'")

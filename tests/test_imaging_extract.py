@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,52 @@ def test_bad_mask_template_is_named(result):
     cohort = pd.DataFrame({"person_id": [1], "t0_date": [T0]})
     with pytest.raises(KeyError, match="mask_path_template: unknown field 'series'"):
         extract.select_scans(occ, cohort, "masks/{series}.nii.gz", 90, (42, 112))
+
+
+def _break_truncate(raw: Path, scans: pd.DataFrame) -> pd.DataFrame:
+    slice_ = raw / scans.iloc[0]["local_path"] / "0010.dcm"
+    slice_.write_bytes(slice_.read_bytes()[:300])
+    return scans
+
+
+def _break_delete_slice(raw: Path, scans: pd.DataFrame) -> pd.DataFrame:
+    (raw / scans.iloc[0]["local_path"] / "0010.dcm").unlink()
+    return scans
+
+
+def _break_delete_series(raw: Path, scans: pd.DataFrame) -> pd.DataFrame:
+    shutil.rmtree(raw / scans.iloc[0]["local_path"])
+    return scans
+
+
+def _break_path(raw: Path, scans: pd.DataFrame) -> pd.DataFrame:
+    scans = scans.copy()
+    scans.loc[scans.index[0], "local_path"] = "imaging/no-such-series"
+    return scans
+
+
+@pytest.mark.parametrize("fault", [_break_truncate, _break_delete_slice, _break_delete_series,
+                                   _break_path])
+def test_cache_never_hides_a_broken_image(fault, result, workspace, tmp_path):
+    """A fault introduced after a cached run excludes the image instead of reusing its features."""
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    raw, cache = ws / "data" / "raw", ws / "data" / "interim" / "radiomics_cache"
+    scans = fault(raw, result.scans)
+    features, exclusions, timing = extract.extract_all(
+        scans, raw, cache, IMAGING["radiomics"], "exclude", workers=1, progress=False)
+    first = scans.iloc[0]
+    assert first["image_occurrence_id"] in exclusions["image_occurrence_id"].tolist()
+    assert first["image_occurrence_id"] not in features["image_occurrence_id"].tolist()
+    reason = exclusions.set_index("image_occurrence_id").loc[first["image_occurrence_id"], "reason"]
+    assert f"image_occurrence {first['image_occurrence_id']}" in reason
+    assert timing["n_cached"] == 5  # the other five analysable scans still come from the cache
+
+
+def test_fingerprint_covers_row_image_and_mask(result, workspace):
+    raw = workspace / "data" / "raw"
+    scan = result.scans.iloc[0].to_dict()
+    base = extract.input_fingerprint(raw, scan)
+    assert base == extract.input_fingerprint(raw, dict(scan))
+    assert extract.input_fingerprint(raw, {**scan, "person_id": 12345}) != base
+    assert extract.input_fingerprint(raw, {**scan, "mask_path": "imaging/masks/none.nii.gz"}) is None

@@ -36,6 +36,23 @@ def test_km_plot_suppresses_small_numbers_at_risk():
         plots.km_plot(curves, nar.drop(index="b"), min_cell=11)
 
 
+def test_km_plot_draws_no_small_risk_set():
+    rng = np.random.default_rng(1)
+    t = np.concatenate([rng.exponential(300, 60), rng.exponential(150, 8)])
+    e = np.ones_like(t, dtype=int)
+    g = np.array(["a"] * 60 + ["b"] * 8)
+    curves = {lab: sv.kaplan_meier(t[g == lab], e[g == lab]) for lab in ("a", "b")}
+    fig = plots.km_plot(curves, sv.numbers_at_risk(t, g, [0, 100, 200]), min_cell=11, ci=False)
+    line_a, line_b = fig.axes[0].get_lines()
+    last_drawn = line_a.get_xdata().max()
+    a = curves["a"]
+    assert a.loc[a["time"] <= last_drawn, "n_at_risk"].min() >= 11
+    assert a["n_at_risk"].min() < 11 and last_drawn < a["time"].max()
+    assert len(line_b.get_xdata()) == 0  # group of 8: not drawn
+    assert "not drawn" in line_b.get_label()
+    plt.close(fig)
+
+
 def test_other_figures_build():
     tab = pd.DataFrame({"term": ["a", "b"], "hr": [1.5, 0.7], "hr_ci_low": [1.1, 0.5], "hr_ci_high": [2.0, 0.9]})
     fig = plots.forest_plot(tab)
@@ -67,16 +84,17 @@ def test_importance_plot_orders_bars():
 
 def test_ps_overlap_and_love_plot():
     rng = np.random.default_rng(2)
-    ps = rng.uniform(0.05, 0.95, 100)
-    t = (np.arange(100) % 2).astype(int)
-    fig = plots.ps_overlap_plot(ps, t, {1: "immunotherapy", 0: "chemotherapy"}, n_bins=10)
+    ps = rng.dirichlet([2, 2, 2], 99)
+    t = (np.arange(99) % 3).astype(int)
+    fig = plots.ps_overlap_plot(ps, t, ["chemo", "io", "chemo_io"], n_bins=10)
     ax = fig.axes[0]
-    assert len(ax.patches) == 20  # 10 bars per group
-    assert [x.get_text() for x in ax.get_legend().get_texts()] == ["immunotherapy", "chemotherapy"]
-    assert ax.get_ylabel() == "Density"
+    assert len(fig.axes) == 3 and len(ax.patches) == 30  # 10 bars per received arm
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == [
+        "received chemo", "received io", "received chemo_io"]
+    assert ax.get_ylabel() == "Density" and fig.axes[1].get_xlabel() == "P(io | covariates)"
     plt.close(fig)
-    with pytest.raises(ValueError, match="shape"):
-        plots.ps_overlap_plot(ps, t[:5], {1: "a", 0: "b"})
+    with pytest.raises(ValueError, match=r"\(n, k\)"):
+        plots.ps_overlap_plot(ps, t[:5], ["a", "b", "c"])
     bal = pd.DataFrame({"covariate": ["a", "b", "c"], "smd_crude": [0.3, -0.05, 0.15],
                         "smd_iptw": [0.01, 0.02, -0.03], "smd_matched": [0.05, 0.0, 0.02]})
     fig = plots.love_plot(bal, 0.1)
@@ -88,30 +106,30 @@ def test_ps_overlap_and_love_plot():
         plots.love_plot(bal.drop(columns="smd_matched"), 0.1)
 
 
-def test_qini_calibration_plot_shows_no_counts():
-    qc = pd.DataFrame({"fraction": [0, 0.5, 1], "gain": [0, 0.04, 0.05], "random": [0, 0.025, 0.05]})
-    calib = pd.DataFrame({"group": [1, 2], "n": [5, 40], "predicted": [-0.02, 0.1],
-                          "observed": [0.0, 0.08], "ci_low": [-0.1, 0.02], "ci_high": [0.1, 0.14]})
-    fig = plots.qini_calibration_plot(qc, calib)
+def test_policy_value_plot_panels():
+    values = pd.DataFrame({"policy": ["policy", "all a", "all b", "gain vs best single arm"],
+                           "estimate": [0.5, 0.4, 0.45, 0.05], "ci_low": [0.45, 0.35, 0.4, 0.01],
+                           "ci_high": [0.55, 0.45, 0.5, 0.09]})
+    fig = plots.policy_value_plot(values, oracle=0.6)
     ax1, ax2 = fig.axes
-    assert len(ax1.lines) == 2 and ax1.get_title() == "Qini curve (held-out predictions)"
-    assert ax2.get_ylabel() == "Observed benefit (DR estimate, 95% CI)"
-    assert len(ax2.containers) == 1  # one errorbar series
-    npt_lim = ax2.lines[-2].get_xdata()  # identity line spans [min(ci_low, predicted), max(...)]
-    assert list(npt_lim) == [-0.1, 0.14]
-    assert not any(t in ("5", "40", "<11") for t in _texts(fig))  # group sizes never drawn
+    assert [t.get_text() for t in ax1.get_yticklabels()] == ["policy", "all a", "all b"]
+    assert [t.get_text() for t in ax2.get_yticklabels()] == ["gain vs best single arm"]
     plt.close(fig)
-    with pytest.raises(KeyError, match="ci_high"):
-        plots.qini_calibration_plot(qc, calib.drop(columns="ci_high"))
+    with pytest.raises(KeyError, match="ci_low"):
+        plots.policy_value_plot(values.drop(columns="ci_low"))
 
 
-def test_trajectory_plot_panels_and_lines():
-    lines = pd.DataFrame({"treated": [1, 1, 1, 0, 0], "trajectory": [1, 1, 2, 3, 3],
-                          "months": [0, 1, 0, 0, 2], "observed": [5, 4, 6, 5, 5.5],
-                          "fitted": [5, 4.2, 5.8, 5.1, 5.4]})
-    means = pd.DataFrame({"treated": [1, 1, 0, 0], "months": [0, 2, 0, 2], "fitted": [5, 4, 5, 5.5]})
-    fig = plots.trajectory_plot(lines, means, {1: "immunotherapy", 0: "chemotherapy"}, "ldh_u_l")
-    a1, a0 = fig.axes
-    assert len(a1.lines) == 2 * 2 + 1 and len(a0.lines) == 2 * 1 + 1  # dots + fit per trajectory, mean
-    assert a1.get_title().startswith("immunotherapy") and a1.get_ylabel() == "ldh_u_l"
+def test_trajectory_band_plot_draws_bands_not_persons():
+    bands = pd.DataFrame({"treatment": ["chemo", "chemo", "io", "io"], "months": [0, 1.5, 0, 1.5],
+                          "n": [20, 15, 30, 12], "median": [200, 210, 220, 180],
+                          "q25": [150, 160, 170, 140], "q75": [260, 270, 280, 230]})
+    means = pd.DataFrame({"treatment": ["chemo", "chemo", "io", "io"], "months": [0, 2, 0, 2],
+                          "fitted": [200, 212, 215, 175]})
+    fig = plots.trajectory_band_plot(bands, means, "LDH (U/L)")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4 and len(ax.collections) == 2  # median + mean lines, IQR bands
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "LDH (U/L)"
+    assert not any(t in ("20", "15", "30", "12") for t in _texts(fig))
     plt.close(fig)
+    with pytest.raises(KeyError, match="q75"):
+        plots.trajectory_band_plot(bands.drop(columns="q75"), means, "LDH")

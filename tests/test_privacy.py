@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 
 from pmed import privacy
@@ -49,3 +50,27 @@ def test_audit_finds_planted_identifiers(tmp_path):
     clean.write_text("<p>n = 42, HR 0.71 (0.65-0.78), MRN00012</p>")
     leaky.write_text("<td>DOE^JANE</td><td>x</td>")
     assert privacy.find_leaks([clean, leaky], ids) == {str(leaky): ["DOE^JANE"]}
+
+
+def test_report_audit_covers_executed_notebooks_figures_and_tables(tmp_path, monkeypatch):
+    from pmed import config, report_index
+
+    monkeypatch.setenv("PMED_WORKSPACE", str(tmp_path))
+    omop = config.path("omop")
+    omop.mkdir(parents=True)
+    pd.DataFrame({"person_id": [1], "person_source_value": ["MRN0001"]}).to_parquet(
+        omop / "person.parquet")
+    for name in ("executed", "figures", "processed"):
+        config.path(name).mkdir(parents=True, exist_ok=True)
+    (config.path("figures") / "01_cohort").mkdir()
+    planted = {config.path("executed") / "01_cohort.ipynb": '{"text": "row MRN0001 1950-01-01"}',
+               config.path("figures") / "01_cohort" / "flow.svg": "<text>MRN0001</text>",
+               config.path("processed") / "attrition.csv": "criterion,n\nMRN0001,3\n"}
+    for file, text in planted.items():
+        file.write_text(text)
+        assert file in report_index.audit_files()
+        with pytest.raises(SystemExit, match=f"{file.name}: 1") as err:
+            report_index.audit_reports()
+        assert "MRN0001" not in str(err.value)
+        file.unlink()
+    report_index.audit_reports()  # clean again

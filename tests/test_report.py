@@ -14,7 +14,14 @@ def test_write_metrics_is_deterministic_and_rounded(tmp_path, monkeypatch):
     first = out.read_bytes()
     report.write_metrics("x", dict(reversed(list(m.items()))))
     assert out.read_bytes() == first
-    assert json.loads(first) == {"a": {"n": 5, "nan": None}, "b": 0.333333}
+    assert json.loads(first) == {"a": {"n": "<11", "nan": None}, "b": 0.333333}
+
+
+def test_write_metrics_suppresses_small_counts_and_their_complement(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMED_WORKSPACE", str(tmp_path))
+    out = report.write_metrics("x", {"n_persons": 21, "n_io": 10, "n_chemo": 11, "hr": 0.7})
+    assert json.loads(out.read_text()) == {"n_persons": 21, "n_io": "<11",
+                                           "n_chemo": "suppressed", "hr": 0.7}
 
 
 def test_flatten_nested_metrics():

@@ -39,10 +39,38 @@ def test_missing_kernel_names_the_fix():
         runner.require_kernel("no-such-kernel-pmed")
 
 
+def test_overlay_replaces_values_and_rejects_unknown_keys(monkeypatch, tmp_path):
+    from pmed import config
+
+    params = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
+    assert config.merge_overlay(params, {"a": {"c": {"d": 5}}}, "x") == {
+        "a": {"b": 1, "c": {"d": 5}}, "e": 3}
+    with pytest.raises(KeyError, match="key 'a.c.typo' is not in params.yaml"):
+        config.merge_overlay(params, {"a": {"c": {"typo": 1}}}, "x")
+
+
+def test_ci_overlay_matches_params_yaml(monkeypatch):
+    from pmed import config
+
+    monkeypatch.setenv("PMED_PARAMS_OVERLAY", "tests/params_ci.yaml")
+    params = config.stage_params("survival")
+    assert params["survival"]["n_imputations"] == 3
+    assert params["survival"]["covariates"] == config.load_params(config.PARAMS_FILE)["survival"]["covariates"]
+
+
+def test_notebook_parameters_cells_hold_only_the_stage():
+    import json
+
+    for nb in sorted(config.NOTEBOOKS.glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, nb.name
+        code = [line for line in "".join(tagged[0]["source"]).splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+        assert len(code) == 1 and code[0].startswith("stage = "), (nb.name, code)
+
+
 # --- all-or-nothing stage outputs, reproducible bytes -------------------------------------
-
-
-
 
 TOY_DVC = {"stages": {"toy": {
     "cmd": ".venv/bin/python -m pmed.runner toy",
@@ -86,8 +114,7 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setenv("PMED_WORKSPACE", str(ws))
 
     def run(**toy_params):
-        params = {**config.load_params(), "toy": {"value": 1, "fail": False, **toy_params}}
-        return runner.run_stage("toy", dvc_file, params)
+        return runner.run_stage("toy", dvc_file, {"toy": {"value": 1, "fail": False, **toy_params}})
     return ws, run
 
 
@@ -260,8 +287,6 @@ def test_parameters_cell_parses_without_papermill_warnings(path, caplog):
     """papermill re-parses the parameters cell and warns on a line with two '=' signs."""
     from papermill.translators import PythonTranslator
 
-    if path.name == "03_outcomes.ipynb" and "(0 = ridge, 1 = lasso)" in path.read_text():
-        pytest.xfail("03's cox_l1_ratio comment '(0 = ridge, 1 = lasso)': write '(0 ridge, 1 lasso)'")
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     with caplog.at_level(logging.WARNING, logger="papermill"):

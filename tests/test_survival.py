@@ -178,10 +178,10 @@ def test_fit_cox_mi_equals_single_fit_when_imputations_identical(rossi):
 
 
 def test_true_log_hazard_ratios_and_truth_check():
-    gt = {"other": {"a": 1}, "model": {"log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}}
+    gt = {"other": {"a": 1}, "log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}
     truth = sv.true_log_hazard_ratios(gt)
     assert truth == {"x": 0.5, "treated:pdl1_pct": -0.01}
-    with pytest.raises(KeyError, match="treated:pdl1_pct"):
+    with pytest.raises(KeyError, match="no 'log_hr' mapping"):
         sv.true_log_hazard_ratios({"x": 1})
     est = pd.DataFrame({"term": ["x", "treated:pdl1_pct", "z"], "estimate": [0.6, -0.05, 1.0],
                         "se": [0.1, 0.01, 0.1], "ci_low": [0.404, -0.0696, 0.8], "ci_high": [0.796, -0.0304, 1.2]})
@@ -217,3 +217,95 @@ def test_time_interaction_remedy_equals_counting_process_fit(rossi):
                             duration_col="stop", event_col="ev", entry_col="start")
     npt.assert_allclose(model.params_.loc[ref.params_.index], ref.params_, rtol=1e-6)
     npt.assert_allclose(model.standard_errors_.loc[ref.params_.index], ref.standard_errors_, rtol=1e-5)
+
+
+def _step_hr_draw(rng, n, log_hr_early, log_hr_late):
+    """x (0/1) has log-HR log_hr_early before t = 1 and log_hr_late after; z is proportional."""
+    x = rng.integers(0, 2, n)
+    z = rng.normal(size=n)
+    h1 = 0.5 * np.exp(log_hr_early * x + np.log(1.5) * z)
+    h2 = 0.5 * np.exp(log_hr_late * x + np.log(1.5) * z)
+    e1 = rng.exponential(1 / h1)
+    t = np.where(e1 < 1, e1, 1 + rng.exponential(1 / h2))
+    c = rng.uniform(0, 4, n)
+    return pd.DataFrame({"time": np.minimum(t, c), "event": (t <= c).astype(int), "x": x, "z": z})
+
+
+def test_ph_rule_large_n_flags_only_material_violations():
+    """n = 50,000, over 5 draws: a 10% drift of the HR (late/early = 1/1.1) is significant by the
+    p-value alone in most draws, but below the material ratio 1.25; a drift to 1/1.5 is flagged
+    in every draw. hr_ratio estimates the true late/early ratio (step at t = 1)."""
+    children = np.random.SeedSequence(20261127).spawn(10)
+    small_p, ratios = [], []
+    for child in children[:5]:
+        df = _step_hr_draw(np.random.default_rng(child), 50_000, 0.5, 0.5 - np.log(1.1))
+        ph = sv.ph_test(sv.fit_cox_counting(df, "time", "event", ["x", "z"]), df)
+        assert sv.ph_violations(ph, alpha=0.01, min_hr_ratio=1.25) == []
+        small_p.append(ph.set_index("term").loc["x", "p_value"] < 0.01)
+        ratios.append(ph.set_index("term").loc["x", "hr_ratio"])
+    assert sum(small_p) >= 3  # the p-value rule alone would "remedy" x
+    assert abs(np.mean(ratios) - 1 / 1.1) < 0.05
+    for child in children[5:]:
+        df = _step_hr_draw(np.random.default_rng(child), 50_000, 0.5, 0.5 - np.log(1.5))
+        ph = sv.ph_test(sv.fit_cox_counting(df, "time", "event", ["x", "z"]), df)
+        assert sv.ph_violations(ph, alpha=0.01, min_hr_ratio=1.25) == ["x"]
+        assert abs(ph.set_index("term").loc["x", "hr_ratio"] - 1 / 1.5) < 0.06
+
+
+def test_ph_violations_rule_and_bad_input(rossi):
+    ph = pd.DataFrame({"term": ["a", "b", "c", "GLOBAL"], "p_value": [0.001, 0.001, 0.5, 1e-9],
+                       "hr_ratio": [1.3, 1 / 1.3, 3.0, 2.0]})
+    assert sv.ph_violations(ph, 0.01, 1.25) == ["a", "b"]
+    assert sv.ph_violations(ph, 0.01, 1.5) == []
+    assert sv.ph_violations(ph, 0.01) == ["a", "b"]  # min_hr_ratio 1: the p-value rule
+    with pytest.raises(ValueError, match="min_hr_ratio"):
+        sv.ph_violations(ph, 0.01, 0.8)
+    cph = sv.fit_cox(rossi, "week", "arrest", ["fin", "age"])
+    with pytest.raises(ValueError, match="time_transform"):
+        sv.ph_test(cph, rossi, "sqrt")
+    with pytest.raises(KeyError, match="prio"):
+        sv.ph_test(cph, rossi, terms={"x": ["prio"]})
+    with pytest.raises(ValueError, match="penalised"):
+        sv.ph_test(sv.fit_cox(rossi, "week", "arrest", ["fin", "age"], penalizer=0.1), rossi)
+
+
+def test_median_flat_at_half_takes_midpoint_and_rmst_hand_example():
+    """Deaths at 1, 2, 3, 4: S = 0.75, 0.5, 0.25, 0 -> median (2 + 3) / 2 = 2.5 (R's rule).
+
+    RMST to tau = 3: 1 + 0.75 + 0.5 = 2.25; variance sum_j A_j^2 d/(n (n - d)) over deaths
+    t_j <= 3 with A_1 = 1.25, A_2 = 0.5, A_3 = 0: 1.25^2/12 + 0.5^2/6.
+    """
+    assert sv.median_survival([1, 2, 3, 4], [1, 1, 1, 1])["estimate"] == 2.5
+    res = sv.rmst([1, 2, 3, 4], [1, 1, 1, 1], tau=3)
+    npt.assert_allclose([res["estimate"], res["se"]], [2.25, np.sqrt(1.25**2 / 12 + 0.5**2 / 6)])
+    with pytest.raises(ValueError, match="tau"):
+        sv.rmst([1, 2], [1, 0], tau=-1)
+    with pytest.raises(ValueError, match="exactly 2 groups"):
+        sv.rmst_difference([1, 2, 3], [1, 1, 1], ["a", "b", "c"], tau=2)
+
+
+def test_logrank_hand_example_with_ties():
+    """Groups a: 1, 2, 2(c); b: 2, 3. At t=1: n=5 (a 3), d=1 -> E_a 0.6, V 0.24; t=2: n=4 (a 2),
+    d=2 (one each) -> E_a 1, V = 2 * 2/3 * 0.5 * 0.5 = 1/3; t=3: n=1 (b). O_a = 2, E_a = 1.6,
+    chi2 = 0.4^2 / (0.24 + 1/3)."""
+    res = sv.logrank([1, 2, 2, 2, 3], [1, 1, 0, 1, 1], ["a", "a", "a", "b", "b"])
+    npt.assert_allclose(res["groups"]["expected"], [1.6, 2.4])
+    npt.assert_allclose(res["statistic"], 0.16 / (0.24 + 1 / 3))
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        sv.logrank([1, 2], [1, 1], ["a", "a"])
+
+
+def test_fit_cox_counting_right_censored_equals_lifelines(rossi):
+    cph = sv.fit_cox(rossi, "week", "arrest", ROSSI_COVARIATES)
+    fit = sv.fit_cox_counting(rossi, "week", "arrest", ROSSI_COVARIATES)
+    npt.assert_allclose(fit.params_, cph.params_, atol=1e-6)
+    npt.assert_allclose(fit.standard_errors_, cph.standard_errors_, rtol=1e-5)
+    with pytest.raises(ValueError, match="ties"):
+        sv.fit_cox_counting(rossi, "week", "arrest", ["fin"], ties="exact")
+    with pytest.raises(ValueError, match="need s < week"):
+        sv.fit_cox_counting(rossi.assign(s=rossi["week"]), "week", "arrest", ["fin"], start_col="s")
+
+
+def test_varying_terms_drops_constant_columns_among_complete_cases():
+    df = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "b": [0.0, 0.0, 1.0, 0.0], "c": [1, 0, 1, 1]})
+    assert sv.varying_terms(df, ["a", "b", "c"]) == ["a", "c"]  # b is 0 wherever a is known

@@ -55,16 +55,19 @@ def calibration_slope_intercept(y, p, weights=None) -> dict[str, float]:
     return {"slope": float(slope_fit.params[1]), "intercept": float(citl_fit.params[0])}
 
 
-def calibration_curve(y, p, weights=None, n_bins: int = 10) -> pd.DataFrame:
+def calibration_curve(y, p, weights=None, n_bins: int = 10, min_count: int = 1) -> pd.DataFrame:
     """Observed vs predicted risk in ``n_bins`` quantile groups of ``p``.
 
+    Adjacent groups are merged until every group holds at least ``min_count`` people (pass
+    the minimum cell size, so no plotted point summarises a small group).
     Returns one row per bin: ``bin``, ``n`` (people with weight > 0), ``predicted`` (mean p),
     ``observed`` (weighted event proportion) and ``ci_low``/``ci_high`` (Wilson 95% interval
     with the Kish effective sample size).
     """
     y, p, w = _inputs(y, p, weights, "calibration_curve")
     edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
-    bins = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    bins = _merge_small_bins(np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2),
+                             min_count)
     rows = []
     for b in np.unique(bins):
         sel = bins == b
@@ -85,6 +88,23 @@ def calibration_curve(y, p, weights=None, n_bins: int = 10) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _merge_small_bins(bins: np.ndarray, min_count: int) -> np.ndarray:
+    """Bin labels 0..k-1 after merging each group under ``min_count`` into its smaller neighbour."""
+    labels, bins = np.unique(bins, return_inverse=True)
+    counts = list(np.bincount(bins))
+    groups = [[i] for i in range(len(counts))]
+    while len(counts) > 1 and min(counts) < min_count:
+        i = int(np.argmin(counts))
+        j = i + 1 if i == 0 or (i + 1 < len(counts) and counts[i + 1] < counts[i - 1]) else i - 1
+        lo, hi = sorted((i, j))
+        groups[lo] += groups.pop(hi)
+        counts[lo] += counts.pop(hi)
+    new = np.empty(len(labels), dtype=int)
+    for g, members in enumerate(groups):
+        new[members] = g
+    return new[bins]
 
 
 def observed_expected(y, p, weights=None) -> float:

@@ -244,7 +244,8 @@ def weighted_km(time: np.ndarray, event: np.ndarray, weights: np.ndarray | None 
     Returns
     -------
     DataFrame with one row per distinct time (ascending): ``time``, ``at_risk`` (weighted),
-    ``events`` (weighted), ``survival``.
+    ``events`` (weighted), ``survival``, ``n_at_risk`` (unweighted persons at risk, for
+    :func:`pmed.privacy.release_km`).
     """
     time = np.asarray(time, dtype=float)
     event = np.asarray(event, dtype=float)
@@ -259,8 +260,10 @@ def weighted_km(time: np.ndarray, event: np.ndarray, weights: np.ndarray | None 
     d = np.add.reduceat(w * event, first)
     removed = np.add.reduceat(w, first)
     at_risk = removed[::-1].cumsum()[::-1]
+    n_at_risk = np.diff(np.append(first, len(time)))[::-1].cumsum()[::-1]
     surv = np.cumprod(1 - d / at_risk)
-    return pd.DataFrame({"time": uniq, "at_risk": at_risk, "events": d, "survival": surv})
+    return pd.DataFrame({"time": uniq, "at_risk": at_risk, "events": d, "survival": surv,
+                         "n_at_risk": n_at_risk})
 
 
 def survival_at(km: pd.DataFrame, horizon: float) -> float:

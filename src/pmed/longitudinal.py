@@ -1,13 +1,24 @@
 """Treatment-response monitoring: repeated lab trajectories after the start of treatment.
 
 Trajectories come from the OMOP ``measurement`` table (queried in DuckDB, never loaded
-whole into pandas), joined to the analysis cohort's ``person_id`` / ``t0_date``. Time is
-counted in months of 30 days from t0 (pre-treatment baseline values are placed at 0).
+whole into pandas), joined to the analysis cohort's ``person_id`` / ``t0_date`` /
+``treatment`` (arm label). Time is counted in months of 30 days from t0 (pre-treatment
+baseline values are placed at 0).
 
-- :func:`fit_slope_model`: linear mixed model (statsmodels MixedLM)
-  ``value ~ months * treated`` with a random intercept and slope per person; the
-  ``months:treated`` coefficient is the difference in mean slope (units per 30 days),
-  immunotherapy minus chemotherapy.
+- :func:`fit_slope_model`: linear mixed model (statsmodels MixedLM) of the lab on the LOG
+  scale (skewed labs such as LDH), ``log(value) ~ months * (arm indicators) + Z + months:Z``
+  with baseline covariates ``Z`` (centred) and a random intercept and slope per person. The
+  ``months:arm_<a>`` coefficient is the difference in mean slope of log(lab) per 30 days,
+  arm ``a`` minus the reference arm, adjusted for ``Z``; ``exp`` of it is the ratio of the
+  monthly multiplicative change of the geometric mean.
+  **Estimand (while alive):** labs are only measured in patients alive and under follow-up,
+  so the contrast describes trajectories among survivors at each time (a partly
+  conditional, "while alive" contrast; Kurland et al. 2009, Stat Sci 24:211), not the effect
+  on the lab in a world without death, and it is causal only under the same no-unmeasured-
+  confounding assumption as the survival analysis (with ``Z`` the adjustment set).
+- :func:`trajectory_bands`: aggregate trajectories (median and interquartile range by arm and
+  month; cells with fewer persons than the minimum cell size are dropped), replacing the
+  former plot of individual patients' trajectories (person-level data).
 - :func:`early_response` / :func:`landmark_analysis`: a patient is an early responder when
   the lab has changed by at least a threshold (percent of baseline, in the favourable
   direction) at the landmark, using only values measured up to the landmark; survival is
@@ -26,7 +37,9 @@ import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 from lifelines import CoxPHFitter
+from scipy.special import erfinv
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
 from pmed.cohort.omop import register_table
 
@@ -47,7 +60,7 @@ def load_trajectories(
     Parameters
     ----------
     omop_dir : folder with ``measurement`` and ``concept_ancestor`` (Parquet or CSV).
-    cohort : one row per person with ``person_id``, ``t0_date``, ``treated``, ``time_days``.
+    cohort : one row per person with ``person_id``, ``t0_date``, ``treatment``, ``time_days``.
     concept_ids : ancestor concept ids of the lab (expanded to descendants).
     unit_factors : {unit_concept_id: factor to the analysis unit}; other units are dropped.
     baseline_window_days, followup_days : the window [-baseline, +followup] days around t0.
@@ -56,11 +69,11 @@ def load_trajectories(
     Returns
     -------
     DataFrame, one row per distinct (person, date, value) record, sorted by person and day:
-    ``person_id``, ``treated``, ``day`` (days from t0, int), ``months``
+    ``person_id``, ``treatment`` (arm label), ``day`` (days from t0, int), ``months``
     (max(day, 0) / 30), ``value`` (analysis unit). Records after the person's end of
     follow-up (``time_days``) are dropped; exact duplicate records count once.
     """
-    need = ["person_id", "t0_date", "treated", "time_days"]
+    need = ["person_id", "t0_date", "treatment", "time_days"]
     missing = [c for c in need if c not in cohort.columns]
     if missing:
         raise KeyError(f"load_trajectories: cohort lacks column(s) {missing}")
@@ -94,7 +107,7 @@ def load_trajectories(
                 JOIN units u ON m.unit_concept_id = u.unit_concept_id
                 WHERE m.value_as_number IS NOT NULL
             )
-            SELECT r.person_id, ch.treated,
+            SELECT r.person_id, ch.treatment,
                    CAST(date_diff('day', CAST(ch.t0_date AS DATE), r.d) AS INTEGER) AS day,
                    r.value
             FROM recs r JOIN cohort_in ch ON r.person_id = ch.person_id
@@ -109,115 +122,131 @@ def load_trajectories(
     finally:
         con.close()
     out["person_id"] = out["person_id"].astype("int64")
-    out["treated"] = out["treated"].astype(int)
+    out["treatment"] = out["treatment"].astype(str)
     out["months"] = out["day"].clip(lower=0) / DAYS_PER_MONTH
-    return out[["person_id", "treated", "day", "months", "value"]]
+    return out[["person_id", "treatment", "day", "months", "value"]]
 
 
 def sample_persons(traj: pd.DataFrame, max_persons: int | None, seed: int) -> pd.DataFrame:
-    """Rows of at most ``max_persons`` randomly chosen persons (stratified by ``treated``).
+    """Rows of at most ``max_persons`` randomly chosen persons (stratified by ``treatment``).
 
     Each group keeps the same share of its persons; ``None`` keeps everyone. Used to bound
     the MixedLM runtime, whose cost grows with the number of persons.
     """
-    persons = traj.groupby("person_id")["treated"].first()
+    persons = traj.groupby("person_id")["treatment"].first()
     if max_persons is None or len(persons) <= max_persons:
         return traj
     rng = np.random.default_rng(seed)
     share = max_persons / len(persons)
     keep = []
-    for arm in (0, 1):
+    for arm in sorted(persons.unique()):
         ids = np.sort(persons.index[persons.to_numpy() == arm].to_numpy())
         keep.append(rng.choice(ids, size=int(round(share * ids.size)), replace=False))
     return traj[traj["person_id"].isin(np.concatenate(keep))].reset_index(drop=True)
 
 
-def fit_slope_model(traj: pd.DataFrame, level: float = 0.95):
-    """MixedLM ``value ~ months * treated``, random intercept + slope (months) per person.
+def fit_slope_model(
+    traj: pd.DataFrame, arms: Sequence[str], baseline: pd.DataFrame | None = None, level: float = 0.95
+):
+    """Adjusted MixedLM of log(lab): slopes per arm and slope differences vs the reference.
 
     Parameters
     ----------
-    traj : :func:`load_trajectories` frame (``person_id``, ``treated``, ``months``, ``value``).
+    traj : :func:`load_trajectories` frame (``person_id``, ``treatment``, ``months``,
+        ``value`` > 0).
+    arms : arm labels, the reference first (:func:`pmed.multiarm.arm_order`).
+    baseline : optional, indexed by ``person_id``: complete numeric baseline covariates Z
+        (centred here), entering as main effects and ``months:Z`` interactions.
 
     Returns
     -------
-    (summary, result): ``summary`` is a dict with ``slope_difference`` (months:treated,
-    units per 30 days), ``slope_chemotherapy``, ``slope_immunotherapy``, each as
-    {"estimate", "ci_low", "ci_high"}, plus ``n_persons``, ``n_measurements``,
-    ``converged``; ``result`` is the fitted statsmodels MixedLMResults.
+    (summary, result): ``summary`` has ``slope_<arm>`` (mean slope of log(lab) per 30 days at
+    the covariate means) and ``slope_difference_<arm>`` (non-reference arms, vs the reference),
+    each {"estimate", "ci_low", "ci_high"}, plus ``n_persons``, ``n_measurements``,
+    ``converged``, ``scale`` ("log"); ``result`` is the statsmodels MixedLMResults.
     """
-    if traj["treated"].nunique() != 2:
-        raise ValueError("fit_slope_model: trajectories must contain both treatment groups")
-    model = smf.mixedlm("value ~ months * treated", traj, groups=traj["person_id"],
-                        re_formula="~months")
+    arms = list(arms)
+    present = set(traj["treatment"].unique())
+    if not present <= set(arms) or len(present) < 2 or arms[0] not in present:
+        raise ValueError(f"fit_slope_model: need the reference {arms[0]!r} and another arm of "
+                         f"{arms}; trajectories hold {sorted(present)}")
+    if (traj["value"] <= 0).any():
+        raise ValueError("fit_slope_model: lab values must be > 0 for the log scale")
+    data = traj[["person_id", "months"]].copy()
+    data["log_value"] = np.log(traj["value"].to_numpy(float))
+    terms = []
+    for a in arms[1:]:
+        col = f"arm_{a}"
+        data[col] = (traj["treatment"] == a).astype(float).to_numpy()
+        terms += [col, f"months:{col}"]
+    if baseline is not None:
+        z = baseline.reindex(traj["person_id"].to_numpy())
+        if z.isna().any().any():
+            raise ValueError("fit_slope_model: baseline covariates must be complete for every person")
+        for c in z.columns:
+            data[f"z_{c}"] = (z[c] - baseline[c].mean()).to_numpy(float)
+            terms += [f"z_{c}", f"months:z_{c}"]
+    formula = "log_value ~ months" + "".join(f" + {t}" for t in terms)
+    model = smf.mixedlm(formula, data, groups=data["person_id"], re_formula="~months")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         # L-BFGS often stops early on these data (random-effect covariance at a bad
         # boundary); Powell is tried first and L-BFGS only if Powell does not converge.
-        res = model.fit(reml=True, method=["powell", "lbfgs"])
-    ci = res.conf_int(alpha=1 - level)
-    params = res.params
-    cov = res.cov_params()
+        with threadpool_limits(limits=1):  # small dense algebra: threaded BLAS is slower here
+            res = model.fit(reml=True, method=["powell", "lbfgs"])
+    params, cov = res.fe_params, res.cov_params().loc[res.fe_params.index, res.fe_params.index]
+    z = float(np.abs(np.sqrt(2) * erfinv(level)))
 
-    def est(name):
-        return {"estimate": float(params[name]), "ci_low": float(ci.loc[name, 0]),
-                "ci_high": float(ci.loc[name, 1])}
+    def lin(weights: dict) -> dict:
+        c = pd.Series(0.0, index=params.index)
+        for k, v in weights.items():
+            c[k] = v
+        est = float(c @ params)
+        se = float(np.sqrt(c @ cov @ c))
+        return {"estimate": est, "ci_low": est - z * se, "ci_high": est + z * se}
 
-    contrast = np.zeros(len(params))
-    names = list(params.index)
-    contrast[names.index("months")] = 1
-    contrast[names.index("months:treated")] = 1
-    slope1 = float(contrast @ params.to_numpy())
-    se1 = float(np.sqrt(contrast @ cov.to_numpy() @ contrast))
-    z = float(np.abs(ci.loc["months", 0] - params["months"]) / np.sqrt(cov.loc["months", "months"]))
-    summary = {
-        "slope_difference": est("months:treated"),
-        "slope_chemotherapy": est("months"),
-        "slope_immunotherapy": {"estimate": slope1, "ci_low": slope1 - z * se1,
-                                "ci_high": slope1 + z * se1},
-        "n_persons": int(traj["person_id"].nunique()),
-        "n_measurements": int(len(traj)),
-        "converged": bool(res.converged),
-    }
+    summary = {f"slope_{arms[0]}": lin({"months": 1})}
+    for a in arms[1:]:
+        summary[f"slope_{a}"] = lin({"months": 1, f"months:arm_{a}": 1})
+        summary[f"slope_difference_{a}"] = lin({f"months:arm_{a}": 1})
+    summary.update({"n_persons": int(traj["person_id"].nunique()), "n_measurements": int(len(traj)),
+                    "converged": bool(res.converged), "scale": "log"})
     return summary, res
 
 
-def spaghetti_data(traj: pd.DataFrame, result, n_per_group: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Anonymous subset of trajectories with fitted values, and fitted group means.
+def fitted_means(result, arms: Sequence[str], max_months: float, n_points: int = 25) -> pd.DataFrame:
+    """Fitted geometric-mean lab curve per arm at the covariate means (exp of the fixed part).
 
-    Returns
-    -------
-    (lines, means): ``lines`` holds up to ``n_per_group`` persons per group, relabelled
-    ``trajectory`` 1..k (no person ids), with ``treated``, ``months``, ``observed``,
-    ``fitted`` (fixed + that person's random effects); ``means`` holds the fixed-effect
-    mean line per group on a grid of months (``treated``, ``months``, ``fitted``).
+    Returns DataFrame ``treatment``, ``months``, ``fitted`` (lab units).
     """
-    rng = np.random.default_rng(seed)
-    fitted_all = pd.Series(np.asarray(result.fittedvalues), index=traj.index)
-    parts = []
-    label = 0
-    for arm in (0, 1):
-        ids = np.sort(traj.loc[traj["treated"] == arm, "person_id"].unique())
-        chosen = rng.choice(ids, size=min(n_per_group, ids.size), replace=False)
-        for pid in chosen:
-            label += 1
-            sel = traj["person_id"] == pid
-            parts.append(pd.DataFrame({
-                "trajectory": label, "treated": arm,
-                "months": traj.loc[sel, "months"].to_numpy(),
-                "observed": traj.loc[sel, "value"].to_numpy(),
-                "fitted": fitted_all[sel].to_numpy(),
-            }))
-    lines = pd.concat(parts, ignore_index=True)
-    grid = np.linspace(0, traj["months"].max(), 25)
     p = result.fe_params
-    means = pd.concat([
-        pd.DataFrame({"treated": arm, "months": grid,
-                      "fitted": p["Intercept"] + p["treated"] * arm
-                      + (p["months"] + p["months:treated"] * arm) * grid})
-        for arm in (0, 1)
-    ], ignore_index=True)
-    return lines, means
+    grid = np.linspace(0, max_months, n_points)
+    parts = []
+    for a in arms:
+        icpt = p["Intercept"] + p.get(f"arm_{a}", 0.0)
+        slope = p["months"] + p.get(f"months:arm_{a}", 0.0)
+        parts.append(pd.DataFrame({"treatment": a, "months": grid, "fitted": np.exp(icpt + slope * grid)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def trajectory_bands(traj: pd.DataFrame, min_cell_size: int, bin_months: float = 1.0) -> pd.DataFrame:
+    """Median and interquartile range of the lab by arm and month bin (aggregates only).
+
+    Each person contributes their last value within a bin (bins of ``bin_months`` from 0,
+    month 0 = baseline); a bin with fewer than ``min_cell_size`` persons is dropped.
+
+    Returns DataFrame ``treatment``, ``months`` (bin centre), ``n`` (persons), ``median``,
+    ``q25``, ``q75``.
+    """
+    b = np.floor(traj["months"].to_numpy() / bin_months + 1e-9).astype(int)
+    last = (traj.assign(bin=b).sort_values(["person_id", "day"])
+            .groupby(["treatment", "bin", "person_id"], as_index=False)["value"].last())
+    g = last.groupby(["treatment", "bin"])["value"]
+    out = pd.DataFrame({"n": g.size(), "median": g.median(), "q25": g.quantile(0.25),
+                        "q75": g.quantile(0.75)}).reset_index()
+    out["months"] = np.where(out["bin"] == 0, 0.0, (out["bin"] + 0.5) * bin_months)
+    out = out[out["n"] >= min_cell_size]
+    return out[["treatment", "months", "n", "median", "q25", "q75"]].reset_index(drop=True)
 
 
 def early_response(
@@ -230,7 +259,7 @@ def early_response(
     Responder when ``change_pct <= -threshold_pct`` (``direction="decrease"``) or
     ``>= threshold_pct`` (``"increase"``). Persons lacking either value are left out.
 
-    Returns DataFrame ``person_id``, ``treated``, ``baseline``, ``landmark_value``,
+    Returns DataFrame ``person_id``, ``treatment``, ``baseline``, ``landmark_value``,
     ``change_pct``, ``responder`` (0/1).
     """
     if direction not in ("decrease", "increase"):
@@ -238,40 +267,43 @@ def early_response(
     base = traj[traj["day"] <= 0].groupby("person_id").last()
     lm_rows = traj[(traj["day"] >= landmark_days - window_days) & (traj["day"] <= landmark_days)]
     lm = lm_rows.groupby("person_id").last()
-    both = base[["treated", "value"]].rename(columns={"value": "baseline"}).join(
+    both = base[["treatment", "value"]].rename(columns={"value": "baseline"}).join(
         lm[["value"]].rename(columns={"value": "landmark_value"}), how="inner"
     )
     both = both[both["baseline"] > 0]
     both["change_pct"] = 100 * (both["landmark_value"] - both["baseline"]) / both["baseline"]
     sign = -1 if direction == "decrease" else 1
     both["responder"] = (sign * both["change_pct"] >= threshold_pct).astype(int)
-    return both.reset_index()[["person_id", "treated", "baseline", "landmark_value",
+    return both.reset_index()[["person_id", "treatment", "baseline", "landmark_value",
                                "change_pct", "responder"]]
 
 
 def landmark_analysis(
-    cohort: pd.DataFrame, response: pd.DataFrame, landmark_days: int, adjust: Sequence[str] = ("treated",)
+    cohort: pd.DataFrame, response: pd.DataFrame, landmark_days: int, adjust: Sequence[str] = ()
 ) -> tuple[dict, pd.DataFrame]:
     """Cox model of survival from the landmark by early-response status.
 
     Keeps persons with a response status who are alive and under follow-up at the landmark
-    (``time_days > landmark_days``); time is reset to ``time_days - landmark_days``.
+    (``time_days > landmark_days``); time is reset to ``time_days - landmark_days``. The model
+    adjusts for the arm (``arm_<label>`` 0/1 indicators of every non-reference arm present in
+    the cohort) and the cohort columns in ``adjust``.
 
     Returns
     -------
-    (summary, data): ``summary`` has ``hr_responder`` {"estimate", "ci_low", "ci_high"}
-    (adjusted for ``adjust``), ``n``, ``n_events``, ``n_responders``; ``data`` is the
-    landmark data set (``person_id``, ``time_lm``, ``event``, ``responder``, ``adjust``...).
+    (summary, data): ``summary`` has ``hr_responder`` {"estimate", "ci_low", "ci_high"},
+    ``n``, ``n_events``, ``n_responders``; ``data`` is the landmark data set (``person_id``,
+    ``time_lm``, ``event``, ``responder``, the arm indicators, ``adjust``...).
     """
-    need = ["person_id", "time_days", "event", *[a for a in adjust if a != "treated"]]
-    missing = [c for c in need + ["treated"] if c not in cohort.columns]
+    arm_cols = [c for c in cohort.columns if c.startswith("arm_")]
+    need = ["person_id", "time_days", "event", *arm_cols, *adjust]
+    missing = [c for c in need if c not in cohort.columns]
     if missing:
         raise KeyError(f"landmark_analysis: cohort lacks column(s) {missing}")
-    data = cohort[need].merge(response[["person_id", "treated", "responder"]], on="person_id")
+    data = cohort[need].merge(response[["person_id", "responder"]], on="person_id")
     data = data[data["time_days"] > landmark_days].copy()
     data["time_lm"] = data["time_days"] - landmark_days
-    cols = ["time_lm", "event", "responder", *adjust]
-    cph = CoxPHFitter().fit(data[cols], duration_col="time_lm", event_col="event")
+    cols = ["time_lm", "event", "responder", *arm_cols, *adjust]
+    cph = CoxPHFitter().fit(data[cols].astype(float), duration_col="time_lm", event_col="event")
     s = cph.summary.loc["responder"]
     summary = {
         "hr_responder": {"estimate": float(np.exp(s["coef"])),

@@ -16,14 +16,14 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
-from pmed.privacy import format_count
+from pmed.privacy import format_count, release_km
 
 #: Candidate tick positions of ratio (HR / OR) axes on a log scale.
 _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 
 __all__ = [
     "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
-    "importance_plot", "ps_overlap_plot", "love_plot", "qini_calibration_plot", "trajectory_plot",
+    "importance_plot", "ps_overlap_plot", "love_plot", "trajectory_band_plot", "policy_value_plot",
 ]
 
 
@@ -41,7 +41,9 @@ def km_plot(
     ----------
     curves : mapping label -> DataFrame
         Output of :func:`pmed.survival.kaplan_meier` per group (``time``, ``survival``,
-        ``ci_low``, ``ci_high``).
+        ``ci_low``, ``ci_high``, and the unweighted ``n_at_risk``, also for weighted curves).
+        Each curve is cut where fewer than ``min_cell`` remain at risk
+        (:func:`pmed.privacy.release_km`); a group smaller than that is not drawn.
     at_risk : DataFrame
         Output of :func:`pmed.survival.numbers_at_risk`: index = the same labels, columns =
         the times at which the counts are shown.
@@ -60,8 +62,10 @@ def km_plot(
     times = [float(c) for c in at_risk.columns]
     for i, (label, km) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
-        ax.step(km["time"], km["survival"], where="post", color=colour, label=label)
-        if ci:
+        km = release_km(km, min_cell)
+        shown = label if len(km) else f"{label} (n < {min_cell}: not drawn)"
+        ax.step(km["time"], km["survival"], where="post", color=colour, label=shown)
+        if ci and len(km):
             ax.fill_between(km["time"], km["ci_low"], km["ci_high"], step="post", color=colour, alpha=0.15, lw=0)
         for t, n in zip(times, at_risk.loc[label], strict=True):
             tab.text(t, n_rows - 1 - i, format_count(n, min_cell), ha="center", va="center", color=colour, fontsize=8)
@@ -226,27 +230,60 @@ def importance_plot(table: pd.DataFrame, xlabel: str = "Decrease in AUROC when p
     return fig
 
 
-def ps_overlap_plot(ps: np.ndarray, treated: np.ndarray, labels: Mapping[int, str], n_bins: int = 40):
-    """Density histograms of the propensity score by treatment group (overlap check).
+def ps_overlap_plot(ps: np.ndarray, arm: np.ndarray, labels: Sequence[str], n_bins: int = 40):
+    """Generalised propensity overlap: one panel per arm ``a``, histograms of ``P(A = a | X)``
+    by the arm actually received (density; every arm must reach every region for IPTW).
 
     Parameters
     ----------
-    ps : (n,) propensity scores in [0, 1]; treated : (n,) 0/1 group.
-    labels : group value -> legend label; groups are drawn in this order.
-    n_bins : equal-width bins on [0, 1].
+    ps : (n, k) generalised propensity scores; arm : (n,) codes 0..k-1; labels : arm labels.
     """
     ps = np.asarray(ps, dtype=float)
-    treated = np.asarray(treated)
-    if ps.shape != treated.shape:
-        raise ValueError(f"ps_overlap_plot: ps {ps.shape} and treated {treated.shape} differ in shape")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    arm = np.asarray(arm)
+    if ps.ndim != 2 or ps.shape != (arm.size, len(labels)):
+        raise ValueError(f"ps_overlap_plot: ps must be (n, k) = ({arm.size}, {len(labels)}), got {ps.shape}")
+    k = len(labels)
+    fig, axes = plt.subplots(1, k, figsize=(4.2 * k, 3.4), sharey=False, squeeze=False)
     bins = np.linspace(0, 1, n_bins + 1)
-    for arm, label in labels.items():
-        ax.hist(ps[treated == arm], bins=bins, alpha=0.5, density=True, label=label)
-    ax.set_xlabel("Propensity score P(immunotherapy | covariates)")
-    ax.set_ylabel("Density")
-    ax.legend(frameon=False)
-    ax.set_title("Propensity-score overlap")
+    for a, ax in enumerate(axes[0]):
+        for b, label in enumerate(labels):
+            ax.hist(ps[arm == b, a], bins=bins, alpha=0.45, density=True, label=f"received {label}")
+        ax.set_xlabel(f"P({labels[a]} | covariates)")
+        ax.set_title(f"Propensity of {labels[a]}")
+    axes[0][0].set_ylabel("Density")
+    axes[0][0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def policy_value_plot(values: pd.DataFrame, oracle: float | None = None):
+    """Held-out value (survival at the horizon) of the policy and of treating all with each arm.
+
+    ``values``: :func:`pmed.policy.policy_value` output (``policy``, ``estimate``, ``ci_low``,
+    ``ci_high``); the gain row is drawn in its own panel around 0. ``oracle``: the true value
+    of the oracle policy (demo only), dashed.
+    """
+    missing = [c for c in ("policy", "estimate", "ci_low", "ci_high") if c not in values.columns]
+    if missing:
+        raise KeyError(f"policy_value_plot: values lack column(s) {missing}")
+    gain = values["policy"].str.startswith("gain")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.5 * len(values) + 1.5),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    for ax, part in ((ax1, values[~gain]), (ax2, values[gain])):
+        y = np.arange(len(part))[::-1]
+        ax.errorbar(part["estimate"], y, xerr=[part["estimate"] - part["ci_low"], part["ci_high"] - part["estimate"]],
+                    fmt="o", color="black", capsize=3)
+        ax.set_yticks(y)
+        ax.set_yticklabels(part["policy"])
+    if oracle is not None:
+        ax1.axvline(oracle, ls="--", color="C3", label="oracle (true value)")
+        ax1.legend(frameon=False, fontsize=8)
+    ax2.axvline(0, color="0.5", lw=1)
+    ax1.set_xlabel("Survival at the horizon (held-out DR value, 95% CI)")
+    ax2.set_xlabel("Difference (95% CI)")
+    ax1.set_title("Value of each policy")
+    ax2.set_title("Policy minus best single arm")
+    fig.tight_layout()
     return fig
 
 
@@ -274,62 +311,31 @@ def love_plot(balance: pd.DataFrame, threshold: float, analyses: Sequence[str] =
     return fig
 
 
-def qini_calibration_plot(qcurve: pd.DataFrame, calib: pd.DataFrame):
-    """Qini curve (left) and calibration of predicted vs observed benefit (right).
+def trajectory_band_plot(bands: pd.DataFrame, means: pd.DataFrame, ylabel: str, log_scale: bool = True):
+    """Lab trajectories as aggregates: median and interquartile band by arm, with fitted means.
 
     Parameters
     ----------
-    qcurve : output of :func:`pmed.hte.qini_curve` (``fraction``, ``gain``, ``random``;
-        gains in survival probability per patient).
-    calib : output of :func:`pmed.hte.benefit_calibration` (``predicted``, ``observed``,
-        ``ci_low``, ``ci_high``; survival differences). Group sizes are not drawn.
+    bands : output of :func:`pmed.longitudinal.trajectory_bands` (``treatment``, ``months``,
+        ``median``, ``q25``, ``q75``; small cells already dropped). No person-level data.
+    means : output of :func:`pmed.longitudinal.fitted_means` (``treatment``, ``months``,
+        ``fitted``), drawn dashed.
+    ylabel : lab name and unit. log_scale : log y axis (the scale of the mixed model).
     """
-    missing = [c for c in ("fraction", "gain", "random") if c not in qcurve.columns]
-    missing += [c for c in ("predicted", "observed", "ci_low", "ci_high") if c not in calib.columns]
+    missing = [c for c in ("treatment", "months", "median", "q25", "q75") if c not in bands.columns]
     if missing:
-        raise KeyError(f"qini_calibration_plot: inputs lack column(s) {missing}")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(qcurve["fraction"], qcurve["gain"], label="ranked by predicted benefit")
-    ax1.plot(qcurve["fraction"], qcurve["random"], ls="--", color="0.5", label="random")
-    ax1.set_xlabel("Fraction treated with immunotherapy (highest predicted benefit first)")
-    ax1.set_ylabel("Cumulative survival gain per patient")
-    ax1.set_title("Qini curve (held-out predictions)")
-    ax1.legend(frameon=False)
-    ax2.errorbar(calib["predicted"], calib["observed"],
-                 yerr=[calib["observed"] - calib["ci_low"], calib["ci_high"] - calib["observed"]],
-                 fmt="o", capsize=3)
-    lim = [min(calib["ci_low"].min(), calib["predicted"].min()),
-           max(calib["ci_high"].max(), calib["predicted"].max())]
-    ax2.plot(lim, lim, ls="--", color="0.5")
-    ax2.axhline(0, color="0.8", lw=1)
-    ax2.set_xlabel("Predicted benefit (mean in group)")
-    ax2.set_ylabel("Observed benefit (DR estimate, 95% CI)")
-    ax2.set_title("Calibration of predicted benefit")
-    return fig
-
-
-def trajectory_plot(lines: pd.DataFrame, means: pd.DataFrame, labels: Mapping[int, str], ylabel: str):
-    """Spaghetti plot of lab trajectories, one panel per treatment group (shared y axis).
-
-    Parameters
-    ----------
-    lines : output of :func:`pmed.longitudinal.spaghetti_data` (``treated``, ``trajectory``
-        (anonymous id), ``months``, ``observed``, ``fitted``); each trajectory is drawn as
-        dots (observed) and a line (fitted by the mixed model).
-    means : fitted group means (``treated``, ``months``, ``fitted``), drawn thick.
-    labels : group value -> panel title prefix, panels in this order.
-    ylabel : lab name and unit.
-    """
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.5 * len(labels), 4), sharey=True, squeeze=False)
-    axes = axes[0]
-    for ax, (arm, label) in zip(axes, labels.items(), strict=True):
-        for _, one in lines[lines["treated"] == arm].groupby("trajectory"):
-            ax.plot(one["months"], one["observed"], "o", ms=2, color="0.6", alpha=0.6)
-            ax.plot(one["months"], one["fitted"], lw=0.8, color="C0", alpha=0.5)
-        m = means[means["treated"] == arm]
-        ax.plot(m["months"], m["fitted"], lw=2.5, color="C3", label="fitted group mean")
-        ax.set_title(f"{label}: observed (dots) and fitted (lines)")
-        ax.set_xlabel("Months since start of treatment")
-        ax.legend(frameon=False)
-    axes[0].set_ylabel(ylabel)
+        raise KeyError(f"trajectory_band_plot: bands lack column(s) {missing}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (arm, b) in enumerate(bands.groupby("treatment", sort=False)):
+        color = f"C{i}"
+        ax.fill_between(b["months"], b["q25"], b["q75"], color=color, alpha=0.2)
+        ax.plot(b["months"], b["median"], "o-", color=color, ms=3, label=f"{arm}: median (IQR band)")
+        m = means[means["treatment"] == arm]
+        ax.plot(m["months"], m["fitted"], "--", color=color, lw=1.5, label=f"{arm}: fitted geometric mean")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("Months since start of treatment")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Lab trajectories by arm (patients alive and followed at each month)")
+    ax.legend(frameon=False, fontsize=7)
     return fig

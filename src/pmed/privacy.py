@@ -2,8 +2,13 @@
 
 Every table and figure in a report goes through these helpers, so a count of 1..k-1
 (k = ``common.min_cell_size`` in params.yaml, default 11) is shown as ``<k``. Zero is
-not disclosive and is shown as 0. The report stage then audits every report file for the
-raw extract's direct identifiers (:func:`raw_identifiers`, :func:`find_leaks`).
+not disclosive and is shown as 0. A suppressed count must not be recoverable by
+subtraction either: :func:`complementary_suppression` hides a second cell of every published
+sum that would otherwise have exactly one hidden cell, :func:`merge_small_steps` merges
+attrition steps that exclude a small number, :func:`suppress_metric_counts` applies both
+rules to metrics JSON, and :func:`release_km` cuts Kaplan-Meier curves where fewer than k
+remain at risk. The report stage then audits every report file for the raw extract's
+direct identifiers (:func:`raw_identifiers`, :func:`find_leaks`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,230 @@ def suppress_counts(
             raise KeyError(f"suppress_counts: column {col!r} not in table (has {list(out.columns)})")
         out[col] = [format_count(v, min_cell) for v in out[col]]
     return out
+
+
+SECONDARY = "suppressed"  # shown for a count hidden only so that a small one cannot be derived
+
+
+def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int,
+                              cost=None) -> np.ndarray:
+    """Cells to hide so that no small count can be derived from a published sum.
+
+    Parameters
+    ----------
+    values : (m,) counts of the cells (NaN = not published, i.e. unknown to a reader).
+    lines : groups of cell indices bound by one relation a reader knows, the FIRST index being
+        the total and the others its parts (e.g. ``[n_overall, n_group_1, n_group_2]``).
+    min_cell : counts in (0, min_cell) are hidden (primary suppression).
+    cost : (m,) preference for hiding each cell as a complement (lowest first; default the
+        count). ``inf`` marks cells that cannot be hidden: counts not printed anywhere but
+        derivable (e.g. survivors = persons - deaths); they are still protected when small.
+
+    Returns
+    -------
+    (m,) bool: True = hide (derived cells are never marked; they are not printed). Primary
+    cells, plus complements until no line lets a reader compute a hidden count or a small
+    derived one (its only unknown), nor a small sum of unknown parts (total shown). A
+    complement is the cheapest shown cell of the line that lifts the unknown sum to >=
+    min_cell, else the cheapest (zeros included). Lines with an unpublished (NaN) cell reveal
+    nothing. This is the usual greedy heuristic, line by line; it does not solve the full
+    linear system a determined reader could set up across lines.
+    """
+    v = np.asarray(values, dtype=float)
+    c = v.copy() if cost is None else np.asarray(cost, dtype=float)
+    unpublished = np.isnan(v)
+    derived = ~unpublished & ~np.isfinite(c)  # not printed, but computable from its lines
+    hidden = ~unpublished & ~derived & (v > 0) & (v < min_cell)
+    lines = [list(line) for line in lines]
+
+    def exposed(line: list[int]) -> bool:
+        """True if the line lets a reader compute a hidden count, a small derived count, or
+        a small sum of unknown parts."""
+        if any(unpublished[i] for i in line):
+            return False
+        unknown = [i for i in line if hidden[i] or derived[i]]
+        if not unknown:
+            return False
+        if len(unknown) == 1:
+            i = unknown[0]
+            return bool(hidden[i] or is_small(v[i], min_cell))
+        if line[0] in unknown:  # the total is unknown: only differences of unknowns follow
+            return False
+        return is_small(sum(v[i] for i in unknown), min_cell)
+
+    changed = True
+    while changed:
+        changed = False
+        for line in lines:
+            if not exposed(line):
+                continue
+            visible = [i for i in line if not hidden[i] and not derived[i] and not unpublished[i]]
+            if not visible:
+                continue
+            unknown_sum = sum(v[i] for i in line[1:] if hidden[i] or derived[i])
+            lifting = [i for i in visible if i != line[0] and unknown_sum + v[i] >= min_cell]
+            hidden[min(lifting or visible, key=lambda i: (c[i], i))] = True
+            changed = True
+    return hidden
+
+
+def merge_small_steps(steps: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """Attrition steps with every small exclusion merged into a neighbouring step.
+
+    ``steps`` has columns ``criterion``, ``remaining``, ``excluded`` in order (first row: the
+    starting population, excluded 0). A step excluding 1..min_cell-1 persons is merged with
+    the next step (at the end, with the previous ones): criteria (and the ``reason`` and
+    ``step`` columns when present) joined by " or ",
+    exclusions added, the remaining count of the later step kept, so no published difference
+    of two remaining counts is small. Returns a new frame (same columns, fewer rows).
+    """
+    text = [c for c in ("criterion", "reason", "step") if c in steps.columns]
+
+    def merged(first: dict, second: dict) -> dict:
+        return {**second, **{c: f"{first[c]} or {second[c]}" for c in text},
+                "excluded": first["excluded"] + second["excluded"]}
+
+    rows = steps.reset_index(drop=True).to_dict("records")
+    out, pending = rows[:1], None
+    for row in rows[1:]:
+        if pending is not None:
+            row = merged(pending, row)
+        pending = row if is_small(row["excluded"], min_cell) else None
+        if pending is None:
+            out.append(row)
+    while pending is not None and len(out) > 1 and is_small(pending["excluded"], min_cell):
+        pending = merged(out.pop(), pending)
+    if pending is not None:
+        out.append(pending)  # still small only if the whole flow excludes < min_cell
+    return pd.DataFrame(out, columns=steps.columns)
+
+
+def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int, cost=None) -> list[str]:
+    """Counts as report text after primary and complementary suppression.
+
+    Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`; see
+    :func:`complementary_suppression` for ``lines`` and ``cost``.
+    """
+    v = np.asarray(values, dtype=float)
+    hidden = complementary_suppression(v, lines, min_cell, cost)
+    return [format_count(x, min_cell) if not h or is_small(x, min_cell) else SECONDARY
+            for x, h in zip(v, hidden, strict=True)]
+
+
+def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dict, dict]:
+    """Report text for a nested sequence of counts and a breakdown of its last count.
+
+    ``counts`` is ordered and non-increasing (e.g. with a response -> alive at the landmark
+    -> assessed), so each difference of neighbours is an implicit exclusion; ``parts`` (or
+    None) splits the last count into categories. As in a flow (:func:`merge_small_steps`), a
+    count whose difference to the previous one is small is not shown (``"suppressed"``), so
+    no small difference appears; the remaining counts, the implicit exclusions (never
+    printed) and the parts are then protected together (:func:`release_counts`). Returns
+    (counts text, parts text).
+    """
+    names, parts = list(counts), dict(parts or {})
+    seq = [float(counts[k]) for k in names]
+    steps = pd.DataFrame({"step": names, "criterion": names, "remaining": seq,
+                          "excluded": [0.0, *(a - b for a, b in zip(seq[:-1], seq[1:], strict=True))]})
+    kept = merge_small_steps(steps, min_cell)
+    last = [str(s).split(" or ")[-1] for s in kept["step"]]
+    rem, exc = kept["remaining"].tolist(), kept["excluded"].tolist()
+    m = len(kept)
+    values = [*rem, *exc[1:], *parts.values()]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
+    if parts:
+        lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(parts))])
+    cost = [*rem, *([np.inf] * (m - 1)), *parts.values()]  # exclusions are derived, not printed
+    text = release_counts(values, lines, min_cell, cost)
+    shown = dict(zip(last, text[:m], strict=True))
+    if last[-1] != names[-1]:  # the last count merged away: its parts' total is not shown
+        shown[names[-1]] = SECONDARY
+    return ({k: shown.get(k, SECONDARY) for k in names},
+            dict(zip(parts, text[2 * m - 1:], strict=True)))
+
+
+def release_flow(steps: pd.DataFrame, groups: dict, min_cell: int) -> tuple[pd.DataFrame, dict]:
+    """Attrition steps and final groups as report text, safe against subtraction.
+
+    ``steps``: columns ``criterion``, ``remaining``, ``excluded`` (+ optional ``reason``,
+    ``step``), in order; ``groups``: {label: persons} of the final cohort (they sum to its
+    last ``remaining``). Small exclusions are merged into neighbouring steps
+    (:func:`merge_small_steps`), then every count that a small one could be derived from is
+    hidden (each step's remaining-before = remaining-after + excluded; the groups sum to the
+    final count). Returns (steps with text counts, {label: text}).
+    """
+    merged = merge_small_steps(steps, min_cell).reset_index(drop=True)
+    m = len(merged)
+    remaining = [float(v) for v in merged["remaining"]]
+    excluded = [float(v) for v in merged["excluded"]]
+    values = [*remaining, *excluded[1:], *(float(n) for n in groups.values())]
+    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
+    lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(groups))])
+    text = release_counts(values, lines, min_cell)
+    out = merged.copy()
+    out["remaining"] = text[:m]
+    out["excluded"] = ["0" if excluded[0] == 0 else format_count(excluded[0], min_cell),
+                       *text[m:2 * m - 1]]
+    return out, dict(zip(groups, text[2 * m - 1:], strict=True))
+
+
+def release_crosstab(counts: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """A table of counts with row and column totals, as text safe against subtraction.
+
+    ``counts``: rows = groups, columns = categories that partition each group (e.g. died /
+    alive). Returns the same table plus a ``total`` column and a ``total`` row, every cell
+    after primary and complementary suppression (:func:`release_counts`).
+    """
+    table = counts.astype(float)
+    full = table.copy()
+    full["total"] = table.sum(axis=1)
+    full.loc["total"] = full.sum(axis=0)
+    r, c = full.shape  # lines list the total (last row / column) first
+    lines = [[i * c + c - 1, *(i * c + j for j in range(c - 1))] for i in range(r)]
+    lines += [[(r - 1) * c + j, *(i * c + j for i in range(r - 1))] for j in range(c)]
+    text = release_counts(full.to_numpy().ravel(), lines, min_cell)
+    return pd.DataFrame(np.array(text, dtype=object).reshape(r, c), index=full.index,
+                        columns=full.columns)
+
+
+_COUNT_KEY = re.compile(r"^n(_|$)|(^|_)(n|count)$")
+
+
+def suppress_metric_counts(metrics, min_cell: int):
+    """Copy of a metrics dict with small counts, and their complements, as text.
+
+    Count-valued keys (``n``, ``n_*``, ``*_n``, ``*_count``; integer values) of one dict are
+    treated as one published relation (conservatively: siblings often are a total and its
+    parts), so one small count hides the smallest other positive count beside it.
+    """
+    if isinstance(metrics, list):
+        return [suppress_metric_counts(m, min_cell) for m in metrics]
+    if not isinstance(metrics, dict):
+        return metrics
+    out = {k: suppress_metric_counts(v, min_cell) for k, v in metrics.items()}
+    keys = [k for k, v in out.items() if _COUNT_KEY.search(str(k))
+            and isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))]
+    if keys:
+        text = release_counts([out[k] for k in keys], [range(len(keys))], min_cell)
+        for k, t in zip(keys, text, strict=True):
+            if not t.isdigit():
+                out[k] = t
+    return out
+
+
+def release_km(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+    """A Kaplan-Meier curve cut where fewer than ``min_cell`` persons remain at risk.
+
+    ``curve`` is :func:`pmed.survival.kaplan_meier` output (needs ``n_at_risk``). Rows from
+    the first time with ``n_at_risk < min_cell`` on are dropped, and so are the per-time
+    event/censoring counts, so neither the figure nor its CSV shows a step of a small risk
+    set. A group smaller than ``min_cell`` from the start gives an empty frame (not drawn).
+    """
+    if "n_at_risk" not in curve.columns:
+        raise KeyError("release_km: the curve needs an n_at_risk column (pmed.survival.kaplan_meier)")
+    small = np.asarray(curve["n_at_risk"], dtype=float) < min_cell
+    stop = int(np.argmax(small)) if small.any() else len(curve)
+    return curve.iloc[:stop].drop(columns=["n_events", "n_censored"], errors="ignore")
 
 
 def mask_small(values: np.ndarray, min_cell: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pmed import config
+from pmed.privacy import suppress_metric_counts
 
 SIGNIFICANT_DIGITS = 6
 
@@ -34,11 +35,18 @@ def json_ready(value):
 
 
 def write_metrics(stage: str, metrics: dict) -> Path:
-    """Write ``reports/metrics/<stage>.json`` (sorted keys, rounded floats; NaN -> null)."""
+    """Write ``reports/metrics/<stage>.json`` (sorted keys, rounded floats; NaN -> null).
+
+    Counts pass :func:`pmed.privacy.suppress_metric_counts` with params.yaml's
+    ``common.min_cell_size``: a small count, and the count beside it that would reveal it,
+    are written as text.
+    """
+    min_cell = int(config.load_params()["common"]["min_cell_size"])
     out = config.path("metrics") / f"{stage}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(json_ready(metrics), indent=2, sort_keys=True) + "\n")
+    released = suppress_metric_counts(json_ready(metrics), min_cell)
+    tmp.write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
     tmp.replace(out)
     return out
 

@@ -94,13 +94,23 @@ def build_index() -> str:
            f"{style}</head><body>{''.join(parts)}</body></html>\n"
 
 
-def audit_reports() -> None:
-    """Stop with an error if any report, metrics or plot file holds a raw-data identifier.
+def audit_files() -> list[Path]:
+    """Every file the pipeline publishes: all of reports/ (HTML, executed notebooks, metrics,
+    plot data, figures), the aggregate tables in data/processed (CSV) and metrics/plots kept
+    outside reports/ if params.yaml moves them."""
+    roots = [config.path(name) for name in ("reports", "metrics", "plots", "figures", "executed")]
+    files = {f for root in roots if root.is_dir() for f in root.rglob("*") if f.is_file()}
+    files |= set(config.path("processed").glob("*.csv"))
+    return sorted(files)
 
-    The error names the files and how many identifiers each holds, never the identifiers.
+
+def audit_reports() -> None:
+    """Stop with an error if any published file holds a raw-data identifier.
+
+    Checks :func:`audit_files` (executed notebooks and figure files included). The error
+    names the files and how many identifiers each holds, never the identifiers.
     """
-    files = [*config.path("reports").glob("*.html"), *config.path("metrics").glob("*.json"),
-             *config.path("plots").glob("*.csv")]
+    files = audit_files()
     leaks = privacy.find_leaks(files, privacy.raw_identifiers(config.path("omop"),
                                                              config.path("raw")))
     if leaks:

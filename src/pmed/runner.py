@@ -1,9 +1,10 @@
 """Run one pipeline stage: execute its notebook with papermill, render it to HTML.
 
 ``python -m pmed.runner <stage>`` is the ``cmd`` of every notebook stage in dvc.yaml. The
-stage's notebook is the ``notebooks/*.ipynb`` among its ``deps``; the parameters passed to it
-are exactly the keys the stage lists under ``params`` (each top-level section becomes a
-notebook variable of the same name, holding the listed keys or the whole section). Running
+stage's notebook is the ``notebooks/*.ipynb`` among its ``deps``; papermill passes it the stage
+name, and the notebook reads exactly the keys the stage lists under ``params``
+(:func:`pmed.config.stage_params`: each top-level section becomes a variable of the same
+name, holding the listed keys or the whole section). Running
 papermill and nbconvert in one process saves ~3 s per stage over their command lines.
 
 All or nothing: the notebook runs against a *staging workspace*
@@ -285,19 +286,23 @@ def commit_outputs(staging: Path, ws: Path, fresh: set[Path]) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def run_stage(stage: str, dvc_file: Path | None = None, params: dict | None = None) -> Path:
+def run_stage(stage: str, dvc_file: Path | None = None,
+              parameters: dict | None = None) -> Path:
     """Execute the stage's notebook in a staging workspace and, if it succeeds, move its
     outputs, the executed notebook and the HTML report into the workspace.
 
-    ``dvc_file`` and ``params`` default to the repository's dvc.yaml and params.yaml.
+    ``dvc_file`` defaults to the repository's dvc.yaml; ``parameters`` (papermill's) to
+    ``{"stage": stage}``, after checking that the stage's params keys exist.
     """
     import nbformat
     import papermill
 
-    params = config.load_params() if params is None else params
+    params = config.load_params()
     spec = stage_spec(stage, dvc_file)
     notebook = stage_notebook(spec)
-    parameters = stage_parameters(spec, params)
+    if parameters is None:
+        stage_parameters(spec, params)  # fail here, before papermill, on a bad key
+        parameters = {"stage": stage}
     ws = config.workspace()
     executed = (config.path("executed") / notebook.name).relative_to(ws)
     html = (config.path("reports") / f"{notebook.stem}.html").relative_to(ws)

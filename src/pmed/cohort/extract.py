@@ -23,14 +23,18 @@ from pmed.cohort.errors import CohortError
 class CohortResult:
     """Everything the stage produces.
 
-    cohort : one row per person, contract columns (:data:`pmed.cohort.contract.COLUMNS`).
+    cohort : one row per person, contract columns (:func:`pmed.cohort.contract.columns`).
     attrition : criterion, remaining, excluded (one row per step, in order).
-    quality : check, table, column, rule, count (one row per data-quality check).
+    quality : check, table, column, concept_id, concept_name, rule, count (one row per
+        data-quality check, :func:`pmed.cohort.quality.run_quality`).
+    cohort_omop : the OMOP CDM ``cohort`` table: cohort_definition_id (one per arm),
+        subject_id, cohort_start_date (t0), cohort_end_date (end of follow-up).
     """
 
     cohort: pd.DataFrame
     attrition: pd.DataFrame
     quality: pd.DataFrame
+    cohort_omop: pd.DataFrame
 
 
 def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> None:
@@ -41,6 +45,9 @@ def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> Non
     extra = {f"units of {c.column}": [u for u in c.units if u != 0] for c in d.numeric}
     extra |= {f"values of {c.name}": [v for ids in c.levels.values() for v in ids] + c.reference
               for c in d.categorical}
+    for o in d.event_outcomes:
+        extra |= {f"outcomes.{o.name}.{key}": [i for i in getattr(o, key) or [] if i != 0]
+                  for key in ("visit_concept_ids", "unit_concept_ids", "value_concept_ids")}
     omop.check_concepts(con, d.concept_sets | {k: v for k, v in extra.items() if v})
     for name, (columns, rows) in queries.rule_tables(d).items():
         cols = ", ".join(f"{c} {t}" for c, t in columns)
@@ -52,9 +59,41 @@ def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> Non
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
 
 
+# Columns the outcome queries read from tables that omop.connect does not open.
+OUTCOME_TABLE_COLUMNS = {
+    "procedure_occurrence": ["person_id", "procedure_concept_id", "procedure_date"],
+    "visit_occurrence": ["visit_occurrence_id", "person_id", "visit_concept_id",
+                         "visit_start_date"],
+}
+
+
+def outcome_tables(d: CohortDefinition) -> list[str]:
+    """The OMOP tables the outcome definitions read, sorted."""
+    tables = {o.table for o in d.event_outcomes}
+    tables |= {"visit_occurrence" for o in d.event_outcomes if o.visit_concept_ids}
+    return sorted(tables)
+
+
+def register_outcome_tables(con: duckdb.DuckDBPyConnection, folder: Path,
+                            d: CohortDefinition) -> None:
+    """Validated views over the outcome tables :func:`pmed.cohort.omop.connect` does not open
+    (same file conventions and checks as every OMOP table; CohortError naming table and column)."""
+    for table in outcome_tables(d):
+        if table in omop.REQUIRED_COLUMNS:
+            continue
+        need = OUTCOME_TABLE_COLUMNS[table]
+        if table != "visit_occurrence" and any(o.visit_concept_ids and o.table == table
+                                               for o in d.event_outcomes):
+            need = [*need, "visit_occurrence_id"]
+        omop.register_table(con, Path(folder), table, d.encoding,
+                            required={c: "date" if c.endswith("_date") else "integer" for c in need})
+
+
 def _step_values(d: CohortDefinition) -> dict:
     return {"prior_observation_days": d.prior_observation_days,
-            "min_age_years": d.min_age_years, "max_days_to_treatment": d.max_days_to_treatment}
+            "min_age_years": d.min_age_years,
+            "max_days_to_treatment": d.strategies.max_days_after_index,
+            "grace_days": d.strategies.grace_days}
 
 
 def attrition_labels(d: CohortDefinition) -> dict[str, str]:
@@ -84,9 +123,11 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
     CohortResult
         Raises :class:`CohortError` on bad input, or when a criterion leaves nobody.
     """
-    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads)
+    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads,
+                       encoding=d.encoding)
     step = "loading the definition's concept sets"
     try:
+        register_outcome_tables(con, omop_dir, d)
         load_rule_tables(con, d)
         step = "the data-quality checks"
         qc = quality.run_quality(con, d) if check_quality else pd.DataFrame()
@@ -103,29 +144,40 @@ def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB
                     raise CohortError(f"cohort: no person left after criterion "
                                       f"{labels[name]!r} (step {name!r}); expected >= 1")
         frame = con.execute("SELECT * FROM cohort").df()
+        cohort_omop = con.execute("SELECT * FROM cohort_omop").df()
     except duckdb.Error as err:
         # e.g. a CSV value that does not convert to the column's OMOP type
-        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: {err}") from err
+        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: "
+                          f"{omop.describe_error(err)}") from None
     finally:
         con.close()
-    cohort = contract.coerce(frame)
-    contract.validate_cohort(cohort, list(d.exposure_groups))
+    cohort = contract.coerce(frame, d)
+    contract.validate_cohort(cohort, d)
     attrition = pd.DataFrame(rows).astype({"remaining": "int64", "excluded": "int64"})
-    return CohortResult(cohort=cohort, attrition=attrition, quality=qc)
+    return CohortResult(cohort=cohort, attrition=attrition, quality=qc,
+                        cohort_omop=omop_cohort_table(cohort_omop))
 
 
-def window_text(window: tuple[int | None, int | None]) -> str:
-    """``[-90, 0] days from index`` style text of a window (inclusive)."""
+def omop_cohort_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The OMOP CDM v5.4 ``cohort`` table layout: ids int64, dates as dates."""
+    out = frame.astype({"cohort_definition_id": "int64", "subject_id": "int64"})
+    for col in ("cohort_start_date", "cohort_end_date"):
+        out[col] = pd.to_datetime(out[col]).dt.date
+    return out.reset_index(drop=True)
+
+
+def window_text(window: tuple[int | None, int | None], anchor: str = "index") -> str:
+    """``[-90, 0] days from t0`` style text of a window (inclusive)."""
     start, end = ("-inf" if window[0] is None else window[0],
                   "+inf" if window[1] is None else window[1])
-    return f"[{start}, {end}] days from index"
+    return f"[{start}, {end}] days from {anchor}"
 
 
 def column_windows(d: CohortDefinition) -> dict[str, str]:
-    """Output column -> its look-back window as text, for the column dictionary."""
-    out = {c: window_text(d.condition_window) for c in d.conditions}
-    out |= {c.column: window_text(c.window) for c in d.numeric}
-    out |= {lvl: window_text(c.window) for c in d.categorical for lvl in c.levels}
+    """Output column -> its look-back window and anchor as text, for the column dictionary."""
+    out = {c: window_text(d.condition_window, d.condition_anchor) for c in d.conditions}
+    out |= {c.column: window_text(c.window, c.anchor) for c in d.numeric}
+    out |= {lvl: window_text(c.window, c.anchor) for c in d.categorical for lvl in c.levels}
     return out
 
 
@@ -139,19 +191,23 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_outputs(result: CohortResult, d: CohortDefinition, out_dir: Path) -> dict[str, Path]:
-    """Validate, then write cohort.parquet, cohort_dictionary.csv, attrition.csv, quality.csv.
+    """Validate, then write cohort.parquet, cohort_omop.parquet (OMOP ``cohort`` table),
+    cohort_dictionary.csv, attrition.csv and quality.csv.
 
     Each file is written to ``<name>.tmp`` and renamed, so a failure leaves no partial file.
     """
-    contract.validate_cohort(result.cohort, list(d.exposure_groups))
+    contract.validate_cohort(result.cohort, d)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in
-             ("cohort.parquet", "cohort_dictionary.csv", "attrition.csv", "quality.csv")}
+             ("cohort.parquet", "cohort_omop.parquet", "cohort_dictionary.csv", "attrition.csv",
+              "quality.csv")}
     _atomic_write(paths["cohort.parquet"],
                   lambda p: result.cohort.to_parquet(p, index=False, engine="pyarrow"))
+    _atomic_write(paths["cohort_omop.parquet"],
+                  lambda p: result.cohort_omop.to_parquet(p, index=False, engine="pyarrow"))
     _atomic_write(paths["cohort_dictionary.csv"],
-                  lambda p: contract.dictionary(column_windows(d)).to_csv(p, index=False))
+                  lambda p: contract.dictionary(d, column_windows(d)).to_csv(p, index=False))
     _atomic_write(paths["attrition.csv"], lambda p: result.attrition.to_csv(p, index=False))
     _atomic_write(paths["quality.csv"], lambda p: result.quality.to_csv(p, index=False))
     return paths

@@ -1,7 +1,9 @@
 """STROBE-style participant flow diagram of the cohort attrition (matplotlib).
 
 Main column: persons remaining after each criterion; side boxes: persons excluded by it;
-bottom: the exposure groups. Every count goes through :func:`pmed.privacy.format_count`.
+bottom: the exposure groups. Counts given as numbers go through
+:func:`pmed.privacy.format_count`; counts given as text (from :func:`pmed.privacy.release_flow`,
+which also protects against subtraction) are printed as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pmed.privacy import format_count
+
+
+def _count(n, min_cell: int) -> str:
+    return n if isinstance(n, str) else format_count(n, min_cell)
+
 
 BOX = {"boxstyle": "round,pad=0.4", "facecolor": "white", "edgecolor": "black", "linewidth": 1}
 SIDE = {"boxstyle": "round,pad=0.4", "facecolor": "#f2f2f2", "edgecolor": "0.4", "linewidth": 1}
@@ -22,8 +29,9 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int,
 
     Parameters
     ----------
-    attrition : columns criterion, remaining, excluded (one row per step, in order).
-    groups : {group label: persons} in the final cohort.
+    attrition : columns criterion, remaining, excluded (one row per step, in order); counts
+        as numbers, or as report text from :func:`pmed.privacy.release_flow`.
+    groups : {group label: persons (number or text)} in the final cohort.
     min_cell : minimum cell size; smaller counts print as "<k".
     reasons : why persons fail each step after the first (default: "not: <criterion>").
     """
@@ -42,19 +50,19 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int,
     ax.axis("off")
     y_of = {i: n_rows - 1 - i for i in range(n_rows)}
     first = steps.iloc[0]
-    ax.text(0.32, y_of[0], f"{first['criterion']}\nn = {format_count(first['remaining'], min_cell)}",
+    ax.text(0.32, y_of[0], f"{first['criterion']}\nn = {_count(first['remaining'], min_cell)}",
             ha="center", va="center", fontsize=9, bbox=BOX)
     for i in range(1, len(steps)):
         step = steps.iloc[i]
         y_prev, y = y_of[i - 1], y_of[i]
         ax.annotate("", xy=(0.32, y + 0.22), xytext=(0.32, y_prev - 0.22),
                     arrowprops={"arrowstyle": "-|>", "color": "black"})
-        ax.text(0.32, y, f"Remaining\nn = {format_count(step['remaining'], min_cell)}",
+        ax.text(0.32, y, f"Remaining\nn = {_count(step['remaining'], min_cell)}",
                 ha="center", va="center", fontsize=9, bbox=BOX)
         y_mid = (y_prev + y) / 2
         ax.plot([0.32, 0.6], [y_mid, y_mid], color="0.4", linewidth=1)
         ax.text(0.62, y_mid, f"Excluded: {reasons[i - 1]}\n"
-                f"n = {format_count(step['excluded'], min_cell)}",
+                f"n = {_count(step['excluded'], min_cell)}",
                 ha="left", va="center", fontsize=8, bbox=SIDE)
     y_last, y_groups = y_of[len(steps) - 1], y_of[len(steps)]
     xs = [0.15, 0.5] if len(groups) == 2 else [0.1 + 0.8 * k / max(len(groups), 1)
@@ -62,7 +70,7 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int,
     for x, (label, n) in zip(xs, groups.items(), strict=True):
         ax.annotate("", xy=(x, y_groups + 0.22), xytext=(0.32, y_last - 0.22),
                     arrowprops={"arrowstyle": "-|>", "color": "black"})
-        ax.text(x, y_groups, f"{label.capitalize()}\nn = {format_count(n, min_cell)}",
+        ax.text(x, y_groups, f"{label.capitalize()}\nn = {_count(n, min_cell)}",
                 ha="center", va="center", fontsize=9, bbox=BOX)
     fig.tight_layout()
     return fig

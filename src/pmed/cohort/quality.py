@@ -11,6 +11,15 @@ Three kinds of defect, each counted over the whole table (not only the cohort):
 * events outside observation: a record dated outside every observation period of its
   person. Rule: flagged and kept; follow-up never extends past the observation period, so a
   death after its end is not counted as an event (censored at the end of observation).
+* impossible dates: a death or clinical record dated before the person's birth (earliest
+  possible birth date), an observation period (or condition, drug, visit) ending before it
+  starts. Rule: a person with an impossible death, index diagnosis or observation period is
+  excluded at its own attrition step (``valid_dates``); other such records are flagged, kept.
+
+Two further rows describe how values were read, not defects: coded values matched only
+through a descendant value concept (``value_via_descendant``) and persons whose
+gender_concept_id is neither the female nor the male concept (``unknown_gender``: sex
+missing). Unit drops are reported per unit_concept_id with its concept name.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import pandas as pd
 
 from pmed.cohort.contract import unit_of
 from pmed.cohort.definition import CohortDefinition
+from pmed.cohort.queries import birth_date
 
 # table -> (primary key, event date column) for the clinical tables checked.
 CLINICAL_TABLES = {
@@ -34,6 +44,20 @@ RULE_DUPLICATE = "exact duplicate (all columns but the id): dropped"
 RULE_OUTSIDE = "dated outside every observation period: flagged, kept; follow-up ends at observation end"
 RULE_IMPLAUSIBLE = "value outside plausible range {lo:g}-{hi:g} {unit}: dropped (treated as missing)"
 RULE_UNIT = "unit without conversion factor: dropped (treated as missing)"
+RULE_BEFORE_BIRTH = "dated before birth: {consequence}"
+RULE_END_BEFORE_START = "ends before it starts: {consequence}"
+EXCLUDED = "person excluded (attrition step 'No impossible date')"
+FLAGGED = "flagged, kept"
+RULE_DESCENDANT = "value concept matched through a descendant in concept_ancestor: used"
+RULE_GENDER = "gender_concept_id neither {female} (female) nor {male} (male): sex missing"
+# table -> (start date, end date) columns checked for "ends before it starts" when present.
+END_DATES = {
+    "observation_period": ("observation_period_start_date", "observation_period_end_date"),
+    "condition_occurrence": ("condition_start_date", "condition_end_date"),
+    "drug_exposure": ("drug_exposure_start_date", "drug_exposure_end_date"),
+    "visit_occurrence": ("visit_start_date", "visit_end_date"),
+}
+QUALITY_COLUMNS = ["check", "table", "column", "concept_id", "concept_name", "rule", "count"]
 
 
 def duplicate_query(table: str, columns: list[str]) -> str:
@@ -56,16 +80,17 @@ def outside_observation_query(table: str, date_column: str) -> str:
 
 
 def covariate_values_query(table: str, columns: list[str]) -> str:
-    """Per numeric covariate of ``table``: counts of implausible values and unknown units.
+    """Per numeric covariate of ``table`` and unit: implausible values and unknown units.
 
     ``implausible`` = known unit, converted value outside the plausible range;
     ``unknown_unit`` = a value in a unit without conversion factor. Counted among distinct
     records (over ``columns``), the DISTINCT running on the few flagged rows only.
-    Rows: column_name, implausible, unknown_unit.
+    Rows: column_name, unit_concept_id (NULL read as 0), implausible, unknown_unit.
     """
     flagged = (
         "SELECT DISTINCT rc.column_name, CASE WHEN r.factor IS NULL THEN 0 ELSE 1 END AS "
         "implausible, CASE WHEN r.factor IS NULL THEN 1 ELSE 0 END AS unknown_unit, "
+        "COALESCE(t.unit_concept_id, 0) AS unit_id, "
         + ", ".join(f"t.{c}" for c in columns)
         + f" FROM {table} AS t JOIN (SELECT DISTINCT column_name, concept_id FROM numeric_rules "
         f"WHERE table_name = '{table}') AS rc ON rc.concept_id = t.{table}_concept_id "
@@ -74,8 +99,39 @@ def covariate_values_query(table: str, columns: list[str]) -> str:
         "WHERE t.value_as_number IS NOT NULL AND (r.factor IS NULL OR t.value_as_number * "
         "r.factor NOT BETWEEN r.plausible_low AND r.plausible_high)"
     )
-    return (f"SELECT column_name, SUM(implausible) AS implausible, SUM(unknown_unit) AS "
-            f"unknown_unit FROM ({flagged}) AS f GROUP BY column_name")
+    return (f"SELECT column_name, unit_id AS unit_concept_id, SUM(implausible) AS implausible, "
+            f"SUM(unknown_unit) AS unknown_unit FROM ({flagged}) AS f "
+            "GROUP BY column_name, unit_id")
+
+
+def descendant_values_query(table: str, columns: list[str]) -> str:
+    """Per coded covariate of ``table``: distinct records whose value concept matched only
+    through a descendant (rows: covariate, n)."""
+    return (
+        "SELECT covariate, COUNT(*) AS n FROM (SELECT DISTINCT r.covariate, "
+        + ", ".join(f"t.{c}" for c in columns)
+        + f" FROM {table} AS t JOIN categorical_rules AS r ON r.table_name = '{table}' AND "
+        f"r.concept_id = t.{table}_concept_id AND r.value_concept_id = t.value_as_concept_id "
+        "WHERE r.via_descendant = 1) AS f GROUP BY covariate"
+    )
+
+
+def before_birth_query(table: str, date_column: str) -> str:
+    """Number of ``table`` rows dated before their person's earliest possible birth date."""
+    return (f"SELECT COUNT(*) AS n FROM {table} AS t JOIN person AS p ON p.person_id = "
+            f"t.person_id WHERE CAST(t.{date_column} AS DATE) < {birth_date()}")
+
+
+def end_before_start_query(table: str, start: str, end: str) -> str:
+    """Number of ``table`` rows whose ``end`` date precedes their ``start`` date."""
+    return (f"SELECT COUNT(*) AS n FROM {table} WHERE CAST({end} AS DATE) < "
+            f"CAST({start} AS DATE)")
+
+
+def unknown_gender_query(female: int, male: int) -> str:
+    """Number of persons whose gender_concept_id is neither ``female`` nor ``male``."""
+    return (f"SELECT COUNT(*) AS n FROM person WHERE gender_concept_id IS NULL OR "
+            f"gender_concept_id NOT IN ({female}, {male})")
 
 
 def non_null_columns_query(table: str, columns: list[str]) -> str:
@@ -83,13 +139,16 @@ def non_null_columns_query(table: str, columns: list[str]) -> str:
     return f"SELECT {', '.join(f'COUNT({c}) AS {c}' for c in columns)} FROM {table}"
 
 
-def quality_queries(d: CohortDefinition, content: dict[str, list[str]]) -> list[dict]:
+def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
+                    date_columns: dict[str, list[str]] | None = None) -> list[dict]:
     """The checks as rows {check, table, column, rule, sql}.
 
     ``content`` gives each clinical table's content columns (all but the row id; columns
-    null in every row may be left out, they cannot tell rows apart). Duplicate and outside-
-    observation sql return one count ``n``; ``covariate_values`` sql returns one row per
-    numeric covariate (:func:`covariate_values_query`).
+    null in every row may be left out, they cannot tell rows apart); ``date_columns`` the
+    columns present in the tables of :data:`END_DATES` (default: none checked). Most sql
+    return one count ``n``; ``covariate_values`` sql returns one row per numeric covariate
+    and unit (:func:`covariate_values_query`), ``value_via_descendant`` one per coded
+    covariate (:func:`descendant_values_query`).
     """
     checks = []
     for table, cols in content.items():
@@ -98,9 +157,31 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]]) -> list[
     for table, (_, date_col) in CLINICAL_TABLES.items():
         checks.append({"check": "outside_observation", "table": table, "column": date_col,
                        "rule": RULE_OUTSIDE, "sql": outside_observation_query(table, date_col)})
+    for table, (_, date_col) in CLINICAL_TABLES.items():
+        consequence = EXCLUDED if table in ("death", "condition_occurrence") else FLAGGED
+        if table == "condition_occurrence":
+            consequence = "flagged, kept; " + EXCLUDED + " when it is the index diagnosis"
+        checks.append({"check": "impossible_date", "table": table, "column": date_col,
+                       "rule": RULE_BEFORE_BIRTH.format(consequence=consequence),
+                       "sql": before_birth_query(table, date_col)})
+    for table, cols in (date_columns or {}).items():
+        start, end = END_DATES[table]
+        if start in cols and end in cols:
+            consequence = EXCLUDED if table == "observation_period" else FLAGGED
+            checks.append({"check": "impossible_date", "table": table, "column": end,
+                           "rule": RULE_END_BEFORE_START.format(consequence=consequence),
+                           "sql": end_before_start_query(table, start, end)})
+    checks.append({"check": "unknown_gender", "table": "person", "column": "gender_concept_id",
+                   "rule": RULE_GENDER.format(female=d.female_concept_id, male=d.male_concept_id),
+                   "sql": unknown_gender_query(d.female_concept_id, d.male_concept_id)})
     for table in sorted({c.table for c in d.numeric}):
         checks.append({"check": "covariate_values", "table": table, "column": "",
                        "rule": "", "sql": covariate_values_query(table, content[table])})
+    if d.include_descendants:
+        for table in sorted({c.table for c in d.categorical}):
+            checks.append({"check": "value_via_descendant", "table": table, "column": "",
+                           "rule": RULE_DESCENDANT,
+                           "sql": descendant_values_query(table, content[table])})
     return checks
 
 
@@ -114,24 +195,57 @@ def content_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return out
 
 
-def run_quality(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> pd.DataFrame:
-    """Run every check; one row per check: check, table, column, rule, count (int64).
+def date_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """Columns of the :data:`END_DATES` tables that are open in ``con``."""
+    open_tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    return {t: [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()]
+            for t in END_DATES if t in open_tables}
 
-    Numeric covariates get two rows each: ``implausible`` and ``unknown_unit``.
+
+def concept_names(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, str]:
+    """concept_id -> concept_name from ``concept`` (ids absent there are left out)."""
+    if not ids or "concept_name" not in {r[0] for r in con.execute("DESCRIBE concept").fetchall()}:
+        return {}
+    listed = ", ".join(str(int(i)) for i in ids)
+    return {int(i): str(n) for i, n in con.execute(
+        f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({listed})").fetchall()}
+
+
+def run_quality(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> pd.DataFrame:
+    """Run every check; one row per check: :data:`QUALITY_COLUMNS` (count int64).
+
+    Numeric covariates get an ``implausible`` row (all units) and one ``unknown_unit`` row
+    per unit_concept_id without a factor (concept_id, concept_name set; a single row with
+    count 0 and no concept when there is none); coded covariates a ``value_via_descendant``
+    row when descendants are used.
     """
     rows = []
-    for c in quality_queries(d, content_columns(con)):
-        if c["check"] != "covariate_values":
-            n = con.execute(c["sql"]).fetchone()[0]
-            rows.append({k: c[k] for k in ("check", "table", "column", "rule")} | {"count": int(n)})
-            continue
-        found = {name: (bad, unit) for name, bad, unit in con.execute(c["sql"]).fetchall()}
-        for cov in (x for x in d.numeric if x.table == c["table"]):
-            bad, unit = found.get(cov.column, (0, 0))
-            lo, hi = cov.plausible
-            rows.append({"check": "implausible", "table": cov.table, "column": cov.column,
-                         "rule": RULE_IMPLAUSIBLE.format(lo=lo, hi=hi, unit=unit_of(cov.column)),
-                         "count": int(bad)})
-            rows.append({"check": "unknown_unit", "table": cov.table, "column": cov.column,
-                         "rule": RULE_UNIT, "count": int(unit)})
-    return pd.DataFrame(rows).astype({"count": "int64"})
+
+    def add(check, table, column, rule, count, concept_id=None, concept_name=""):
+        rows.append({"check": check, "table": table, "column": column, "concept_id": concept_id,
+                     "concept_name": concept_name, "rule": rule, "count": int(count)})
+
+    for c in quality_queries(d, content_columns(con), date_columns(con)):
+        if c["check"] == "covariate_values":
+            found = con.execute(c["sql"]).fetchall()
+            names = concept_names(con, sorted({unit for _, unit, _, bad in found if bad}))
+            for cov in (x for x in d.numeric if x.table == c["table"]):
+                lo, hi = cov.plausible
+                mine = [r for r in found if r[0] == cov.column]
+                add("implausible", cov.table, cov.column,
+                    RULE_IMPLAUSIBLE.format(lo=lo, hi=hi, unit=unit_of(cov.column)),
+                    sum(r[2] for r in mine))
+                units = sorted((r[1], r[3]) for r in mine if r[3])
+                for unit, n in units:
+                    add("unknown_unit", cov.table, cov.column, RULE_UNIT, n, unit,
+                        names.get(unit, "(not in concept table)"))
+                if not units:
+                    add("unknown_unit", cov.table, cov.column, RULE_UNIT, 0)
+        elif c["check"] == "value_via_descendant":
+            found = dict(con.execute(c["sql"]).fetchall())
+            for cov in (x for x in d.categorical if x.table == c["table"]):
+                add("value_via_descendant", cov.table, cov.name, c["rule"], found.get(cov.name, 0))
+        else:
+            add(c["check"], c["table"], c["column"], c["rule"], con.execute(c["sql"]).fetchone()[0])
+    return pd.DataFrame(rows, columns=QUALITY_COLUMNS).astype({"concept_id": "Int64",
+                                                               "count": "int64"})

@@ -16,7 +16,8 @@ from sqlglot import exp
 from sqlglot.dialects.dialect import rename_func
 from sqlglot.dialects.postgres import Postgres
 
-from pmed.cohort.definition import CohortDefinition
+from pmed.cohort import atlas
+from pmed.cohort.definition import OUTCOME_TABLES, CohortDefinition
 
 READ_DIALECT = "duckdb"
 UNBOUNDED_DAYS = 1_000_000  # stands in for an open window end (about 2,700 years)
@@ -58,16 +59,6 @@ def _codeset_filter(column: str, names: list[str]) -> str:
     return (f"{column} IN (SELECT concept_id FROM codesets WHERE codeset_name IN ({quoted}))")
 
 
-def codesets_query(include_descendants: bool) -> str:
-    """Concept sets expanded to their descendants through concept_ancestor (OHDSI Circe style)."""
-    own = "SELECT codeset_name, concept_id FROM definition_concepts"
-    if not include_descendants:
-        return own
-    return (own + " UNION SELECT d.codeset_name, ca.descendant_concept_id AS concept_id "
-            "FROM definition_concepts AS d JOIN concept_ancestor AS ca "
-            "ON ca.ancestor_concept_id = d.concept_id")
-
-
 def _window_bounds(window: tuple[int | None, int | None]) -> tuple[int, int]:
     start, end = window
     return (-UNBOUNDED_DAYS if start is None else start,
@@ -79,53 +70,81 @@ def rule_tables(d: CohortDefinition) -> dict[str, tuple[list[tuple[str, str]], l
 
     ``definition_concepts`` (codeset_name, concept_id): the concept sets' own ids;
     ``numeric_rule_spec``: one row per numeric covariate and unit (factor to the contract
-    unit, plausible range, window in days with open ends as +-UNBOUNDED_DAYS);
-    ``categorical_rule_spec``: one row per coded covariate and value concept (its indicator
-    column, NULL for reference values).
+    unit, plausible range, window in days from its anchor ('t0' or 'index') with open ends
+    as +-UNBOUNDED_DAYS); ``categorical_rule_spec``: one row per coded covariate and value
+    concept (its indicator column, NULL for reference values).
     """
     numeric = []
     for c in d.numeric:
         start, end = _window_bounds(c.window)
-        numeric += [(c.column, c.table, c.concept_set, unit, factor, *c.plausible, start, end)
-                    for unit, factor in c.units.items()]
+        numeric += [(c.column, c.table, c.concept_set, unit, factor, *c.plausible, start, end,
+                     c.anchor) for unit, factor in c.units.items()]
     categorical = []
     for c in d.categorical:
         start, end = _window_bounds(c.window)
         values = [(v, lvl) for lvl, vs in c.levels.items() for v in vs]
         values += [(v, None) for v in c.reference]
-        categorical += [(c.name, c.table, c.concept_set, v, lvl, start, end) for v, lvl in values]
+        categorical += [(c.name, c.table, c.concept_set, v, lvl, start, end, c.anchor)
+                        for v, lvl in values]
     return {
         "definition_concepts": ([("codeset_name", "VARCHAR"), ("concept_id", "BIGINT")],
                                 [(n, c) for n, ids in d.concept_sets.items() for c in ids]),
+        atlas.ITEMS_TABLE: (atlas.ITEM_COLUMNS, atlas.item_rows(d.concept_set_expressions)),
         "numeric_rule_spec": ([("column_name", "VARCHAR"), ("table_name", "VARCHAR"),
                                ("codeset_name", "VARCHAR"), ("unit_concept_id", "BIGINT"),
                                ("factor", "DOUBLE"), ("plausible_low", "DOUBLE"),
                                ("plausible_high", "DOUBLE"), ("window_start", "INTEGER"),
-                               ("window_end", "INTEGER")], numeric),
+                               ("window_end", "INTEGER"), ("anchor", "VARCHAR")], numeric),
         "categorical_rule_spec": ([("covariate", "VARCHAR"), ("table_name", "VARCHAR"),
                                    ("codeset_name", "VARCHAR"), ("value_concept_id", "BIGINT"),
                                    ("level_column", "VARCHAR"), ("window_start", "INTEGER"),
-                                   ("window_end", "INTEGER")], categorical),
+                                   ("window_end", "INTEGER"), ("anchor", "VARCHAR")],
+                                  categorical),
     }
+
+
+def categorical_values_query(include_descendants: bool) -> str:
+    """Each coded covariate's value concepts, with their descendants when asked.
+
+    Rows: covariate, value_concept_id (as listed in params), matched_concept_id (the
+    value_as_concept_id it matches), via_descendant (1 when matched only through
+    concept_ancestor). A descendant listed itself for the same covariate keeps its own
+    level (the explicit listing wins).
+    """
+    own = ("SELECT s.covariate, s.value_concept_id, s.value_concept_id AS matched_concept_id, "
+           "0 AS via_descendant FROM categorical_rule_spec AS s")
+    if not include_descendants:
+        return own
+    return (own + " UNION SELECT s.covariate, s.value_concept_id, ca.descendant_concept_id AS "
+            "matched_concept_id, 1 AS via_descendant FROM categorical_rule_spec AS s JOIN "
+            "concept_ancestor AS ca ON ca.ancestor_concept_id = s.value_concept_id WHERE "
+            "ca.descendant_concept_id <> s.value_concept_id AND NOT EXISTS (SELECT 1 FROM "
+            "categorical_rule_spec AS o WHERE o.covariate = s.covariate AND o.value_concept_id = "
+            "ca.descendant_concept_id)")
 
 
 def setup_queries(d: CohortDefinition) -> dict[str, str]:
     """Ordered {temp table: SELECT} expanding the rule tables to concept ids.
 
     ``codesets`` (codeset_name, concept_id) with descendants; ``numeric_rules`` and
-    ``categorical_rules``: the rule specs joined to their concept sets' ids.
+    ``categorical_rules``: the rule specs joined to their concept sets' ids (categorical
+    value concepts expanded by :func:`categorical_values_query`).
     """
     return {
-        "codesets": codesets_query(d.include_descendants),
+        "codesets": atlas.resolve_query(any(e.uses_mapping
+                                            for e in d.concept_set_expressions.values())),
         "numeric_rules": (
             "SELECT s.column_name, s.table_name, cs.concept_id, s.unit_concept_id, s.factor, "
-            "s.plausible_low, s.plausible_high, s.window_start, s.window_end FROM "
+            "s.plausible_low, s.plausible_high, s.window_start, s.window_end, s.anchor FROM "
             "numeric_rule_spec AS s JOIN codesets AS cs ON cs.codeset_name = s.codeset_name"
         ),
+        "categorical_value_concepts": categorical_values_query(d.include_descendants),
         "categorical_rules": (
-            "SELECT s.covariate, s.table_name, cs.concept_id, s.value_concept_id, "
-            "s.level_column, s.window_start, s.window_end FROM categorical_rule_spec AS s "
-            "JOIN codesets AS cs ON cs.codeset_name = s.codeset_name"
+            "SELECT s.covariate, s.table_name, cs.concept_id, v.matched_concept_id AS "
+            "value_concept_id, v.via_descendant, s.level_column, s.window_start, s.window_end, "
+            "s.anchor FROM categorical_rule_spec AS s JOIN codesets AS cs ON cs.codeset_name = "
+            "s.codeset_name JOIN categorical_value_concepts AS v ON v.covariate = s.covariate "
+            "AND v.value_concept_id = s.value_concept_id"
         ),
     }
 
@@ -157,21 +176,53 @@ def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     return ";\n\n".join(transpile(s, dialect) for s in statements) + ";\n"
 
 
+def birth_date(alias: str = "p") -> str:
+    """The earliest possible birth date of person ``alias`` (missing month/day -> 1)."""
+    return (f"MAKE_DATE({alias}.year_of_birth, COALESCE({alias}.month_of_birth, 1), "
+            f"COALESCE({alias}.day_of_birth, 1))")
+
+
+def _codeset(names: list[str] | str) -> str:
+    names = [names] if isinstance(names, str) else names
+    return ("(SELECT concept_id FROM codesets WHERE codeset_name IN ("
+            + ", ".join(f"'{n}'" for n in names) + "))")
+
+
+def arm_condition(d: CohortDefinition, label: str) -> str:
+    """SQL truth of "the regimen (flags ``x.on_<i>`` per study-drug set) matches arm ``label``"."""
+    sets = d.strategies.drug_sets
+    arm = d.strategies.arms[label]
+    parts = [f"x.on_{sets.index(s)} = 1" for s in arm.all_of]
+    parts += [f"x.on_{sets.index(s)} = 0" for s in arm.none_of]
+    return "(" + " AND ".join(parts) + ")"
+
+
+def end_of_followup(d: CohortDefinition, alias: str = "x") -> str:
+    """Last day of follow-up: death, end of observation or the administrative date."""
+    censor = f"DATE '{d.administrative_censor_date.isoformat()}'"
+    end = f"LEAST({alias}.obs_end_date, {censor})"
+    return (f"CASE WHEN {alias}.death_date IS NOT NULL AND {alias}.death_date <= {end} THEN "
+            f"{alias}.death_date ELSE {end} END")
+
+
 def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     """Ordered {temp table name: SELECT} building the cohort and its attrition.
 
     Steps (each table keeps the persons still eligible after the criterion):
-    ``qualifying_dx`` first diagnosis of the target set = index date; ``prior_obs`` index
-    inside an observation period that started >= ``prior_observation_days`` before it;
-    ``adult`` age at index in completed years within [min_age, max_age]; ``no_prior_cancer``
-    no record of an exclusion set in ``exclusions.window``; ``no_prior_treatment`` no drug of
-    any exposure group before the index date; ``first_line`` a first exposure drug in
-    [0, max_days_after_index] days after index, inside the observation period, of exactly one
-    group (both groups starting the same day is excluded as ambiguous); ``alive_at_t0`` no
-    death recorded before the treatment start.
+    ``qualifying_dx`` first diagnosis of the target set = index date; ``valid_dates`` no
+    impossible date (a death or the index diagnosis before birth, an observation period
+    ending before it starts); ``prior_obs`` index inside an observation period that started
+    >= ``prior_observation_days`` before it; ``adult`` age at index in completed years within
+    [min_age, max_age]; ``no_prior_cancer`` no record of an exclusion set in
+    ``exclusions.window``; ``no_prior_treatment`` no study drug (any set an arm names) before
+    the index date; ``first_line`` a first study drug (t0) in [0, max_days_after_index] days
+    after index; ``t0_observed`` t0 inside the observation period; ``arm_assigned`` the regimen (study-drug sets
+    started in [t0, t0 + grace_days]) matches an arm; ``alive_at_t0`` no death before t0.
+    Then the outcomes (:func:`outcome_queries`), the covariates (:func:`covariate_queries`)
+    and ``cohort_omop``, the OMOP CDM ``cohort`` table (one definition id per arm).
     """
-    groups = list(d.exposure_groups.items())
-    exposure_sets = [s for _, s in groups]
+    st = d.strategies
+    drug_sets = st.drug_sets
     q: dict[str, str] = {}
     q["qualifying_dx"] = (
         "SELECT person_id, MIN(CAST(condition_start_date AS DATE)) AS index_date "
@@ -179,17 +230,25 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         + _codeset_filter("condition_concept_id", [d.target_concept_set])
         + " GROUP BY person_id"
     )
+    q["valid_dates"] = (
+        "SELECT x.* FROM qualifying_dx AS x WHERE NOT EXISTS (SELECT 1 FROM person AS p "
+        f"WHERE p.person_id = x.person_id AND (x.index_date < {birth_date()} OR EXISTS "
+        "(SELECT 1 FROM death AS dt WHERE dt.person_id = p.person_id AND "
+        f"CAST(dt.death_date AS DATE) < {birth_date()}))) AND NOT EXISTS (SELECT 1 FROM "
+        "observation_period AS op WHERE op.person_id = x.person_id AND "
+        "CAST(op.observation_period_end_date AS DATE) < "
+        "CAST(op.observation_period_start_date AS DATE))"
+    )
     q["prior_obs"] = (
         "SELECT x.person_id, x.index_date, "
         "MAX(CAST(op.observation_period_end_date AS DATE)) AS obs_end_date "
-        "FROM qualifying_dx AS x JOIN observation_period AS op ON op.person_id = x.person_id "
+        "FROM valid_dates AS x JOIN observation_period AS op ON op.person_id = x.person_id "
         "AND CAST(op.observation_period_start_date AS DATE) <= x.index_date "
         "AND CAST(op.observation_period_end_date AS DATE) >= x.index_date "
         f"AND {_days('op.observation_period_start_date', 'x.index_date')} "
         f">= {d.prior_observation_days} "
         "GROUP BY x.person_id, x.index_date"
     )
-    birth = "MAKE_DATE(p.year_of_birth, COALESCE(p.month_of_birth, 1), COALESCE(p.day_of_birth, 1))"
     completed_years = (
         "EXTRACT(YEAR FROM x.index_date) - p.year_of_birth - CASE WHEN "
         "EXTRACT(MONTH FROM x.index_date) * 100 + EXTRACT(DAY FROM x.index_date) < "
@@ -200,8 +259,9 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         age_cond += f" AND {completed_years} <= {d.max_age_years}"
     q["adult"] = (
         "SELECT x.person_id, x.index_date, x.obs_end_date, "
-        f"CAST({_days(birth, 'x.index_date')} AS DOUBLE) / 365.25 AS age_years, "
-        f"CASE WHEN p.gender_concept_id = {d.female_concept_id} THEN 1 ELSE 0 END AS sex_female "
+        f"CAST({_days(birth_date(), 'x.index_date')} AS DOUBLE) / 365.25 AS age_years, "
+        f"CASE WHEN p.gender_concept_id = {d.female_concept_id} THEN 1 "
+        f"WHEN p.gender_concept_id = {d.male_concept_id} THEN 0 END AS sex_female "
         "FROM prior_obs AS x JOIN person AS p ON p.person_id = x.person_id "
         f"WHERE {age_cond}"
     )
@@ -218,78 +278,162 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
     q["no_prior_treatment"] = (
         "SELECT x.* FROM no_prior_cancer AS x WHERE NOT EXISTS (SELECT 1 FROM drug_exposure "
         "AS de WHERE de.person_id = x.person_id AND "
-        + _codeset_filter("de.drug_concept_id", exposure_sets)
+        + _codeset_filter("de.drug_concept_id", drug_sets)
         + " AND CAST(de.drug_exposure_start_date AS DATE) < x.index_date)"
     )
-    group_flags = ", ".join(
-        f"MAX(CASE WHEN de.drug_concept_id IN (SELECT concept_id FROM codesets WHERE "
-        f"codeset_name = '{s}') THEN 1 ELSE 0 END) AS on_{i}" for i, (_, s) in enumerate(groups)
-    )
-    q["first_exposure"] = (
-        "SELECT de.person_id, CAST(de.drug_exposure_start_date AS DATE) AS t0_date, "
-        f"{group_flags} FROM drug_exposure AS de JOIN (SELECT x.person_id, "
-        "MIN(CAST(e.drug_exposure_start_date AS DATE)) AS t0_date FROM no_prior_treatment AS x "
-        "JOIN drug_exposure AS e ON e.person_id = x.person_id AND "
-        + _codeset_filter("e.drug_concept_id", exposure_sets)
-        + " GROUP BY x.person_id) AS f ON f.person_id = de.person_id "
-        "AND CAST(de.drug_exposure_start_date AS DATE) = f.t0_date WHERE "
-        + _codeset_filter("de.drug_concept_id", exposure_sets)
-        + " GROUP BY de.person_id, CAST(de.drug_exposure_start_date AS DATE)"
-    )
-    label = f"CASE WHEN f.on_0 = 1 THEN '{groups[0][0]}' ELSE '{groups[1][0]}' END"
     q["first_line"] = (
-        f"SELECT x.*, f.t0_date, {label} AS treatment, "
-        f"{_days('x.index_date', 'f.t0_date')} AS days_dx_to_treatment "
-        "FROM no_prior_treatment AS x JOIN first_exposure AS f ON f.person_id = x.person_id "
-        f"WHERE {_days('x.index_date', 'f.t0_date')} BETWEEN 0 AND {d.max_days_to_treatment} "
-        "AND f.t0_date <= x.obs_end_date AND f.on_0 + f.on_1 = 1"
+        f"SELECT x.*, f.t0_date, {_days('x.index_date', 'f.t0_date')} AS days_dx_to_treatment "
+        "FROM no_prior_treatment AS x JOIN (SELECT e.person_id, "
+        "MIN(CAST(e.drug_exposure_start_date AS DATE)) AS t0_date FROM drug_exposure AS e "
+        "WHERE e.person_id IN (SELECT person_id FROM no_prior_treatment) AND "
+        + _codeset_filter("e.drug_concept_id", drug_sets)
+        + " GROUP BY e.person_id) AS f ON f.person_id = x.person_id "
+        f"WHERE {_days('x.index_date', 'f.t0_date')} BETWEEN 0 AND {st.max_days_after_index}"
+    )
+    q["t0_observed"] = "SELECT x.* FROM first_line AS x WHERE x.t0_date <= x.obs_end_date"
+    flags = ", ".join(
+        f"MAX(CASE WHEN de.drug_concept_id IN {_codeset(s)} THEN 1 ELSE 0 END) AS on_{i}"
+        for i, s in enumerate(drug_sets)
+    )
+    keys = "x.person_id, x.index_date, x.obs_end_date, x.age_years, x.sex_female, " \
+        "x.t0_date, x.days_dx_to_treatment"
+    q["regimen"] = (
+        f"SELECT {keys}, {flags} FROM t0_observed AS x JOIN drug_exposure AS de ON "
+        "de.person_id = x.person_id AND "
+        + _codeset_filter("de.drug_concept_id", drug_sets)
+        + f" AND {_days('x.t0_date', 'de.drug_exposure_start_date')} BETWEEN 0 AND "
+        f"{st.grace_days} GROUP BY {keys}"
+    )
+    label = "CASE " + " ".join(f"WHEN {arm_condition(d, a)} THEN '{a}'" for a in st.arms) + " END"
+    q["arm_assigned"] = (
+        f"SELECT x.*, {label} AS treatment FROM regimen AS x WHERE "
+        + " OR ".join(arm_condition(d, a) for a in st.arms)
     )
     q["first_death"] = (
         "SELECT person_id, MIN(CAST(death_date AS DATE)) AS death_date FROM death "
         "GROUP BY person_id"
     )
     q["alive_at_t0"] = (
-        "SELECT x.*, dth.death_date FROM first_line AS x LEFT JOIN first_death AS dth "
+        "SELECT x.*, dth.death_date FROM arm_assigned AS x LEFT JOIN first_death AS dth "
         "ON dth.person_id = x.person_id WHERE dth.death_date IS NULL OR dth.death_date >= x.t0_date"
     )
     censor = f"DATE '{d.administrative_censor_date.isoformat()}'"
     end_of_obs = f"LEAST(x.obs_end_date, {censor})"
+    indicators = "".join(f"CASE WHEN x.treatment = '{a}' THEN 1 ELSE 0 END AS arm_{a}, "
+                         for a in st.non_reference)
     q["base_cohort"] = (
-        "SELECT x.person_id, x.index_date, x.t0_date, x.treatment, "
-        f"CASE WHEN x.treatment = '{d.treated_group}' THEN 1 ELSE 0 END AS treated, "
-        "x.days_dx_to_treatment, "
-        f"CAST({_days('x.t0_date', f'CASE WHEN x.death_date IS NOT NULL AND x.death_date <= {end_of_obs} THEN x.death_date ELSE {end_of_obs} END')} AS DOUBLE) AS time_days, "
+        "SELECT x.person_id, x.index_date, x.t0_date, x.treatment, " + indicators
+        + "EXTRACT(YEAR FROM x.t0_date) AS t0_year, x.days_dx_to_treatment, "
+        f"CAST({_days('x.t0_date', end_of_followup(d))} AS DOUBLE) AS time_days, "
         f"CASE WHEN x.death_date IS NOT NULL AND x.death_date <= {end_of_obs} THEN 1 ELSE 0 END "
         "AS event, x.age_years, x.sex_female FROM alive_at_t0 AS x"
     )
+    q.update(outcome_queries(d))
     q.update(covariate_queries(d))
+    ids = " ".join(f"WHEN '{a}' THEN {arm.cohort_definition_id}" for a, arm in st.arms.items())
+    q["cohort_omop"] = (
+        f"SELECT CASE x.treatment {ids} END AS cohort_definition_id, x.person_id AS subject_id, "
+        f"x.t0_date AS cohort_start_date, {end_of_followup(d)} AS cohort_end_date "
+        "FROM alive_at_t0 AS x ORDER BY cohort_definition_id, subject_id"
+    )
+    return q
+
+
+def outcome_queries(d: CohortDefinition) -> dict[str, str]:
+    """One table per non-death outcome ``outcome_<name>`` (person_id, event_date: the first
+    qualifying record more than ``blanking_days`` after t0), then ``outcome_columns``:
+    ``<name>_time_days`` and ``<name>_status`` for every person of ``alive_at_t0``.
+
+    Follow-up ends at the end of observation or the administrative date (as for death).
+    Status 1: the event on or before the end of follow-up and not after death (an event on
+    the day of death counts); 2: death first, when ``competing: death``; 0: censored (with
+    ``competing: null`` a death censors the outcome at the death date).
+    """
+    q: dict[str, str] = {}
+    censor = f"DATE '{d.administrative_censor_date.isoformat()}'"
+    end = f"LEAST(x.obs_end_date, {censor})"
+    columns = []
+    for o in d.event_outcomes:
+        concept_col, date_col = OUTCOME_TABLES[o.table]
+        where = [f"{_days('b.t0_date', f't.{date_col}')} > {o.blanking_days}"]
+        if o.concept_set:
+            where.append(_codeset_filter(f"t.{concept_col}", [o.concept_set]))
+        visit_join = ""
+        if o.visit_concept_ids and o.table == "visit_occurrence":
+            where.append(f"t.visit_concept_id IN ({', '.join(map(str, o.visit_concept_ids))})")
+        elif o.visit_concept_ids:
+            visit_join = (" JOIN visit_occurrence AS v ON v.visit_occurrence_id = "
+                          "t.visit_occurrence_id AND v.person_id = t.person_id AND "
+                          f"v.visit_concept_id IN ({', '.join(map(str, o.visit_concept_ids))})")
+        if o.value_range is not None:
+            lo, hi = o.value_range
+            where += [f"t.value_as_number >= {lo!r}"] if lo is not None else []
+            where += [f"t.value_as_number <= {hi!r}"] if hi is not None else []
+            where += ["t.value_as_number IS NOT NULL"]
+        if o.unit_concept_ids:
+            where.append("COALESCE(t.unit_concept_id, 0) IN ("
+                         + ", ".join(map(str, o.unit_concept_ids)) + ")")
+        if o.value_concept_ids:
+            where.append("t.value_as_concept_id IN ("
+                         + ", ".join(map(str, o.value_concept_ids)) + ")")
+        q[f"outcome_{o.name}"] = (
+            f"SELECT b.person_id, MIN(CAST(t.{date_col} AS DATE)) AS event_date FROM {o.table} "
+            f"AS t JOIN base_cohort AS b ON b.person_id = t.person_id{visit_join} WHERE "
+            + " AND ".join(where) + " GROUP BY b.person_id"
+        )
+        ev = f"CASE WHEN e{len(columns)}.event_date <= {end} THEN e{len(columns)}.event_date END"
+        dth = f"CASE WHEN x.death_date <= {end} THEN x.death_date END"
+        status = (f"CASE WHEN {ev} IS NOT NULL AND ({dth} IS NULL OR {ev} <= {dth}) THEN 1 "
+                  f"WHEN {dth} IS NOT NULL THEN {2 if o.competing else 0} ELSE 0 END")
+        stop = f"CASE WHEN {ev} IS NOT NULL AND ({dth} IS NULL OR {ev} <= {dth}) THEN {ev} " \
+            f"WHEN {dth} IS NOT NULL THEN {dth} ELSE {end} END"
+        columns.append((o.name, status, stop))
+    if not columns:
+        return q
+    joins = "".join(f" LEFT JOIN outcome_{name} AS e{i} ON e{i}.person_id = x.person_id"
+                    for i, (name, _, _) in enumerate(columns))
+    select = "".join(f", CAST({_days('x.t0_date', stop)} AS DOUBLE) AS {name}_time_days, "
+                     f"{status} AS {name}_status" for name, status, stop in columns)
+    q["outcome_columns"] = f"SELECT x.person_id{select} FROM alive_at_t0 AS x{joins}"
     return q
 
 
 ATTRITION_STEPS = {
     "qualifying_dx": "First qualifying diagnosis (index date)",
+    "valid_dates": "No impossible date (death or diagnosis before birth, observation ending before it starts)",
     "prior_obs": "Prior observation at index >= {prior_observation_days} days",
     "adult": "Age at index >= {min_age_years:g} years",
     "no_prior_cancer": "No other cancer before index",
-    "no_prior_treatment": "No exposure drug before index",
-    "first_line": "First-line exposure within {max_days_to_treatment} days after index",
+    "no_prior_treatment": "No study drug before index",
+    "first_line": "First study drug (t0) within {max_days_to_treatment} days after index",
+    "t0_observed": "t0 inside the observation period",
+    "arm_assigned": "Regimen started within {grace_days} days of t0 matches an arm",
     "alive_at_t0": "Alive at treatment start",
 }
 # Why a person fails each step (for the flow diagram's exclusion boxes); first step: none.
 EXCLUSION_REASONS = {
+    "valid_dates": "impossible date (data error)",
     "prior_obs": "< {prior_observation_days} days of observation before index",
     "adult": "age at index < {min_age_years:g} years",
     "no_prior_cancer": "other cancer up to index",
     "no_prior_treatment": "study drug before index",
-    "first_line": "no single-group first line within {max_days_to_treatment} days",
+    "first_line": "no first-line study drug within {max_days_to_treatment} days",
+    "t0_observed": "t0 after the end of observation",
+    "arm_assigned": "regimen matching no arm",
     "alive_at_t0": "death recorded before treatment start",
 }
+
+
+def _anchored_offset(date_column: str) -> str:
+    """Days from the rule's anchor (``r.anchor``: t0 or index of ``b``) to ``date_column``."""
+    return (f"CASE WHEN r.anchor = 't0' THEN {_days('b.t0_date', date_column)} "
+            f"ELSE {_days('b.index_date', date_column)} END")
 
 
 def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     """Baseline covariates of ``base_cohort``: condition flags, last numeric and coded values.
 
-    Numeric values: records of the covariate's set in its window whose unit has a factor
+    Each window counts days from its anchor (t0 or the index date). Numeric values: records of the covariate's set in its window whose unit has a factor
     and whose converted value is plausible; the last one wins (latest date, then the
     highest record id). Coded values: likewise, among records with a known value concept.
     An exact duplicate record carries the same value, so duplicates cannot change the result.
@@ -297,7 +441,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     q: dict[str, str] = {}
     flags = []
     for column, codeset in d.conditions.items():
-        offset = _days("b.index_date", "co.condition_start_date")
+        offset = _days(f"b.{d.condition_anchor}_date", "co.condition_start_date")
         flags.append(
             f"CASE WHEN EXISTS (SELECT 1 FROM condition_occurrence AS co WHERE co.person_id = "
             f"b.person_id AND {_codeset_filter('co.condition_concept_id', [codeset])} AND "
@@ -309,7 +453,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     for table in ("measurement", "observation"):
         if not any(c.table == table for c in d.numeric):
             continue
-        offset = _days("b.index_date", f"t.{table}_date")
+        offset = _anchored_offset(f"t.{table}_date")
         parts.append(
             f"SELECT t.person_id, r.column_name, CAST(t.{table}_date AS DATE) AS "
             f"value_date, t.{table}_id AS record_id, t.value_as_number * r.factor AS value "
@@ -330,7 +474,7 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     for table in ("measurement", "observation"):
         if not any(c.table == table for c in d.categorical):
             continue
-        offset = _days("b.index_date", f"t.{table}_date")
+        offset = _anchored_offset(f"t.{table}_date")
         parts.append(
             f"SELECT t.person_id, r.covariate, CAST(t.{table}_date AS DATE) AS "
             f"value_date, t.{table}_id AS record_id, r.level_column "
@@ -353,9 +497,12 @@ def covariate_queries(d: CohortDefinition) -> dict[str, str]:
     cat_cols = [lvl for c in d.categorical for lvl in c.levels]
     select = ["b.*"] + [f"cf.{c}" for c in d.conditions] + [f"nv.{c.column}" for c in d.numeric]
     select += [f"cv.{c}" for c in cat_cols]
+    outcome_cols = [f"oc.{o.name}_{c}" for o in d.event_outcomes for c in ("time_days", "status")]
+    select = select[:1] + outcome_cols + select[1:]
     q["cohort"] = (
         f"SELECT {', '.join(select)} FROM base_cohort AS b "
-        "JOIN condition_flags AS cf ON cf.person_id = b.person_id "
+        + ("JOIN outcome_columns AS oc ON oc.person_id = b.person_id " if outcome_cols else "")
+        + "JOIN condition_flags AS cf ON cf.person_id = b.person_id "
         "LEFT JOIN numeric_values AS nv ON nv.person_id = b.person_id "
         + ("LEFT JOIN categorical_values AS cv ON cv.person_id = b.person_id " if parts else "")
         + "ORDER BY b.person_id"

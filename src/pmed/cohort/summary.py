@@ -7,7 +7,7 @@ import pandas as pd
 from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times
 
-from pmed.privacy import is_small
+from pmed.privacy import format_count, is_small, merge_small_steps, release_counts
 
 
 def median_followup(time_days: np.ndarray, event: np.ndarray) -> dict[str, float]:
@@ -30,21 +30,70 @@ def safe_count(n: int, min_cell: int) -> int | str:
     return f"<{min_cell}" if is_small(n, min_cell) else int(n)
 
 
+def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cell: int
+                          ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+    """The attrition flow and persons/deaths per arm as report text, as one protected system.
+
+    ``attrition``: columns criterion, remaining, excluded (+ optional step, reason). Small
+    exclusions are merged into neighbouring steps (:func:`pmed.privacy.merge_small_steps`);
+    then every published count (remaining, excluded, persons and deaths per arm and in total)
+    and every count derivable from them (survivors per arm and in total) is protected
+    together by complementary suppression, so no small count follows from any subtraction
+    across the flow and the arm table. Returns (flow with text counts, {arm: {persons,
+    events}} plus key ``"total"``).
+    """
+    flow = merge_small_steps(attrition, min_cell).reset_index(drop=True)
+    arms = list(cohort["treatment"].value_counts().sort_index().index)
+    n = cohort["treatment"].value_counts().reindex(arms).astype(float).tolist()
+    d = cohort.groupby("treatment")["event"].sum().reindex(arms).astype(float).tolist()
+    m, k = len(flow), len(arms)
+    rem, exc = flow["remaining"].astype(float).tolist(), flow["excluded"].astype(float).tolist()
+    # cells: remaining 0..m-1 | excluded of steps 1..m-1 | n_g | d_g | alive_g | D | A
+    i_exc, i_n, i_d = m, 2 * m - 1, 2 * m - 1 + k
+    i_a, i_tot_d = i_d + k, i_d + 2 * k
+    values = [*rem, *exc[1:], *n, *d, *(a - b for a, b in zip(n, d, strict=True)),
+              sum(d), sum(n) - sum(d)]
+    lines = [[i - 1, i, i_exc + i - 1] for i in range(1, m)]
+    lines += [[m - 1, *range(i_n, i_n + k)], [i_tot_d, *range(i_d, i_d + k)],
+              [i_tot_d + 1, *range(i_a, i_a + k)], [m - 1, i_tot_d, i_tot_d + 1]]
+    lines += [[i_n + g, i_d + g, i_a + g] for g in range(k)]
+    cost = [*values[:i_a], *([np.inf] * k), values[i_tot_d], np.inf]  # survivors: derived
+    text = release_counts(values, lines, min_cell, cost)
+    out = flow.copy()
+    out["remaining"] = text[:m]
+    out["excluded"] = ["0" if exc[0] == 0 else format_count(exc[0], min_cell), *text[m:2 * m - 1]]
+    groups = {a: {"persons": text[i_n + g], "events": text[i_d + g]} for g, a in enumerate(arms)}
+    groups["total"] = {"persons": text[m - 1], "events": text[i_tot_d]}
+    return out, groups
+
+
 def cohort_metrics(cohort: pd.DataFrame, attrition: pd.DataFrame, steps: list[str],
                    min_cell: int) -> dict:
-    """Metrics of the stage (reports/metrics/cohort.json): counts per step and group,
-    events, median follow-up (days, reverse KM, with 95% CI)."""
+    """Metrics of the stage (reports/metrics/cohort.json): counts per step and arm, deaths,
+    events and competing deaths of every other outcome (``<name>_status`` columns), median
+    follow-up (days, reverse KM, with 95% CI).
+
+    Counts are the report's (:func:`release_cohort_counts`: attrition keyed by the possibly
+    merged step names, arms); other outcomes publish events and competing deaths only (their
+    censored counts are not published, so those two need no complement).
+    """
+    flow, released = release_cohort_counts(cohort, attrition.assign(step=list(steps)), min_cell)
     groups = {}
     for label, g in cohort.groupby("treatment"):
-        groups[label] = {"persons": safe_count(len(g), min_cell),
-                         "events": safe_count(int(g["event"].sum()), min_cell),
-                         "median_followup_days": median_followup(g["time_days"], g["event"])}
+        groups[label] = {**released[label], "median_followup_days":
+                         None if is_small(len(g), min_cell) else median_followup(g["time_days"], g["event"])}
+    outcomes = {}
+    for col in (c for c in cohort.columns if c.endswith("_status")):
+        status = cohort[col]
+        outcomes[col.removesuffix("_status")] = {
+            "events": safe_count(int((status == 1).sum()), min_cell),
+            "competing_deaths": safe_count(int((status == 2).sum()), min_cell)}
     return {
-        "persons": safe_count(len(cohort), min_cell),
-        "events": safe_count(int(cohort["event"].sum()), min_cell),
+        "persons": released["total"]["persons"],
+        "outcomes": outcomes,
+        "events": released["total"]["events"],
         "median_followup_days": median_followup(cohort["time_days"], cohort["event"]),
-        "attrition": {step: {"remaining": safe_count(r["remaining"], min_cell),
-                             "excluded": safe_count(r["excluded"], min_cell)}
-                      for step, (_, r) in zip(steps, attrition.iterrows(), strict=True)},
+        "attrition": {r["step"]: {"remaining": r["remaining"], "excluded": r["excluded"]}
+                      for r in flow.to_dict("records")},
         "groups": groups,
     }

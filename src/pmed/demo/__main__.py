@@ -1,5 +1,5 @@
 """Command line: ``python -m pmed.demo --size default|ci|benchmark [--out DIR] [--seed N]
-[--no-image-signal]``."""
+[--no-image-signal] [--no-heterogeneity]``."""
 
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ def main(argv: list[str] | None = None) -> None:
                         default=demo.get("image_signal", True),
                         help="tumour traits affect hazard; --no-image-signal: trait log-HRs 0, null "
                              "data for the added value of imaging (default: demo.image_signal)")
+    parser.add_argument("--heterogeneity", action=argparse.BooleanOptionalAction,
+                        default=demo.get("heterogeneity", True),
+                        help="arm effects vary with PD-L1 and driver status; --no-heterogeneity: constant "
+                             "effect per arm, no interaction (default: demo.heterogeneity)")
     args = parser.parse_args(argv)
-    gt = generate(args.out, args.size, args.seed, demo, workers=args.workers, image_signal=args.image_signal)
+    gt = generate(args.out, args.size, args.seed, demo, workers=args.workers, image_signal=args.image_signal,
+                  heterogeneity=args.heterogeneity)
     print(f"pmed.demo: wrote {gt['n_persons']} persons ({gt['n_eligible']} eligible) to {args.out}")
 
 

@@ -21,24 +21,21 @@ from pmed.demo import vocabulary as v
 from pmed.report import json_ready
 
 IMAGING_SEED_OFFSET = 101  # seed offset of the CT renderer
-# Random stream of the person simulation: chunk k draws from default_rng([seed, STREAM, k]).
-# STREAM = 1 was picked among 0..11 (disclosed in DATA_DICTIONARY.md): with the default seed
-# it is the first stream whose default-size data recover every true log-HR (true-form and
-# EHR-only Cox) and every propensity coefficient inside the 95% CI (tests/test_demo_recovery.py).
-STREAM = 1
 LAB_COLUMNS = list(omop.LABS)
+CHUNK_MARGINAL_HR = 50_000  # persons of the first chunk used for the marginal HRs
 
 
 def chunk_rng(seed: int, chunk: int) -> np.random.Generator:
-    """The random generator of person chunk ``chunk`` (its first use is the latent simulation)."""
-    return np.random.default_rng([seed, STREAM, chunk])
+    """The random generator of person chunk ``chunk``: ``default_rng([seed, chunk])`` (its first
+    use is the latent simulation)."""
+    return np.random.default_rng([seed, chunk])
 
 
 def latent_chunk(seed: int, demo_params: dict, size: str, chunk: int = 0,
-                 image_signal: bool | None = None) -> pd.DataFrame:
+                 image_signal: bool | None = None, heterogeneity: bool | None = None) -> pd.DataFrame:
     """Re-simulate the latent person table of one chunk exactly as :func:`generate` made it.
 
-    ``image_signal`` as in :func:`generate` (None: ``demo_params["image_signal"]``, default True).
+    ``image_signal`` and ``heterogeneity`` as in :func:`generate` (None: from ``demo_params``).
     """
     cfg = size_config(demo_params, size)
     n_total, size_chunk = int(cfg["n_persons"]), int(demo_params["chunk_size"])
@@ -46,16 +43,22 @@ def latent_chunk(seed: int, demo_params: dict, size: str, chunk: int = 0,
     if first >= n_total:
         raise IndexError(f"demo size {size!r} has no chunk {chunk} ({n_total} persons)")
     return model.simulate_latent(min(size_chunk, n_total - first), first + 1, chunk_rng(seed, chunk),
-                                 demo_params["rates"], image_signal=resolve_image_signal(demo_params, image_signal))
+                                 demo_params["rates"], image_signal=resolve_flag(demo_params, "image_signal", image_signal),
+                                 heterogeneity=resolve_flag(demo_params, "heterogeneity", heterogeneity))
+
+
+def resolve_flag(demo_params: dict, key: str, value: bool | None = None) -> bool:
+    """A generator switch (``image_signal``, ``heterogeneity``): ``value`` if given, else params.yaml
+    ``demo.<key>`` (True when the key is absent)."""
+    value = demo_params.get(key, True) if value is None else value
+    if not isinstance(value, bool):
+        raise TypeError(f"params.yaml demo.{key} must be true or false (got {value!r})")
+    return value
 
 
 def resolve_image_signal(demo_params: dict, image_signal: bool | None = None) -> bool:
-    """Whether tumour traits enter the hazard: ``image_signal`` if given, else params.yaml
-    ``demo.image_signal`` (True when the key is absent)."""
-    value = demo_params.get("image_signal", True) if image_signal is None else image_signal
-    if not isinstance(value, bool):
-        raise TypeError(f"params.yaml demo.image_signal must be true or false (got {value!r})")
-    return value
+    """Whether tumour traits enter the hazard (:func:`resolve_flag` of ``image_signal``)."""
+    return resolve_flag(demo_params, "image_signal", image_signal)
 
 
 def size_config(demo_params: dict, size: str) -> dict:
@@ -91,7 +94,7 @@ class _Writers:
 
 
 def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: int = 1,
-             image_signal: bool | None = None) -> dict:
+             image_signal: bool | None = None, heterogeneity: bool | None = None) -> dict:
     """Generate the demo data set into ``out_dir`` (the ``data/raw`` folder) and return the truth.
 
     Parameters
@@ -116,9 +119,16 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
         None: params ``demo.image_signal`` (True when absent). With the signal off
         ``ground_truth.json`` holds ``image_traits.image_signal: false`` and zero trait log-HRs
         (the key is absent when on, so the default files are unchanged).
+    heterogeneity : bool or None
+        False: constant treatment effect per arm (:data:`pmed.demo.model.CONSTANT_ARM_LOG_HR`),
+        every arm interaction 0; same random draws, so only death times and what follows from
+        them differ. ``ground_truth.json`` ``heterogeneity`` says which. None: params
+        ``demo.heterogeneity`` (True when absent).
     """
     cfg = size_config(demo_params, size)
     signal = resolve_image_signal(demo_params, image_signal)
+    het = resolve_flag(demo_params, "heterogeneity", heterogeneity)
+    log_hr = model.hazard_log_hr(het)
     rates = demo_params["rates"]
     out_dir = Path(out_dir)
     omop_dir = out_dir / "omop"
@@ -135,12 +145,13 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
     n_total, chunk = int(cfg["n_persons"]), int(demo_params["chunk_size"])
     for k, first in enumerate(range(0, n_total, chunk)):
         rng = chunk_rng(seed, k)
-        lat = model.simulate_latent(min(chunk, n_total - first), first + 1, rng, rates, image_signal=signal)
+        lat = model.simulate_latent(min(chunk, n_total - first), first + 1, rng, rates, image_signal=signal,
+                                    heterogeneity=het)
         chunk_scans = _select_scans(lat, cfg, rng) if k == 0 and cfg.get("n_imaged", 0) else None
         procs = _write_chunk(lat, rng, ids, writers, rates, seed, truth, chunk_scans)
         if chunk_scans is not None:
             scans = chunk_scans.merge(procs, on=["person_id", "day"], how="left", validate="one_to_one")
-        truth.add_chunk(lat, first_chunk=(k == 0))
+        truth.add_chunk(lat, log_hr, first_chunk=(k == 0))
     for name, table in (("concept", v.concept_table()), ("concept_ancestor", v.concept_ancestor_table()),
                         ("concept_relationship", v.concept_relationship_table())):
         cols = {c: table[c].to_numpy() for c in table.columns}
@@ -156,7 +167,8 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
         tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers)
     writers.close()
 
-    gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal)
+    gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal,
+                      log_hr=log_hr, heterogeneity=het)
     if tumours is not None:
         tumours.to_csv(truth_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
         gt["image_traits"]["n_imaged_persons"] = int(tumours["person_id"].nunique())
@@ -183,9 +195,10 @@ def _select_scans(lat: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.
     observable = fu_day <= pick["obs_end_day"].to_numpy()
     share = float(cfg["followup_share"]) / max(observable.mean(), 1e-9)
     has_fu = observable & (rng.random(n) < share)
-    pdl1 = pick["pdl1_pct"].to_numpy()
-    treated = pick["treated"].to_numpy()
-    log_change = -0.1 - 0.8 * treated * pdl1 / 100.0 - 0.15 * (1 - treated) + rng.normal(0, 0.25, n)
+    pdl1 = pick["pdl1_pct"].to_numpy() / 100.0
+    arm = pick["arm"].to_numpy()
+    shrink = np.select([arm == "io", arm == "chemo_io"], [0.1 + 0.8 * pdl1, 0.25 + 0.5 * pdl1], 0.25)
+    log_change = -shrink + rng.normal(0, 0.25, n)
     fu = pd.DataFrame({
         "person_id": pick["person_id"].to_numpy(),
         "day": fu_day,
@@ -401,8 +414,17 @@ class _Truth:
         self.defects: dict[str, int] = {}
         self.n_persons = 0
         self.n_lost = 0
-        self.s365 = {"immunotherapy": 0.0, "chemotherapy": 0.0}
         self.n_eligible = 0
+        self.n_by_arm = {a: 0 for a in model.ARMS}
+        self.person_s365: list[tuple[np.ndarray, np.ndarray]] = []  # (person ids, (n, arms) S(365))
+        self.s365_sum = np.zeros(len(model.ARMS))
+        self.oracle_sum = 0.0
+        self.oracle_count = np.zeros(len(model.ARMS), np.int64)
+        self.driver_pos = [0, 0]  # driver-positive persons: io worse than chemo, all
+        self.cif_all = np.zeros((len(model.ARMS), len(model.CIF_TIMES_DAYS)))
+        self.cif_received = np.zeros((len(model.ARMS), len(model.CIF_TIMES_DAYS)))
+        self.n_cif, self.n_cif_by_arm = 0, np.zeros(len(model.ARMS), np.int64)
+        self.pneumonitis = {"events": 0, "death_first": 0, "censored": 0}
         self.marginal_hr = None
         self.missing: dict[str, list[int]] = {}
 
@@ -413,29 +435,70 @@ class _Truth:
     def count_lost(self, n: int) -> None:
         self.n_lost += n
 
-    def add_chunk(self, lat: pd.DataFrame, first_chunk: bool) -> None:
+    def add_chunk(self, lat: pd.DataFrame, log_hr: dict[str, float], first_chunk: bool) -> None:
+        """Add one chunk: eligibility, every eligible person's potential outcomes under each arm."""
         self.n_persons += len(lat)
         for r in model.REASONS:
             self.attrition[r] += int((lat["reason"] == r).sum())
         elig = lat[lat["reason"] == "eligible"]
-        self.eligible.append(elig["person_id"].to_numpy())
+        pid = elig["person_id"].to_numpy()
+        self.eligible.append(pid)
         self.n_eligible += len(elig)
-        lp0 = elig["lp_untreated"].to_numpy()
-        lp1 = lp0 + model.LOG_HR["treated"] + model.LOG_HR["treated:pdl1_pct"] * elig["pdl1_pct"].to_numpy()
-        t0 = model.weibull_time(elig["u_death"].to_numpy(), lp0)
-        t1 = model.weibull_time(elig["u_death"].to_numpy(), lp1)
-        self.s365["chemotherapy"] += float((t0 > 365).sum())
-        self.s365["immunotherapy"] += float((t1 > 365).sum())
+        arm = elig["arm"].to_numpy()
+        for a in model.ARMS:
+            self.n_by_arm[a] += int((arm == a).sum())
+        lp_x = elig["lp_x"].to_numpy()
+        tau = np.column_stack([model.arm_log_hr(elig, a, log_hr) for a in model.ARMS])
+        s365 = model.survival_at(365.0, lp_x[:, None] + tau)
+        self.person_s365.append((pid, s365))
+        self.s365_sum += s365.sum(axis=0)
+        self.oracle_sum += float(s365.max(axis=1).sum())
+        self.oracle_count += np.bincount(s365.argmax(axis=1), minlength=len(model.ARMS))
+        drv = elig["driver_positive"].to_numpy() == 1
+        self.driver_pos[0] += int((drv & (tau[:, model.ARMS.index("io")] > 0)).sum())
+        self.driver_pos[1] += int(drv.sum())
+        if first_chunk:  # true pneumonitis CIFs of the first chunk's eligible persons
+            self.n_cif = len(elig)
+            self.n_cif_by_arm = np.array([(arm == a).sum() for a in model.ARMS])
+            lp_pneu_x = model.linear_predictor(elig.drop(columns=list(model.ARM_COLUMN.values())),
+                                               model.PNEUMONITIS_LOG_HR)  # without the arm terms
+            for j, a in enumerate(model.ARMS):
+                lp_pneu = lp_pneu_x + model.arm_log_hr(elig, a, model.PNEUMONITIS_LOG_HR)
+                for start in range(0, len(elig), 5000):
+                    sl = slice(start, start + 5000)
+                    cif = model.pneumonitis_cif(np.array(model.CIF_TIMES_DAYS), lp_x[sl] + tau[sl, j], lp_pneu[sl])
+                    self.cif_all[j] += cif.sum(axis=0)
+                    self.cif_received[j] += cif[arm[sl] == a].sum(axis=0)
+        status = elig["pneumonitis_status"].to_numpy()
+        for key, code in (("events", 1), ("death_first", 2), ("censored", 0)):
+            self.pneumonitis[key] += int((status == code).sum())
         for col in [c for c in lat.columns if c.endswith("_observed")]:
             miss = self.missing.setdefault(col[: -len("_observed")], [0, 0])
             miss[0] += int((~elig[col]).sum())
             miss[1] += len(elig)
         if first_chunk:
-            self.marginal_hr = _marginal_hr(t0, t1)
+            u = elig["u_death"].to_numpy()[:CHUNK_MARGINAL_HR]
+            times = {a: model.weibull_time(u, lp_x[: len(u)] + tau[: len(u), j]) for j, a in enumerate(model.ARMS)}
+            self.marginal_hr = {a: _marginal_hr(times[model.REFERENCE_ARM], times[a])
+                                for a in model.ARMS if a != model.REFERENCE_ARM}
 
-    def result(self, seed, size, cfg, rates, table_rows, image_signal: bool = True) -> dict:
-        s1 = self.s365["immunotherapy"] / self.n_eligible
-        s0 = self.s365["chemotherapy"] / self.n_eligible
+    def person_survival(self) -> dict[str, dict[str, float]]:
+        """person_id -> {arm: true S(365 days)} of every eligible person."""
+        out = {}
+        for pid, s in self.person_s365:
+            for p, row in zip(pid.tolist(), s.tolist(), strict=True):
+                out[str(p)] = dict(zip(model.ARMS, row, strict=True))
+        return out
+
+    def result(self, seed, size, cfg, rates, table_rows, image_signal: bool = True,
+               log_hr: dict | None = None, heterogeneity: bool = True) -> dict:
+        log_hr = dict(model.LOG_HR) if log_hr is None else log_hr
+        n_e = max(self.n_eligible, 1)
+        ref = model.REFERENCE_ARM
+        others = [a for a in model.ARMS if a != ref]
+        s365 = dict(zip(model.ARMS, (self.s365_sum / n_e).tolist(), strict=True))
+        oracle_value = self.oracle_sum / n_e
+        best = max(s365, key=s365.get)
         denominators = {  # table, what the rate is a share of
             "negative_lab_value": ("measurement", "lab rows (6 lab concepts) before duplication"),
             "zero_weight": ("measurement", "body-weight rows before duplication"),
@@ -459,9 +522,11 @@ class _Truth:
                    "rate": count / max(denom, 1), "rate_denominator": denominators[name][1]}
             for name, (count, denom) in sorted(self.defects.items())
         }
-        prop = dict(model.PROPENSITY)
-        prop["intercept"] = (model.PROPENSITY["intercept"]
-                             - sum(model.PROPENSITY[c] * m for c, m in model.PROPENSITY_CENTRE.items()))
+        prop = {}
+        for a, coef in model.PROPENSITY.items():
+            c = dict(coef)
+            c["intercept"] = coef["intercept"] - sum(coef[k] * m for k, m in model.PROPENSITY_CENTRE.items())
+            prop[a] = c
         trait_sd = {"log_tumour_volume_ml": model.TRAIT_DIST["log_tumour_volume_ml"]["sd"],
                     "heterogeneity": float(np.sqrt(2 * 3 / (5**2 * 6)))}
         eligible = np.sort(np.concatenate(self.eligible)) if self.eligible else np.array([], np.int64)
@@ -484,6 +549,13 @@ class _Truth:
                                     "the signal on) for every person, so the hazard level stays comparable; "
                                     "traits and baseline CTs as with the signal on. Baseline traits of "
                                     "imaged persons in ground_truth_tumours.csv")
+        grid = {f"pdl1_{p}_driver_{d}": {a: float(log_hr[model.ARM_COLUMN[a]]
+                                                  + log_hr[f"{model.ARM_COLUMN[a]}:pdl1_pct"] * p
+                                                  + log_hr[f"{model.ARM_COLUMN[a]}:driver_positive"] * (d == "pos"))
+                                         for a in others}
+                for p in (0, 1, 50, 90) for d in ("neg", "pos")}
+        times = [str(t) for t in model.CIF_TIMES_DAYS]
+        n_cif, n_arm = max(self.n_cif, 1), np.maximum(self.n_cif_by_arm, 1)
         return {
             "seed": seed, "size": size, "n_persons": self.n_persons, "n_eligible": self.n_eligible,
             "eligible_person_ids": eligible.tolist(),
@@ -492,6 +564,13 @@ class _Truth:
                 "note": "each ineligible person fails exactly one criterion",
                 "excluded": self.attrition,
             },
+            "arms": {
+                "labels": list(model.ARMS), "reference": ref, "indicator_columns": model.ARM_COLUMN,
+                "n_eligible_by_arm": self.n_by_arm,
+                "definition": "chemo: platinum + pemetrexed; io: PD-(L)1 inhibitor alone; chemo_io: both, "
+                              "started 0-14 days apart; t0 = first of them",
+            },
+            "heterogeneity": heterogeneity,
             "hazard_model": {
                 "form": "Weibull proportional hazards, h(t|x) = lambda * rho * t^(rho-1) * exp(x'beta), t in days "
                         "from t0; death times rounded up to whole days",
@@ -499,38 +578,75 @@ class _Truth:
                 "administrative_censor_date": "2025-12-31",
                 "loss_to_follow_up_share": rates["loss_to_follow_up"],
                 "n_lost_to_follow_up": self.n_lost,
+                "note": "log_hr keys are cohort columns; 'a:b' is the product of columns a and b; "
+                        "driver_positive is the true status (missing in the cohort when untested)",
             },
-            "log_hr": dict(model.LOG_HR),
+            "log_hr": log_hr,
             "treatment_effect": {
                 "conditional": {
-                    "treated": model.LOG_HR["treated"], "treated:pdl1_pct": model.LOG_HR["treated:pdl1_pct"],
-                    "log_hr_at_pdl1_pct": {str(p): model.LOG_HR["treated"] + model.LOG_HR["treated:pdl1_pct"] * p
-                                           for p in (0, 1, 50, 90)},
+                    "log_hr_vs_reference": grid,
+                    "note": "log-HR of each arm vs chemo at PD-L1 % and driver status (neg/pos)",
                 },
                 "marginal": {
-                    "survival_365d_immunotherapy": s1, "survival_365d_chemotherapy": s0,
-                    "survival_difference_365d": s1 - s0,
+                    "survival_365d": s365,
+                    "survival_difference_365d": {a: s365[a] - s365[ref] for a in others},
                     "hazard_ratio": self.marginal_hr,
-                    "method": "potential death times of every eligible person under both treatments "
-                              "(common random numbers, no censoring); HR from a Cox model of time on "
-                              "treatment fitted to both (first chunk of 50,000 persons at most)",
+                    "method": "survival_365d: mean over eligible persons of the exact S(365 | x, arm) of the "
+                              "generating model (latent tumour traits included); hazard_ratio: Cox HR of the "
+                              "uncensored potential death times under the arm vs under chemo (common random "
+                              "numbers; first chunk, at most 50,000 persons)",
                 },
+                "person_survival_365d": self.person_survival(),
+            },
+            "policy": {
+                "value_365d": {"oracle": oracle_value, **{f"treat_all_{a}": s365[a] for a in model.ARMS}},
+                "best_single_arm": best,
+                "oracle_gain_over_best_single_arm": oracle_value - s365[best],
+                "oracle_share_by_arm": dict(zip(model.ARMS, (self.oracle_count / n_e).tolist(), strict=True)),
+                "driver_positive_io_worse_than_chemo_share": self.driver_pos[0] / max(self.driver_pos[1], 1),
+                "note": "oracle: each eligible person gets the arm with the highest true S(365); under "
+                        "proportional hazards that is the arm with the lowest log-HR vs chemo, a function of "
+                        "the true PD-L1 % and driver status only",
             },
             "propensity_model": {
-                "form": "logistic: logit P(immunotherapy) = intercept + sum(coef * column)",
+                "form": "multinomial logit, reference chemo: log P(arm)/P(chemo) = intercept + sum(coef * column)",
                 "coefficients": prop,
-                "note": "index_year_c = calendar year of index_date minus 2019; ecog is the true value "
-                        "(also when the record is missing)",
+                "centre": model.PROPENSITY_CENTRE,
+                "note": "coefficients per unit of the cohort columns (intercepts for uncentred columns; "
+                        "t0_year = calendar year of t0); driver_positive is the true status (also when "
+                        "untested), ecog the true value (also when the record is missing)",
+            },
+            "competing_outcomes": {
+                "pneumonitis": {
+                    "definition": "first pneumonitis condition record linked to an inpatient visit "
+                                  "(visit_concept_id 9201) after t0; death first = competing event (status 2)",
+                    "cause_specific_hazard": {
+                        "form": "Weibull, h(t|x) = lambda * rho * t^(rho-1) * exp(x'gamma), t in days from t0",
+                        "rho": model.PNEUMONITIS_SHAPE, "lambda": model.PNEUMONITIS_SCALE,
+                        "log_hr": dict(model.PNEUMONITIS_LOG_HR),
+                    },
+                    "competing_cause_specific_log_hr": "log_hr (death hazard does not change after pneumonitis)",
+                    "cif_all_treated_with_arm": {a: dict(zip(times, (self.cif_all[j] / n_cif).tolist(), strict=True))
+                                                 for j, a in enumerate(model.ARMS)},
+                    "cif_among_receiving_arm": {a: dict(zip(times, (self.cif_received[j] / n_arm[j]).tolist(),
+                                                            strict=True))
+                                                for j, a in enumerate(model.ARMS)},
+                    "observed_status_counts": self.pneumonitis,
+                    "method": "CIF(t) = int_0^t S_death(s) dF_pneumonitis(s) per eligible person by numeric "
+                              "integration (400-point geometric grid), averaged over all eligible persons "
+                              "(everyone given the arm) or over those who received it (what Aalen-Johansen "
+                              "by arm estimates without censoring bias); first chunk (at most 50,000 persons, "
+                              "so every person of the ci and default sizes)",
+                },
             },
             "image_traits": image_traits,
             "lab_trajectories": {
                 "primary": "ldh_u_l",
-                "slope_per_30d": {c: {k: t[k] for k in ("immunotherapy", "chemotherapy")}
-                                  for c, t in model.LAB_TRAJECTORIES.items()},
-                "slope_difference_per_30d": {c: t["immunotherapy"] - t["chemotherapy"]
+                "slope_per_30d": {c: {a: t[a] for a in model.ARMS} for c, t in model.LAB_TRAJECTORIES.items()},
+                "slope_difference_per_30d": {c: {a: t[a] - t[ref] for a in others}
                                              for c, t in model.LAB_TRAJECTORIES.items()},
-                "note": "immunotherapy minus chemotherapy, cohort units per 30 days after t0; records every "
-                        "~21 days (+-4) after t0 for treated persons, 85% completeness",
+                "note": "each arm minus chemo, cohort units per 30 days after t0; records every ~21 days "
+                        "(+-4) after t0 for treated persons, 85% completeness",
             },
             "missingness_eligible": {c: m[0] / max(m[1], 1) for c, m in sorted(self.missing.items())},
             "unit_variations": {c: {"unit": u[1], "factor_from_cohort_unit": u[2],
@@ -542,14 +658,13 @@ class _Truth:
         }
 
 
-def _marginal_hr(t0: np.ndarray, t1: np.ndarray) -> dict:
-    """Cox HR (immunotherapy vs chemotherapy) of uncensored potential death times."""
+def _marginal_hr(t_ref: np.ndarray, t_arm: np.ndarray) -> dict:
+    """Cox HR (arm vs reference) of uncensored potential death times of the same persons."""
     from lifelines import CoxPHFitter
 
-    m = min(len(t0), 50_000)
-    df = pd.DataFrame({"time": np.concatenate([t0[:m], t1[:m]]).astype(float), "event": 1,
-                       "treated": np.repeat([0, 1], m)})
+    df = pd.DataFrame({"time": np.concatenate([t_ref, t_arm]).astype(float), "event": 1,
+                       "arm": np.repeat([0, 1], len(t_ref))})
     fit = CoxPHFitter().fit(df, "time", "event")
-    return {"estimate": float(np.exp(fit.params_["treated"])),
+    return {"estimate": float(np.exp(fit.params_["arm"])),
             "ci_low": float(np.exp(fit.confidence_intervals_.iloc[0, 0])),
             "ci_high": float(np.exp(fit.confidence_intervals_.iloc[0, 1]))}

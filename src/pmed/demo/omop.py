@@ -106,31 +106,90 @@ def conditions(lat: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     day = idx + 1 + rng.integers(0, np.maximum(end - idx, 1))
     after &= day <= end
     parts.append(_events(pid[after], day[after], other[after]))
-    return pd.concat(parts, ignore_index=True)
+    parts.extend(_pneumonitis_records(lat, rng))
+    out = pd.concat(parts, ignore_index=True)
+    out["visit_concept"] = out["visit_concept"].fillna(0).astype(np.int64)
+    return out
+
+
+def _pneumonitis_records(lat: pd.DataFrame, rng: np.random.Generator) -> list[pd.DataFrame]:
+    """Pneumonitis condition records with the visit type they must be linked to.
+
+    The outcome: one record on the admission day of each hospitalisation (inpatient visit) after
+    t0. Noise a correct outcome rule must ignore: an outpatient follow-up record 7-60 days after
+    half of the admissions; a pneumonitis history before t0 (3% of NSCLC persons, half of them
+    inpatient); outpatient (70%) or emergency-room records after t0 without admission (4% of
+    treated persons, never on an admission day).
+    """
+    n = len(lat)
+    pid = lat["person_id"].to_numpy()
+    t0 = lat["t0_day"].to_numpy()
+    start, end = lat["obs_start_day"].to_numpy(), lat["obs_end_day"].to_numpy()
+    nsclc = lat["reason"].to_numpy() != "no_nsclc"
+    concept = np.full(n, v.PNEUMONITIS.concept_id)
+    ip, op, er = v.INPATIENT_VISIT.concept_id, v.OUTPATIENT_VISIT.concept_id, v.ER_VISIT.concept_id
+    event = lat["pneumonitis_status"].to_numpy() == 1
+    day = t0 + lat["pneumonitis_time_days"].to_numpy().astype(np.int64)
+    follow = event & (rng.random(n) < 0.5)
+    fday = day + rng.integers(7, 61, n)
+    follow &= fday <= end
+    hist = nsclc & (rng.random(n) < 0.03)
+    hday = start + rng.integers(0, np.maximum(t0 - start, 1))
+    hvisit = np.where(rng.random(n) < 0.5, ip, op)
+    noise = nsclc & ~lat["untreated"].to_numpy() & (rng.random(n) < 0.04)
+    nday = t0 + 1 + rng.integers(0, np.maximum(end - t0, 1))
+    noise &= (nday <= end) & ~(event & (nday == day))
+    nvisit = np.where(rng.random(n) < 0.7, op, er)
+    return [
+        _events(pid[event], day[event], concept[event], visit_concept=ip),
+        _events(pid[follow], fday[follow], concept[follow], visit_concept=op),
+        _events(pid[hist], hday[hist], concept[hist], visit_concept=hvisit[hist]),
+        _events(pid[noise], nday[noise], concept[noise], visit_concept=nvisit[noise]),
+    ]
 
 
 def drugs(lat: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Drug events: 21-day cycles of the first-line regimen from t0 while observed (max 8)."""
+    """Drug events of the first-line regimen: 21-day cycles while observed (2-8 cycles).
+
+    chemo: platinum (carboplatin 70% / cisplatin 30%, first 4 cycles at most) + pemetrexed
+    (every cycle); io: one PD-(L)1 inhibitor every cycle; chemo_io: both, the later of the two
+    starting 0 days (60%) or 1-14 days after the other (either first; never after the end of
+    follow-up). A quarter of chemo persons
+    get second-line immunotherapy (up to 4 cycles) 21-119 days after their last cycle.
+    """
     treated_any = ~lat["untreated"].to_numpy() & (lat["reason"].to_numpy() != "no_nsclc")
     lat = lat[treated_any]
     n = len(lat)
     pid = lat["person_id"].to_numpy()
     t0 = lat["t0_day"].to_numpy()
     end = lat["obs_end_day"].to_numpy()
-    immuno = lat["treated"].to_numpy() == 1
+    arm = lat["arm"].to_numpy()
     io_drug = rng.choice([v.PEMBROLIZUMAB.concept_id, v.NIVOLUMAB.concept_id, v.ATEZOLIZUMAB.concept_id],
                          size=n, p=[0.6, 0.25, 0.15])
     platinum = rng.choice([v.CARBOPLATIN.concept_id, v.CISPLATIN.concept_id], size=n, p=[0.7, 0.3])
     n_cycles = rng.integers(2, 9, n)
+    # the later drug starts before the end of follow-up, so the data show the regimen the hazard used
+    offset = np.minimum(np.where(rng.random(n) < 0.6, 0, rng.integers(1, 15, n)), end - t0)
+    io_first = rng.random(n) < 0.5
+    combo = arm == "chemo_io"
+    chemo_start = t0 + np.where(combo & io_first, offset, 0)
+    io_start = t0 + np.where(combo & ~io_first, offset, 0)
+    has_chemo, has_io = arm != "io", arm != "chemo"
     parts = []
     for k in range(8):
-        day = t0 + 21 * k + (rng.integers(-2, 3, n) if k else 0)
-        keep = (k < n_cycles) & (day <= end)
-        io = keep & immuno
-        parts.append(_events(pid[io], day[io], io_drug[io]))
-        ch = keep & ~immuno
-        parts.append(_events(pid[ch], day[ch], platinum[ch]))
-        parts.append(_events(pid[ch], day[ch], np.full(ch.sum(), v.PEMETREXED.concept_id)))
+        jitter = rng.integers(-2, 3, n) if k else 0
+        cday, iday = chemo_start + 21 * k + jitter, io_start + 21 * k + jitter
+        ch = has_chemo & (k < n_cycles) & (cday <= end)
+        plat = ch & (k < 4)
+        parts.append(_events(pid[plat], cday[plat], platinum[plat]))
+        parts.append(_events(pid[ch], cday[ch], np.full(ch.sum(), v.PEMETREXED.concept_id)))
+        io = has_io & (k < n_cycles) & (iday <= end)
+        parts.append(_events(pid[io], iday[io], io_drug[io]))
+    second = (arm == "chemo") & (rng.random(n) < 0.25)
+    sday = t0 + 21 * n_cycles + rng.integers(21, 120, n)
+    for k in range(4):
+        keep = second & (sday + 21 * k <= end)
+        parts.append(_events(pid[keep], sday[keep] + 21 * k, io_drug[keep]))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -185,14 +244,25 @@ def measurements(lat: pd.DataFrame, rng: np.random.Generator, rates: dict) -> pd
     stage_val = np.where(nsclc["stage_iv"].to_numpy() == 1, v.STAGE_IV.concept_id, v.STAGE_III.concept_id)
     add(obs, idx - rng.integers(0, 15, n), v.STAGE_GROUP.concept_id, np.full(n, np.nan), 0, None, stage_val)
 
+    # driver testing between diagnosis and t0: EGFR first; ALK (a later day) only if EGFR negative
+    t0 = nsclc["t0_day"].to_numpy()
+    last = np.maximum(t0, idx)
+    egfr_day = idx - 14 + np.floor(rng.random(n) * (last - idx + 13)).astype(np.int64)
+    alk_day = egfr_day + 1 + np.floor(rng.random(n) * (last - egfr_day)).astype(np.int64)
+    tested = nsclc["driver_positive_observed"].to_numpy()
+    dtype = nsclc["driver_type"].to_numpy()
+    pos, neg = v.VALUE_CONCEPTS["positive"], v.VALUE_CONCEPTS["negative"]
+    add(tested, egfr_day, v.EGFR_TEST.concept_id, np.full(n, np.nan), 0, None, np.where(dtype == "EGFR", pos, neg))
+    alk = tested & (dtype != "EGFR")
+    add(alk, alk_day, v.ALK_TEST.concept_id, np.full(n, np.nan), 0, None, np.where(dtype == "ALK", pos, neg))
+
     # repeated labs after t0 (treated persons): person slope around the arm mean, every ~21 days
     treated_rows = ~nsclc["untreated"].to_numpy()
-    t0 = nsclc["t0_day"].to_numpy()
     end = nsclc["obs_end_day"].to_numpy()
-    arm = np.where(nsclc["treated"].to_numpy() == 1, "immunotherapy", "chemotherapy")
+    arm = nsclc["arm"].to_numpy()
     for col, traj in model.LAB_TRAJECTORIES.items():
         concept, unit, unit_code = LABS[col]
-        slope = np.where(arm == "immunotherapy", traj["immunotherapy"], traj["chemotherapy"])
+        slope = np.select([arm == a for a in model.ARMS], [traj[a] for a in model.ARMS])
         slope = slope + rng.normal(0, traj["slope_sd"], n)
         base = nsclc[col].to_numpy(dtype=float)
         for k in range(1, 9):
@@ -223,7 +293,8 @@ def smoking_observations(lat: pd.DataFrame, rng: np.random.Generator) -> pd.Data
 def assign_visits(event_tables: dict[str, pd.DataFrame], ids: IdCounter, rng: np.random.Generator) -> pd.DataFrame:
     """Create one visit per (person, day) with any event and set ``visit_occurrence_id`` in place.
 
-    Visits are numbered in (person_id, day) order. Returns the visit table (person_id, day,
+    Visits are numbered in (person_id, day) order. An event table may carry ``visit_concept``
+    (visit concept id its visit must have, 0 = any). Returns the visit table (person_id, day,
     end_day, visit_concept_id, visit_occurrence_id).
     """
     names = list(event_tables)
@@ -235,14 +306,27 @@ def assign_visits(event_tables: dict[str, pd.DataFrame], ids: IdCounter, rng: np
         stop = start + len(event_tables[n])
         event_tables[n] = event_tables[n].assign(visit_occurrence_id=visit_ids[inverse[start:stop]])
         start = stop
-    inpatient = rng.random(len(unique)) < 0.03
+    # visit type: forced by an event's `visit_concept` (inpatient > emergency room > outpatient),
+    # else inpatient for 3% of visits at random
+    rank = {0: 0, v.OUTPATIENT_VISIT.concept_id: 1, v.ER_VISIT.concept_id: 2, v.INPATIENT_VISIT.concept_id: 3}
+    forced_rank = np.zeros(len(unique), np.int64)
+    for n in names:
+        if "visit_concept" in event_tables[n].columns:
+            codes = event_tables[n]["visit_concept"].to_numpy(dtype=np.int64)
+            np.maximum.at(forced_rank, np.searchsorted(unique, _visit_key(event_tables[n])),
+                          np.array([rank[c] for c in codes], dtype=np.int64))
+    by_rank = np.array([0, v.OUTPATIENT_VISIT.concept_id, v.ER_VISIT.concept_id, v.INPATIENT_VISIT.concept_id])
+    random_ip = rng.random(len(unique)) < 0.03
+    concept = np.where(forced_rank > 0, by_rank[forced_rank],
+                       np.where(random_ip, v.INPATIENT_VISIT.concept_id, v.OUTPATIENT_VISIT.concept_id))
+    inpatient = concept == v.INPATIENT_VISIT.concept_id
     day = unique % _DAY_RANGE
     return pd.DataFrame({
         "visit_occurrence_id": visit_ids,
         "person_id": unique // _DAY_RANGE,
         "day": day,
         "end_day": day + np.where(inpatient, rng.integers(1, 6, len(unique)), 0),
-        "visit_concept_id": np.where(inpatient, v.INPATIENT_VISIT.concept_id, v.OUTPATIENT_VISIT.concept_id),
+        "visit_concept_id": concept,
     })
 
 

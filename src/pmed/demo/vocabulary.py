@@ -14,7 +14,7 @@ Public names
 CONCEPT_SETS : dict[str, list[int]]
     Ancestor concept ids per clinical idea (copied into params.yaml ``cohort:``).
 VALUE_CONCEPTS : dict[str, int]
-    Categorical answers (smoking status, stage group).
+    Categorical answers (smoking status, stage group, test result positive/negative).
 UNITS : dict[str, int]
     UCUM unit concept ids keyed by the UCUM code.
 """
@@ -93,11 +93,23 @@ SMOKING_STATUS = Concept(
 STAGE_GROUP = Concept(
     3022698, "Stage group.clinical Cancer", "Measurement", "LOINC", "Clinical Observation", "21908-9"
 )
+# Driver tests. No public source at hand gave the OMOP ids of these LOINC tests: the ids are
+# placeholders in the OMOP local-concept range (>= 2,000,000,000; see UNVERIFIED).
+EGFR_TEST = Concept(
+    2000000001, "EGFR gene mutation analysis in Blood or Tissue by Molecular genetics method",
+    "Measurement", "LOINC", "Lab Test", "21665-5",
+)
+ALK_TEST = Concept(
+    2000000002, "ALK gene rearrangements [Presence] in Tissue by FISH", "Measurement", "LOINC", "Lab Test", "76042-8",
+)
+PNEUMONITIS = Concept(4273378, "Interstitial pneumonia", "Condition", "SNOMED", "Disorder", "64667001")
 
 # --- value (answer) concepts --------------------------------------------------------------
 NEVER_SMOKER = Concept(45879404, "Never smoker", "Meas Value", "LOINC", "Answer", "LA18978-9")
 FORMER_SMOKER = Concept(45883458, "Former smoker", "Meas Value", "LOINC", "Answer", "LA15920-4")
 CURRENT_SMOKER = Concept(45881517, "Current every day smoker", "Meas Value", "LOINC", "Answer", "LA18976-3")
+POSITIVE = Concept(9191, "Positive", "Meas Value", "Meas Value", "Meas Value", "10828004")
+NEGATIVE = Concept(9189, "Negative", "Meas Value", "Meas Value", "Meas Value", "260385009")
 # OMOP Cancer Modifier stage groups (used as value_as_concept_id of the stage-group record);
 # their concept_code values below are illustrative (not looked up).
 STAGE_III = Concept(1633650, "AJCC/UICC Stage 3", "Measurement", "Cancer Modifier", "Staging/Grading", "AJCC/UICC-Stage-3")
@@ -140,6 +152,17 @@ UNVERIFIED: dict[int, str] = {
     36204026: "PD-L1 22C3 tumour proportion score (LOINC 85147-7): id not confirmed",
     1633650: "AJCC/UICC Stage 3: id confirmed; concept_code follows the Cancer Modifier pattern, not seen written out",
     1633308: "AJCC/UICC Stage 4: id confirmed; concept_code follows the Cancer Modifier pattern, not seen written out",
+    2000000001: "EGFR mutation test (LOINC 21665-5): placeholder local id, the standard OMOP id was not found; "
+                "the LOINC code is taken from the HL7 FHIR genetics example, its exact long name not confirmed",
+    2000000002: "ALK rearrangement test (LOINC 76042-8): placeholder local id, the standard OMOP id was not found; "
+                "LOINC code and name from a third-party code table, not confirmed",
+    4273378: "Interstitial pneumonia: id confirmed (OHDSI Covid-19 phenotype vocabulary list, SNOMED Condition); "
+             "its SNOMED code 64667001 not seen written out. Used for immune-related pneumonitis; SNOMED "
+             "'Pneumonitis' (205237003) would be the wider ancestor, its OMOP id not found",
+    9191: "Positive: id confirmed (OHDSI ETL tests: a positive lab result maps to value_as_concept_id 9191); "
+          "concept_code 10828004 not seen written out",
+    9189: "Negative: id confirmed (OHDSI 'Maps to value' table, Meas Value); concept_code 260385009 not seen "
+          "written out",
 }
 
 # Direct "Is a" edges (descendant, ancestor) of this subset.
@@ -153,8 +176,8 @@ CONCEPTS: tuple[Concept, ...] = (
     COPD, T2DM, HEART_FAILURE, CKD,
     PEMBROLIZUMAB, NIVOLUMAB, ATEZOLIZUMAB, CISPLATIN, CARBOPLATIN, PEMETREXED,
     ALBUMIN, LDH, NEUTROPHILS, LYMPHOCYTES, HEMOGLOBIN, CREATININE, BODY_WEIGHT, BMI,
-    PDL1, ECOG, SMOKING_STATUS, STAGE_GROUP,
-    NEVER_SMOKER, FORMER_SMOKER, CURRENT_SMOKER, STAGE_III, STAGE_IV,
+    PDL1, ECOG, SMOKING_STATUS, STAGE_GROUP, EGFR_TEST, ALK_TEST, PNEUMONITIS,
+    NEVER_SMOKER, FORMER_SMOKER, CURRENT_SMOKER, STAGE_III, STAGE_IV, POSITIVE, NEGATIVE,
     *UNIT_CONCEPTS,
     CT_MODALITY, CHEST_SITE, CHEST_CT,
     INPATIENT_VISIT, OUTPATIENT_VISIT, ER_VISIT,
@@ -183,6 +206,9 @@ CONCEPT_SETS: dict[str, list[int]] = {
     "smoking": [SMOKING_STATUS.concept_id],
     "stage": [STAGE_GROUP.concept_id],
     "chest_ct": [CHEST_CT.concept_id],
+    "driver_test": [EGFR_TEST.concept_id, ALK_TEST.concept_id],
+    "pneumonitis": [PNEUMONITIS.concept_id],
+    "inpatient_visit": [INPATIENT_VISIT.concept_id],
 }
 
 VALUE_CONCEPTS: dict[str, int] = {
@@ -191,6 +217,8 @@ VALUE_CONCEPTS: dict[str, int] = {
     "current_smoker": CURRENT_SMOKER.concept_id,
     "stage_iii": STAGE_III.concept_id,
     "stage_iv": STAGE_IV.concept_id,
+    "positive": POSITIVE.concept_id,
+    "negative": NEGATIVE.concept_id,
 }
 
 UNITS: dict[str, int] = {c.concept_code: c.concept_id for c in UNIT_CONCEPTS}

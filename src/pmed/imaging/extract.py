@@ -9,7 +9,11 @@ Steps (notebooks/05_imaging_features.ipynb calls them in this order):
    check geometry, compute the pyradiomics features, the mask volume and the longest axial
    diameter. Images run in parallel (``workers`` processes, tqdm progress bar); each result
    is cached in ``data/interim/radiomics_cache/<series_uid>-<settings hash>.parquet`` so a
-   rerun computes only new images. A failing image is excluded with its reason
+   rerun computes only new images. A cached result is used only if the scan's *inputs* are
+   unchanged: :func:`input_fingerprint` hashes the image_occurrence row, the bytes of every
+   file of the image (each DICOM slice) and of the mask. Content hashes (not size + mtime)
+   cost one read of the images per run (~1 s for the 656 MB default demo) and stay valid in
+   a fresh clone, where every mtime is new. A failing image is excluded with its reason
    (``on_error: exclude``) or stops the stage with an error naming it (``raise``).
 3. :func:`perturbation_features`: the same features under the perturbations of
    :mod:`pmed.imaging.stability` for a seeded subset of baseline images.
@@ -125,9 +129,10 @@ def extract_all(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = rad.settings_hash(settings)
-    results, todo = {}, []
+    results, todo, inputs = {}, [], {}
     for scan in scans.to_dict("records"):
-        cached = _read_cache(cache_dir, scan, key, Path(raw_dir))
+        inputs[scan["image_occurrence_id"]] = input_fingerprint(Path(raw_dir), scan)
+        cached = _read_cache(cache_dir, scan, key, inputs[scan["image_occurrence_id"]])
         if cached is not None:
             results[scan["image_occurrence_id"]] = cached
         else:
@@ -137,8 +142,9 @@ def extract_all(
                     progress, "radiomics")
     seconds = time.perf_counter() - start
     for scan, result in zip(todo, computed, strict=True):
-        if "error" not in result:
-            _write_cache(cache_dir, scan, key, result)
+        fingerprint = inputs[scan["image_occurrence_id"]]
+        if "error" not in result and fingerprint is not None:
+            _write_cache(cache_dir, scan, key, {**result, "input_sha256": fingerprint})
         results[scan["image_occurrence_id"]] = result
     rows, excluded = [], []
     for scan in scans.to_dict("records"):
@@ -149,7 +155,7 @@ def extract_all(
                 raise ImagingError(result["error"])
             excluded.append({**ident, "reason": result["error"]})
         else:
-            result = {k: v for k, v in result.items() if k != "mask_sha256"}
+            result = {k: v for k, v in result.items() if k != "input_sha256"}
             rows.append({**ident, "image_series_uid": scan["image_series_uid"],
                          "image_occurrence_date": scan["image_occurrence_date"],
                          "days_from_t0": scan["days_from_t0"], **result})
@@ -179,22 +185,23 @@ def perturbation_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     results, todo = {}, []
     for scan in subset.to_dict("records"):
+        fingerprint = input_fingerprint(Path(raw_dir), scan)
         for kind in stability["perturbations"]:
             key = rad.settings_hash({"radiomics": dict(settings), "perturbation": kind,
                                      "noise_sd_hu": noise_sd, "shift_voxels": shift, "seed": seed})
-            cached = _read_cache(cache_dir, scan, key, Path(raw_dir))
+            cached = _read_cache(cache_dir, scan, key, fingerprint)
             if cached is not None:
                 results[(scan["image_occurrence_id"], kind)] = cached
             else:
-                todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key))
+                todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key, fingerprint))
     computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability")
     for task, res in zip(todo, computed, strict=True):
-        if "error" not in res:
-            _write_cache(cache_dir, task[1], task[6], res)
+        if "error" not in res and task[7] is not None:
+            _write_cache(cache_dir, task[1], task[6], {**res, "input_sha256": task[7]})
         results[(task[1]["image_occurrence_id"], task[2])] = res
     rows = [
         {"image_occurrence_id": ident, "perturbation": kind,
-         **{k: v for k, v in res.items() if k != "mask_sha256"}}
+         **{k: v for k, v in res.items() if k != "input_sha256"}}
         for (ident, kind), res in results.items() if "error" not in res
     ]
     return pd.DataFrame(rows)
@@ -256,7 +263,6 @@ def _analyse_scan(task: tuple[Path, Mapping]) -> dict:
             "volume_ml": float(array.sum() * sx * sy * sz / 1000.0),
             "longest_diameter_mm": longest_axial_diameter_mm(array, (sy, sx)),
             "mask_voxels": int(array.sum()),
-            "mask_sha256": _sha256(raw_dir / scan["mask_path"]),
         }
         out.update(rad.extract_features(_EXTRACTOR, image, mask))
         return out
@@ -266,20 +272,40 @@ def _analyse_scan(task: tuple[Path, Mapping]) -> dict:
 
 def _perturbed_scan(task: tuple) -> dict:
     """Features of one scan under one perturbation, or {"error": reason}."""
-    raw_dir, scan, kind, seed, noise_sd, shift, _ = task
+    raw_dir, scan, kind, seed, noise_sd, shift, _, _ = task
     try:
         image, mask = _load(raw_dir, scan)
         rng = np.random.default_rng([seed, int(scan["image_occurrence_id"])])
         image, mask = perturb(image, mask, kind, rng, noise_sd, shift)
         features = rad.extract_features(_EXTRACTOR, image, mask)
-        return {"mask_sha256": _sha256(raw_dir / scan["mask_path"]), **features}
+        return features
     except Exception as err:  # the subset skips failures; the main pass reports them
         return {"error": _describe_failure(scan, err)}
 
 
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+FINGERPRINT_FIELDS = ("image_occurrence_id", "person_id", "image_series_uid", "local_path",
+                      "mask_path")
+
+
+def input_fingerprint(raw_dir: Path, scan: Mapping) -> str | None:
+    """Hex SHA-256 of everything a scan's result depends on (besides the settings).
+
+    Covers the image_occurrence fields in ``FINGERPRINT_FIELDS`` and the bytes of the image
+    (every file under a DICOM series folder, with its relative name, in sorted order) and
+    of the mask. None when the image or mask is missing: such a scan is never read from the
+    cache, so the extraction reports it.
+    """
+    digest = hashlib.sha256(repr([str(scan[f]) for f in FINGERPRINT_FIELDS]).encode())
+    for rel in (scan["local_path"], scan["mask_path"]):
+        path = Path(raw_dir) / rel
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if not files or not all(f.is_file() for f in files):
+            return None
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            with open(file, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
 
 
 def _cache_file(cache_dir: Path, scan: Mapping, key: str) -> Path:
@@ -287,16 +313,13 @@ def _cache_file(cache_dir: Path, scan: Mapping, key: str) -> Path:
     return cache_dir / f"{scan['image_series_uid']}-{key}.parquet"
 
 
-def _read_cache(cache_dir: Path, scan: Mapping, key: str, raw_dir: Path) -> dict | None:
-    """The cached result of a scan, or None if absent or its mask file has changed."""
+def _read_cache(cache_dir: Path, scan: Mapping, key: str, fingerprint: str | None) -> dict | None:
+    """The cached result of a scan, or None if absent or any of its inputs has changed."""
     path = _cache_file(cache_dir, scan, key)
-    if not path.is_file():
+    if fingerprint is None or not path.is_file():
         return None
     row = pd.read_parquet(path).iloc[0].to_dict()
-    mask = raw_dir / scan["mask_path"]
-    if not mask.is_file() or row.get("mask_sha256") != _sha256(mask):
-        return None
-    return row
+    return row if row.get("input_sha256") == fingerprint else None
 
 
 def _write_cache(cache_dir: Path, scan: Mapping, key: str, result: Mapping) -> None:
