@@ -50,8 +50,7 @@ if "avx512f" in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exis
 README_COMMANDS = [
     ".venv/bin/dvc repro",
     ".venv/bin/dvc repro survival outcomes treatment",
-    ".venv/bin/dvc exp run -S outcomes.horizon_days=730 "
-    "-S 'outcomes.brier_times_days=[180,365,545,730]'",
+    ".venv/bin/dvc exp run -S outcomes.horizon_days=730",
     ".venv/bin/dvc exp show --no-pager",
     ".venv/bin/dvc metrics diff",
 ]
