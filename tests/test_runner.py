@@ -221,6 +221,10 @@ def test_kernel_environment_pins_threads_and_is_restored(monkeypatch):
     assert runner.os.environ["OMP_NUM_THREADS"] == "8"
 
 
+def test_kernel_prefix_is_the_kernels_environment():
+    assert (runner.kernel_prefix() / "bin").is_dir()
+
+
 def test_blas_pin_only_where_the_cpu_has_the_kernels(tmp_path):
     cpu = tmp_path / "cpuinfo"
     cpu.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx fma avx2 avx512f\n")
@@ -266,7 +270,9 @@ def test_scrub_executed_removes_run_metadata_and_paths():
             nbformat.v4.new_output("stream", name="stderr", text=(
                 "/ws/x/data/a.csv read\n/ws/xy/b in /ws/x, /home/u/.pyenv/w.py:1\n")),
             nbformat.v4.new_output("display_data", data={
-                "text/plain": "/repo/src/f.py", "image/png": base64.b64encode(_png(True)).decode()}),
+                "text/plain": "/repo/src/f.py <Styler at 0x7f7d2566a1d0>", "image/png": base64.b64encode(_png(True)).decode(),
+                "text/html": '<style>#T_dca45_row0_col0 {x}</style><table id="T_dca45">'
+                             '<td id="T_9f0e1_row0">T_abcdefg</td>'}),
         ]),
     ])
     nb.metadata["papermill"] = {"start_time": "2026", "duration": 3.0, "parameters": {"a": 1},
@@ -278,7 +284,9 @@ def test_scrub_executed_removes_run_metadata_and_paths():
         "tags": ["injected-parameters"]}
     outs = nb.cells[1].outputs
     assert outs[0].text == "b 100%\ndata/a.csv read\n/ws/xy/b in ., ~/.pyenv/w.py:1\n"
-    assert outs[1].data["text/plain"] == "f.py"
+    assert outs[1].data["text/plain"] == "f.py <Styler at 0x...>"
+    assert outs[1].data["text/html"] == ('<style>#T_s0000_row0_col0 {x}</style><table id="T_s0000">'
+                                         '<td id="T_s0001_row0">T_abcdefg</td>')
     assert base64.b64decode(outs[1].data["image/png"]) == _png(False)
 
 

@@ -32,6 +32,10 @@ PNG_VOLATILE_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"tIME"}  # Software, dates, c
 TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex")
 # a tqdm progress bar's line ("radiomics: 100%|#####| 83/83", timings optional): it depends on
 # timing and on cache state (no bar when everything was cached), so reports leave it out
+# pandas Styler tables carry a random 5-hex-digit uuid in their ids and CSS ("T_dca45_row0")
+STYLER_ID = re.compile(r"\bT_([0-9a-f]{5})(?![0-9A-Za-z])")
+# the memory address in a default object repr ("<...Styler at 0x7f7d2566a1d0>")
+ADDRESS = re.compile(r"(?<= at )0x[0-9a-f]{6,16}(?=>)")
 PROGRESS_LINE = re.compile(r"^[^\n]*\d+%\|[^\n]*\| *\d+/\d+[^\n]*(\n|$)", re.M)
 
 
@@ -124,13 +128,19 @@ def scrub_executed(nb, folders: dict[Path, str]) -> None:
     Removes papermill's run metadata (start/end times, durations, input/output paths, the
     environment; the parameters are kept) and each cell's timing metadata, gives the
     injected-parameters cell a fixed id, merges stream outputs, applies carriage returns and
-    drops progress-bar lines (:data:`PROGRESS_LINE`), removes text chunks of embedded PNGs, and
+    drops progress-bar lines (:data:`PROGRESS_LINE`), numbers pandas Styler tables' random ids
+    (:data:`STYLER_ID`) in order of appearance, blanks memory addresses in object reprs,
+    removes text chunks of embedded PNGs, and
     rewrites the absolute ``folders`` in outputs as the relative prefixes they map to
     (e.g. {workspace: "", home: "~"}; "" makes ``<workspace>/data/x`` read ``data/x``).
     """
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     prefixes = _path_pattern(folders)
+    styler_ids: dict[str, str] = {}  # random uuid -> number in order of appearance
+
+    def stable_id(match: re.Match) -> str:
+        return "T_" + styler_ids.setdefault(match.group(1), f"s{len(styler_ids):04d}")
     run = nb.metadata.pop("papermill", {})
     if "parameters" in run:
         nb.metadata["papermill"] = {"parameters": run["parameters"]}
@@ -155,6 +165,10 @@ def scrub_executed(nb, folders: dict[Path, str]) -> None:
                 for mime in TEXT_MIMES:
                     if isinstance(data.get(mime), str):
                         data[mime] = _relative(data[mime], prefixes)
+                if isinstance(data.get("text/plain"), str):
+                    data["text/plain"] = ADDRESS.sub("0x...", data["text/plain"])
+                if isinstance(data.get("text/html"), str):
+                    data["text/html"] = STYLER_ID.sub(stable_id, data["text/html"])
                 if isinstance(data.get("image/png"), str):
                     raw = base64.b64decode(data["image/png"])
                     tail = "\n" if data["image/png"].endswith("\n") else ""

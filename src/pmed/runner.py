@@ -171,6 +171,14 @@ def require_kernel(name: str) -> None:
                          f"(it registers the project's .venv as kernel {name!r})")
 
 
+def kernel_prefix(name: str = KERNEL) -> Path | None:
+    """The environment folder of the kernel ``name``'s interpreter (``<prefix>/bin/python``)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    argv = KernelSpecManager().get_kernel_spec(name).argv
+    return Path(argv[0]).parent.parent if argv and Path(argv[0]).is_absolute() else None
+
+
 @contextlib.contextmanager
 def kernel_environment(workspace: Path):
     """os.environ for a kernel started inside the block: :data:`KERNEL_ENV`, :func:`blas_pin`
@@ -324,7 +332,10 @@ def run_stage(stage: str, dvc_file: Path | None = None,
         raise StageError(f"stage {stage!r} failed ({what}); its previous outputs are unchanged, "
                          f"the failed run is in {staging.relative_to(ws)}/") from err
     nb = nbformat.read(staging / executed, as_version=4)
-    nbtools.scrub_executed(nb, {staging: "", ws: "", config.ROOT: "", Path.home(): "~"})
+    folders = {Path.home(): "~", config.ROOT: "", ws: "", staging: ""}
+    if kernel_prefix():
+        folders[kernel_prefix()] = ".venv"  # e.g. a conda environment linked as .venv
+    nbtools.scrub_executed(nb, folders)
     nbformat.write(nb, staging / executed)
     render_html(staging / executed, staging / html)
     check_outputs(staging, fresh, stage, set(outputs))
