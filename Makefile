@@ -11,11 +11,12 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks
+.PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
+	repro-check FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/)"
+	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
@@ -45,7 +46,7 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: unit nbval
+test: unit nbval repro-check
 
 unit: venv lint
 	@echo "==> unit tests"
@@ -55,9 +56,20 @@ lint: venv
 	@echo "==> ruff"
 	$(BIN)/ruff check src tests benchmarks notebooks
 
-$(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) params.yaml | venv
+# The CI data depend on the demo code and on params.yaml's demo section + common.seed only:
+# the stamp file is rewritten (and so newer) only when those values change.
+DEMO_STAMP := $(CI_WS)/demo-params.json
+$(DEMO_STAMP): FORCE | venv
+	@$(BIN)/python -m pmed.nbtools demo-stamp $@
+
+repro-check: venv
+	@echo "==> reproduction: the committed HEAD, cloned twice, runs the pipeline at CI size"
+	@echo "    (other threads and workers in the 2nd clone): every output and dvc.lock identical"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_determinism.py
+
+$(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
-	rm -rf $(CI_WS)
+	find $(CI_WS) -mindepth 1 -maxdepth 1 ! -name $(notdir $(DEMO_STAMP)) -exec rm -rf {} +
 	$(BIN)/python -m pmed.demo --size ci --out $(CI_WS)/data/raw
 
 nbval: venv $(CI_WS)/data/raw/truth/ground_truth.json
@@ -70,8 +82,9 @@ nbval-refresh: venv $(CI_WS)/data/raw/truth/ground_truth.json
 	@echo "==> re-executing notebooks on the CI data and storing the checked cells' outputs"
 	PMED_WORKSPACE=$(CURDIR)/$(CI_WS) PMED_PARAMS_OVERLAY=$(CI_PARAMS) $(BIN)/python -m pmed.nbtools refresh $(NOTEBOOKS)
 
+# Jupyter refuses to run as root unless told to (containers, CI images): add --allow-root then.
 lab: venv
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 hooks: venv
 	$(BIN)/pre-commit install

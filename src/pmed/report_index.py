@@ -123,7 +123,9 @@ def main() -> int:
     audit_reports()
     out = config.path("reports") / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_index(), encoding="utf-8")
+    tmp = out.with_suffix(".html.tmp")  # all or nothing, as the notebook stages
+    tmp.write_text(build_index(), encoding="utf-8")
+    tmp.replace(out)
     print(f"[pmed] report: wrote {out.relative_to(config.workspace())}")
     return 0
 
