@@ -5,7 +5,7 @@ cloned twice and the pipeline runs at CI size (CI demo data, params.yaml with th
 tests/params_ci.yaml merged in and committed) with `.venv/bin/dvc` from a shell whose PATH does not hold the venv:
 
 - clone A: `make repro`'s steps (demo data, `dvc commit data.dvc`, `dvc repro`), then the
-  CI-size `dvc.lock` and `data.dvc` are committed in A (the repository's own lock is for the
+  CI-size `dvc.lock`, `data.dvc` and metrics JSON (git-tracked, as DVC metrics are) are committed in A (the repository's own lock is for the
   default demo, so like is compared with like);
 - clone B, a fresh clone of A: the same steps with a hostile environment (2 BLAS/OpenMP
   threads, another hash seed, OpenBLAS's AVX-512 kernels where the CPU has them) must leave `git status --porcelain` empty, i.e. the demo data and
@@ -143,7 +143,8 @@ def clones(tmp_path_factory):
     (a / "params.yaml").write_text(yaml.safe_dump(
         config.merge_overlay(params, overlay, CI_OVERLAY), sort_keys=False))
     make_repro(a)
-    sh(a, "git add params.yaml dvc.lock data.dvc && git -c user.name=ci -c user.email=ci@localhost"
+    sh(a, "git add params.yaml dvc.lock data.dvc reports/metrics && git -c user.name=ci"
+          " -c user.email=ci@localhost"
           " commit --quiet -m 'CI-size lock'")
     b = fresh_clone(a, base / "b")
     make_repro(b, **HOSTILE)
