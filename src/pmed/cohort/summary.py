@@ -58,10 +58,10 @@ def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cel
               [i_tot_d + 1, *range(i_a, i_a + k)], [m - 1, i_tot_d, i_tot_d + 1]]
     lines += [[i_n + g, i_d + g, i_a + g] for g in range(k)]
     cost = [*values[:i_a], *([np.inf] * k), values[i_tot_d], np.inf]  # survivors: derived
-    text = release_counts(values, lines, min_cell, cost)
+    text = [int(t) if t.isdigit() else t for t in release_counts(values, lines, min_cell, cost)]
     out = flow.copy()
     out["remaining"] = text[:m]
-    out["excluded"] = ["0" if exc[0] == 0 else format_count(exc[0], min_cell), *text[m:2 * m - 1]]
+    out["excluded"] = [0 if exc[0] == 0 else format_count(exc[0], min_cell), *text[m:2 * m - 1]]
     groups = {a: {"persons": text[i_n + g], "events": text[i_d + g]} for g, a in enumerate(arms)}
     groups["total"] = {"persons": text[m - 1], "events": text[i_tot_d]}
     return out, groups
