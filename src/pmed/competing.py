@@ -31,7 +31,7 @@ from lifelines import CoxPHFitter
 from lifelines.exceptions import StatisticalWarning
 from scipy import stats
 
-from pmed.privacy import format_count, release_counts
+from pmed.privacy import format_count, release_counts, release_km
 from pmed.survival import cox_table, require_columns
 
 #: lifelines' Newton-Raphson stops at a step below 1e-7 by default: coefficients then differ
@@ -46,7 +46,6 @@ __all__ = [
     "cif_table",
     "cif_metrics",
     "status_table",
-    "truncate_at_risk",
     "gray_test",
     "fit_cause_specific",
     "finegray",
@@ -180,19 +179,6 @@ def cif_at(curve: pd.DataFrame, times: Sequence[float]) -> pd.DataFrame:
     at_risk = curve["n_at_risk"].to_numpy()
     out["n_at_risk"] = np.where(nxt < ct.size, at_risk[np.minimum(nxt, ct.size - 1)], 0).astype(int)
     return out
-
-
-def truncate_at_risk(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
-    """A :func:`cumulative_incidence` curve released for a figure or CSV.
-
-    Rows from the first time with fewer than ``min_cell`` persons at risk on are dropped (a
-    group smaller than ``min_cell`` gives an empty frame, not drawn), and so are the per-time
-    ``n_event``, ``n_competing`` and ``n_censored`` counts (the rule of
-    ``pmed.privacy.release_km`` for Kaplan-Meier curves).
-    """
-    keep = curve["n_at_risk"].to_numpy() >= min_cell
-    stop = keep.size if keep.all() else int(np.argmin(keep))
-    return curve.iloc[:stop].drop(columns=["n_event", "n_competing", "n_censored"], errors="ignore").reset_index(drop=True)
 
 
 def cif_table(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_cell: int) -> pd.DataFrame:
@@ -539,12 +525,12 @@ def cif_plot(
     """Cumulative incidence curves by group with the numbers at risk under the time axis.
 
     Privacy: each curve is drawn only while at least ``min_cell`` persons remain at risk
-    (:func:`truncate_at_risk`); a group with fewer persons is not drawn (its label is listed
+    (:func:`pmed.privacy.release_km`); a group with fewer persons is not drawn (its label is listed
     in the figure's note); counts in 1..min_cell-1 are shown as "<min_cell".
     ``curves``: :func:`cif_by_group` output; ``times``: where numbers at risk are shown.
     Returns the matplotlib Figure.
     """
-    shown = {lab: truncate_at_risk(c, min_cell) for lab, c in curves.items()}
+    shown = {lab: release_km(c, min_cell) for lab, c in curves.items()}
     hidden = [lab for lab, c in shown.items() if c.empty]
     shown = {lab: c for lab, c in shown.items() if not c.empty}
     n_rows = max(len(shown), 1)

@@ -261,18 +261,21 @@ def suppress_metric_counts(metrics, min_cell: int):
 
 
 def release_km(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
-    """A Kaplan-Meier curve cut where fewer than ``min_cell`` persons remain at risk.
+    """A Kaplan-Meier or cumulative-incidence curve cut where fewer than ``min_cell`` persons
+    remain at risk.
 
-    ``curve`` is :func:`pmed.survival.kaplan_meier` output (needs ``n_at_risk``). Rows from
-    the first time with ``n_at_risk < min_cell`` on are dropped, and so are the per-time
-    event/censoring counts, so neither the figure nor its CSV shows a step of a small risk
-    set. A group smaller than ``min_cell`` from the start gives an empty frame (not drawn).
+    ``curve`` is :func:`pmed.survival.kaplan_meier` or :func:`pmed.competing.cumulative_incidence`
+    output (needs ``n_at_risk``). Rows from the first time with ``n_at_risk < min_cell`` on are
+    dropped, and so are the per-time event/competing/censoring counts, so neither a figure nor
+    its CSV shows a step of a small risk set. A group smaller than ``min_cell`` from the start
+    gives an empty frame (not drawn).
     """
     if "n_at_risk" not in curve.columns:
         raise KeyError("release_km: the curve needs an n_at_risk column (pmed.survival.kaplan_meier)")
     small = np.asarray(curve["n_at_risk"], dtype=float) < min_cell
     stop = int(np.argmax(small)) if small.any() else len(curve)
-    return curve.iloc[:stop].drop(columns=["n_events", "n_censored"], errors="ignore")
+    counts = ["n_events", "n_censored", "n_event", "n_competing"]
+    return curve.iloc[:stop].drop(columns=counts, errors="ignore").reset_index(drop=True)
 
 
 def mask_small(values: np.ndarray, min_cell: int) -> np.ndarray:
