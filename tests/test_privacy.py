@@ -1,6 +1,5 @@
 """Small-cell suppression and the identifier audit of report files."""
 
-import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -19,10 +18,6 @@ def test_suppress_counts_integer_columns_by_default():
     df = pd.DataFrame({"group": ["a", "b"], "n": [5, 40], "pct": [0.1, 0.9]})
     out = privacy.suppress_counts(df, 11)
     assert out["n"].tolist() == ["<11", "40"] and out["pct"].tolist() == [0.1, 0.9]
-
-
-def test_mask_small_for_figures():
-    np.testing.assert_array_equal(privacy.mask_small([0, 3, 12], 11), [0, np.nan, 12])
 
 
 def _write_dicom(path, name, mrn):

@@ -131,36 +131,3 @@ def test_release_nested_hides_small_implicit_exclusions():
     assert parts == {"PR": "12", "SD": "<11"}
     counts, parts = privacy.release_nested({"a": 100, "b": 60}, {"x": 30, "y": 30}, K)
     assert counts == {"a": "100", "b": "60"} and parts == {"x": "30", "y": "30"}
-
-
-def _derivable(values, text_hidden, lines):
-    return _recoverable(values, text_hidden, lines)
-
-
-def test_release_flow_tiny_cohort():
-    """The issue's case: flow 26 -> 25 -> 24 -> 21 with arms 10 + 11."""
-    steps = pd.DataFrame({"criterion": ["all", "a", "b", "c"], "remaining": [26, 25, 24, 21],
-                          "excluded": [0, 1, 1, 3], "reason": ["", "ra", "rb", "rc"]})
-    out, groups = privacy.release_flow(steps, {"io": 10, "chemo": 11}, K)
-    # 1 + 1 + 3 = 5 < 11: the three steps become one, and the 5 is hidden with a complement
-    assert out["criterion"].tolist() == ["all", "a or b or c"]
-    assert out["reason"].tolist() == ["", "ra or rb or rc"]
-    assert out["excluded"].tolist()[1] == "<11"
-    shown = [t for t in [*out["remaining"], *groups.values()] if t.isdigit()]
-    values = [26, 21, 5, 10, 11]
-    hidden = [not t.isdigit() for t in [*out["remaining"], out["excluded"][1], *groups.values()]]
-    lines = [[0, 1, 2], [1, 3, 4]]
-    assert not (_derivable(values, hidden, lines) & {2, 3})  # neither 5 nor 10 derivable
-    assert shown  # something is still shown
-
-
-def test_release_crosstab_hides_complements():
-    counts = pd.DataFrame({"died": [9, 30], "alive": [1, 20]}, index=["io", "chemo"])
-    out = privacy.release_crosstab(counts, K)
-    assert out.loc["io", "died"] == "<11" and out.loc["io", "alive"] == "<11"
-    assert out.loc["io", "total"] == "10" or out.loc["io", "total"] == "<11"
-    values = np.array([[9, 1, 10], [30, 20, 50], [39, 21, 60]], dtype=float).ravel()
-    hidden = np.array([not v.isdigit() for v in out.to_numpy().ravel()])
-    lines = [[2, 0, 1], [5, 3, 4], [8, 6, 7], [6, 0, 3], [7, 1, 4], [8, 2, 5]]
-    small = {i for i, v in enumerate(values) if 0 < v < K}
-    assert not (_recoverable(values, hidden, lines) & small)

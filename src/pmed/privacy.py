@@ -191,50 +191,6 @@ def release_nested(counts: dict, parts: dict | None, min_cell: int) -> tuple[dic
             dict(zip(parts, text[2 * m - 1:], strict=True)))
 
 
-def release_flow(steps: pd.DataFrame, groups: dict, min_cell: int) -> tuple[pd.DataFrame, dict]:
-    """Attrition steps and final groups as report text, safe against subtraction.
-
-    ``steps``: columns ``criterion``, ``remaining``, ``excluded`` (+ optional ``reason``,
-    ``step``), in order; ``groups``: {label: persons} of the final cohort (they sum to its
-    last ``remaining``). Small exclusions are merged into neighbouring steps
-    (:func:`merge_small_steps`), then every count that a small one could be derived from is
-    hidden (each step's remaining-before = remaining-after + excluded; the groups sum to the
-    final count). Returns (steps with text counts, {label: text}).
-    """
-    merged = merge_small_steps(steps, min_cell).reset_index(drop=True)
-    m = len(merged)
-    remaining = [float(v) for v in merged["remaining"]]
-    excluded = [float(v) for v in merged["excluded"]]
-    values = [*remaining, *excluded[1:], *(float(n) for n in groups.values())]
-    lines = [[i - 1, i, m + i - 1] for i in range(1, m)]
-    lines.append([m - 1, *range(2 * m - 1, 2 * m - 1 + len(groups))])
-    text = release_counts(values, lines, min_cell)
-    out = merged.copy()
-    out["remaining"] = text[:m]
-    out["excluded"] = ["0" if excluded[0] == 0 else format_count(excluded[0], min_cell),
-                       *text[m:2 * m - 1]]
-    return out, dict(zip(groups, text[2 * m - 1:], strict=True))
-
-
-def release_crosstab(counts: pd.DataFrame, min_cell: int) -> pd.DataFrame:
-    """A table of counts with row and column totals, as text safe against subtraction.
-
-    ``counts``: rows = groups, columns = categories that partition each group (e.g. died /
-    alive). Returns the same table plus a ``total`` column and a ``total`` row, every cell
-    after primary and complementary suppression (:func:`release_counts`).
-    """
-    table = counts.astype(float)
-    full = table.copy()
-    full["total"] = table.sum(axis=1)
-    full.loc["total"] = full.sum(axis=0)
-    r, c = full.shape  # lines list the total (last row / column) first
-    lines = [[i * c + c - 1, *(i * c + j for j in range(c - 1))] for i in range(r)]
-    lines += [[(r - 1) * c + j, *(i * c + j for i in range(r - 1))] for j in range(c)]
-    text = release_counts(full.to_numpy().ravel(), lines, min_cell)
-    return pd.DataFrame(np.array(text, dtype=object).reshape(r, c), index=full.index,
-                        columns=full.columns)
-
-
 _COUNT_KEY = re.compile(r"^n(_|$)|(^|_)(n|count)$")
 
 
@@ -276,13 +232,6 @@ def release_km(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
     stop = int(np.argmax(small)) if small.any() else len(curve)
     counts = ["n_events", "n_censored", "n_event", "n_competing"]
     return curve.iloc[:stop].drop(columns=counts, errors="ignore").reset_index(drop=True)
-
-
-def mask_small(values: np.ndarray, min_cell: int) -> np.ndarray:
-    """Float copy of ``values`` with counts in (0, min_cell) replaced by NaN (for figures)."""
-    arr = np.asarray(values, dtype=float).copy()
-    arr[(arr > 0) & (arr < min_cell)] = np.nan
-    return arr
 
 
 # --- audit: no identifier of the raw extract in any report file -------------------------

@@ -2,7 +2,7 @@
 
 Main column: persons remaining after each criterion; side boxes: persons excluded by it;
 bottom: the exposure groups. Counts given as numbers go through
-:func:`pmed.privacy.format_count`; counts given as text (from :func:`pmed.privacy.release_flow`,
+:func:`pmed.privacy.format_count`; counts given as text (from :func:`pmed.cohort.summary.release_cohort_counts`,
 which also protects against subtraction) are printed as they are.
 """
 
@@ -30,7 +30,7 @@ def flow_diagram(attrition: pd.DataFrame, groups: dict[str, int], min_cell: int,
     Parameters
     ----------
     attrition : columns criterion, remaining, excluded (one row per step, in order); counts
-        as numbers, or as report text from :func:`pmed.privacy.release_flow`.
+        as numbers, or as report text from :func:`pmed.cohort.summary.release_cohort_counts`.
     groups : {group label: persons (number or text)} in the final cohort.
     min_cell : minimum cell size; smaller counts print as "<k".
     reasons : why persons fail each step after the first (default: "not: <criterion>").
