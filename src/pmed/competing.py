@@ -31,6 +31,7 @@ from lifelines import CoxPHFitter
 from lifelines.exceptions import StatisticalWarning
 from scipy import stats
 
+from pmed.plots import risk_table_figure, style_risk_table
 from pmed.privacy import format_count, release_counts, release_km
 from pmed.survival import cox_table, require_columns
 
@@ -534,10 +535,7 @@ def cif_plot(
     hidden = [lab for lab, c in shown.items() if c.empty]
     shown = {lab: c for lab, c in shown.items() if not c.empty}
     n_rows = max(len(shown), 1)
-    fig = plt.figure(figsize=(7.5, 5.0 + 0.28 * n_rows))
-    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.22)
-    ax = fig.add_subplot(grid[0])
-    tab = fig.add_subplot(grid[1], sharex=ax)
+    fig, ax, tab = risk_table_figure(n_rows)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     times = [float(x) for x in times]
     top = 0.0
@@ -564,12 +562,5 @@ def cif_plot(
         ax.text(0.99, 0.02, f"Not shown (< {min_cell} persons): {', '.join(hidden)}", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=7)
     plt.setp(ax.get_xticklabels(), visible=False)
-    tab.set_ylim(-0.6, n_rows - 0.4)
-    tab.set_yticks(range(len(shown)))
-    tab.set_yticklabels(list(shown)[::-1], fontsize=8)
-    tab.set_xlabel(time_label)
-    tab.set_title("Number at risk", fontsize=8, loc="left", pad=3)
-    for side in ("top", "right", "left"):
-        tab.spines[side].set_visible(False)
-    tab.tick_params(axis="y", length=0)
+    style_risk_table(tab, list(shown), n_rows, time_label)
     return fig

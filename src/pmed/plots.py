@@ -54,10 +54,7 @@ def km_plot(
     if missing:
         raise KeyError(f"km_plot: groups {missing} have curves but no numbers-at-risk row")
     n_rows = len(curves)
-    fig = plt.figure(figsize=(7.5, 5.0 + 0.28 * n_rows))
-    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.22)
-    ax = fig.add_subplot(grid[0])
-    tab = fig.add_subplot(grid[1], sharex=ax)
+    fig, ax, tab = risk_table_figure(n_rows)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     times = [float(c) for c in at_risk.columns]
     for i, (label, km) in enumerate(curves.items()):
@@ -79,15 +76,32 @@ def km_plot(
         ax.set_title(title)
     plt.setp(ax.get_xticklabels(), visible=False)
     ax.set_xticks(times)
+    style_risk_table(tab, list(curves), n_rows, time_label)
+    return fig
+
+
+def risk_table_figure(n_rows: int):
+    """Figure with a curve panel above a numbers-at-risk panel for ``n_rows`` groups.
+
+    Returns (fig, ax, tab): ``tab`` shares the x axis of ``ax``.
+    """
+    fig = plt.figure(figsize=(7.5, 5.0 + 0.28 * n_rows))
+    grid = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.45 + 0.3 * n_rows], hspace=0.22)
+    ax = fig.add_subplot(grid[0])
+    tab = fig.add_subplot(grid[1], sharex=ax)
+    return fig, ax, tab
+
+
+def style_risk_table(tab, labels: Sequence[str], n_rows: int, time_label: str) -> None:
+    """Row labels (first group on top), x label and frame of a numbers-at-risk panel."""
     tab.set_ylim(-0.6, n_rows - 0.4)
-    tab.set_yticks(range(n_rows))
-    tab.set_yticklabels(list(curves)[::-1], fontsize=8)
+    tab.set_yticks(range(len(labels)))
+    tab.set_yticklabels(list(labels)[::-1], fontsize=8)
     tab.set_xlabel(time_label)
     tab.set_title("Number at risk", fontsize=8, loc="left", pad=3)
     for side in ("top", "right", "left"):
         tab.spines[side].set_visible(False)
     tab.tick_params(axis="y", length=0)
-    return fig
 
 
 def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)"):
