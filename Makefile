@@ -12,11 +12,11 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check FORCE
+	repro-check system-deps FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check"
+	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
@@ -46,7 +46,11 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: unit nbval repro-check
+test: system-deps unit nbval repro-check
+
+# Debian packages some tests need (.ci/apt-packages.txt): installed if missing (as root).
+system-deps:
+	@bash .ci/system-deps
 
 unit: venv lint
 	@echo "==> unit tests"
