@@ -184,3 +184,19 @@ def fmt_count(n) -> str:
     if v is None:
         return MISSING if n is None else str(n)
     return f"{round(v):,d}"
+
+
+def arm_name(label: str | None, strategies: dict | None = None) -> str:
+    """A treatment arm in words, from its regimen in params.yaml
+    ``cohort.treatment_strategies`` (``strategies``; read from params.yaml when None):
+    ``{all_of: [chemotherapy], none_of: [immunotherapy]}`` -> ``"chemotherapy alone"``,
+    ``{all_of: [chemotherapy, immunotherapy]}`` -> ``"chemotherapy plus immunotherapy"``.
+    ``label=None``: the reference arm. An unknown label is returned unchanged."""
+    if strategies is None:
+        strategies = config.load_params()["cohort"]["treatment_strategies"]
+    label = strategies["reference"] if label is None else label
+    rule = strategies.get("arms", {}).get(label)
+    if not isinstance(rule, dict) or not rule.get("all_of"):
+        return str(label)
+    name = " plus ".join(str(s).replace("_", " ") for s in rule["all_of"])
+    return f"{name} alone" if rule.get("none_of") else name
