@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from pmed import config, nbtools
+from pmed import config
 
 KERNEL = "pmed"  # registered in the project's .venv by `make venv`
 STAGING = ".pmed-staging"  # under the workspace (git-ignored)
@@ -305,6 +305,8 @@ def run_stage(stage: str, dvc_file: Path | None = None,
     import nbformat
     import papermill
 
+    from pmed import nbtools  # imports nbformat (seconds): after main()'s params check
+
     params = config.load_params()
     spec = stage_spec(stage, dvc_file)
     notebook = stage_notebook(spec)
@@ -354,8 +356,15 @@ def run_stage(stage: str, dvc_file: Path | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml, e.g. cohort")
+    stage = parser.parse_args(argv).stage
     try:
-        run_stage(parser.parse_args(argv).stage)
+        config.load_params()  # the schema check, before papermill is imported or a kernel starts
+    except config.ParamsError as err:
+        print(f"{err}\n[pmed] {stage}: not run (bad params); its previous outputs are unchanged",
+              file=sys.stderr, flush=True)
+        return 1
+    try:
+        run_stage(stage)
     except StageError as err:
         print(f"[pmed] ERROR: {err}", file=sys.stderr, flush=True)
         return 1
