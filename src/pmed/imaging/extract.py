@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pmed.cohort.omop import find_table_file
 from pmed.imaging import radiomics as rad
-from pmed.imaging.io import ImagingError, check_geometry, read_image, read_mask
+from pmed.imaging.io import ImagingError, SeriesChecks, check_geometry, read_image, read_mask
 from pmed.imaging.response import longest_axial_diameter_mm
 from pmed.imaging.stability import perturb
 
@@ -46,6 +46,7 @@ MEASURE_COLUMNS = ["volume_ml", "longest_diameter_mm", "mask_voxels"]
 ON_ERROR = ("exclude", "raise")
 
 _EXTRACTOR = None  # per-process pyradiomics extractor, built by _init_worker
+_CHECKS = SeriesChecks()  # per-process DICOM series tolerances, set by _init_worker
 
 
 def n_workers(requested: int) -> int:
@@ -104,7 +105,7 @@ def select_scans(
 
 def extract_all(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping, on_error: str,
-    workers: int = 1, progress: bool = True,
+    workers: int = 1, progress: bool = True, dicom: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Features of every scan, from the cache or computed in parallel.
 
@@ -115,6 +116,7 @@ def extract_all(
     cache_dir : per-image result cache (created if missing).
     settings : params ``imaging_features.radiomics``.
     on_error : "exclude" (record the failure and go on) or "raise".
+    dicom : params ``imaging_features.dicom`` (:class:`pmed.imaging.io.SeriesChecks`).
 
     Returns
     -------
@@ -139,7 +141,7 @@ def extract_all(
             todo.append(scan)
     start = time.perf_counter()
     computed = _map(_analyse_scan, [(Path(raw_dir), s) for s in todo], settings, workers,
-                    progress, "radiomics")
+                    progress, "radiomics", dicom)
     seconds = time.perf_counter() - start
     for scan, result in zip(todo, computed, strict=True):
         fingerprint = inputs[scan["image_occurrence_id"]]
@@ -168,6 +170,7 @@ def extract_all(
 def perturbation_features(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping,
     stability: Mapping, seed: int, workers: int = 1, progress: bool = True,
+    dicom: Mapping | None = None,
 ) -> pd.DataFrame:
     """Features of ``stability['n_images']`` seeded baseline scans under each perturbation.
 
@@ -194,7 +197,7 @@ def perturbation_features(
                 results[(scan["image_occurrence_id"], kind)] = cached
             else:
                 todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key, fingerprint))
-    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability")
+    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability", dicom)
     for task, res in zip(todo, computed, strict=True):
         if "error" not in res and task[7] is not None:
             _write_cache(cache_dir, task[1], task[6], {**res, "input_sha256": task[7]})
@@ -207,17 +210,21 @@ def perturbation_features(
     return pd.DataFrame(rows)
 
 
-def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str) -> list:
+def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str,
+         dicom: Mapping | None = None) -> list:
     """``[func(t) for t in tasks]`` in ``workers`` processes (each with its own extractor)."""
+    dicom = dict(dicom or {})
+    SeriesChecks.from_params(dicom)  # bad keys fail here, once, not in every worker
     results: list = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, mininterval=1.0)
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(settings, threads=0)
+        _init_worker(settings, 0, dicom)
         for i, task in enumerate(tasks):
             results[i] = func(task)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dict(settings), 1)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                 initargs=(dict(settings), 1, dicom)) as pool:
             futures = {pool.submit(func, task): i for i, task in enumerate(tasks)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
@@ -226,19 +233,20 @@ def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, des
     return results
 
 
-def _init_worker(settings: Mapping, threads: int) -> None:
-    """Build this process's pyradiomics extractor once; ``threads`` > 0 caps SimpleITK's
-    threads (1 in pool workers, so processes do not oversubscribe the cores)."""
-    global _EXTRACTOR
+def _init_worker(settings: Mapping, threads: int, dicom: Mapping | None = None) -> None:
+    """Build this process's pyradiomics extractor and series checks once; ``threads`` > 0
+    caps SimpleITK's threads (1 in pool workers, so processes do not oversubscribe the cores)."""
+    global _EXTRACTOR, _CHECKS
     if threads > 0:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _EXTRACTOR = rad.make_extractor(settings)
+    _CHECKS = SeriesChecks.from_params(dicom)
 
 
 def _load(raw_dir: Path, scan: Mapping) -> tuple[sitk.Image, sitk.Image]:
     """Image and mask of a scan, geometry checked (ImagingError naming the file otherwise)."""
     image_path, mask_path = raw_dir / scan["local_path"], raw_dir / scan["mask_path"]
-    image = read_image(image_path)
+    image = read_image(image_path, _CHECKS)
     mask = read_mask(mask_path)
     check_geometry(image, mask, str(image_path), str(mask_path))
     return image, mask
