@@ -151,14 +151,39 @@ def stage_outputs(spec: dict, params: dict) -> dict[Path, bool]:
     return out
 
 
+# nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax,
+# Mermaid): a report opens offline and fetches nothing (the notebooks use no TeX or Mermaid).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def report_view(nb):
+    """Copy of an executed notebook as the report shows it: without stderr output (warnings,
+    progress bars, logs; they stay in the executed notebook for the record)."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "stream" and o.get("name") == "stderr")]
+    return nb
+
+
 def render_html(executed: Path, html: Path) -> None:
-    """HTML rendering of an executed notebook with the input cells hidden."""
+    """HTML rendering of an executed notebook (:func:`report_view`) with the input cells
+    hidden, loading nothing from the network (:data:`OFFLINE_TEMPLATE`)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+                            exclude_output_prompt=True, template_file="pmed_offline.html.j2",
+                            extra_loaders=[DictLoader({"pmed_offline.html.j2": OFFLINE_TEMPLATE})])
+    body, _ = exporter.from_notebook_node(report_view(nbformat.read(executed, as_version=4)))
     html.write_text(body, encoding="utf-8")
 
 
