@@ -117,6 +117,24 @@ def test_series_selection_report(result, workspace):
     assert set(res.scans["timepoint"]) == {"baseline"}
 
 
+def test_micdm_rows_hold_every_feature_value(result, workspace):
+    """One image_feature + measurement row per non-missing value of every analysed scan,
+    written next to the parquet, and the values come back by joining them."""
+    names = [*extract.MEASURE_COLUMNS[:2], *result.feature_names]
+    wide = result.measured.set_index("image_occurrence_id")[names]
+    assert len(result.image_feature) == int(wide.notna().sum().sum())
+    joined = result.image_feature.merge(
+        result.feature_measurement, left_on="image_feature_event_id", right_on="measurement_id")
+    back = joined.pivot(index="image_occurrence_id", columns="measurement_source_value",
+                        values="value_as_number")
+    expected = wide.rename(columns=lambda c: c.removeprefix("original_"))
+    pd.testing.assert_frame_equal(back[expected.columns], expected, check_names=False)
+    processed = workspace / "data" / "processed"
+    stored = pd.read_parquet(processed / "omop_image_feature.parquet")
+    pd.testing.assert_frame_equal(stored, result.image_feature, check_dtype=False)
+    assert (processed / "omop_image_feature_measurement.parquet").is_file()
+
+
 def test_corrupt_series_is_excluded_with_its_name(result):
     assert result.exclusions["person_id"].tolist() == [5]
     reason = result.exclusions["reason"].iloc[0]

@@ -57,7 +57,8 @@ def n_workers(requested: int) -> int:
 
 
 def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
-    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs."""
+    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs (and
+    anatomic_site_concept_id when present)."""
     path = find_table_file(Path(omop_dir), "image_occurrence")
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     needed = ["image_occurrence_id", "person_id", "image_occurrence_date", "image_series_uid",
@@ -65,7 +66,8 @@ def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise KeyError(f"OMOP image_occurrence ({path}): missing columns {missing}")
-    table = table[needed].copy()
+    optional = [c for c in ("anatomic_site_concept_id",) if c in table.columns]
+    table = table[needed + optional].copy()
     table["image_occurrence_date"] = pd.to_datetime(table["image_occurrence_date"])
     return table
 

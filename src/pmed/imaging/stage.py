@@ -14,6 +14,9 @@ Outputs (``config.path("processed")`` unless noted)
 - image_feature_catalog.csv: per feature its IBSI tag, IBSI-verified flag, ICC and stable.
 - feature_stability.csv: feature, icc, stable, n_images, n_perturbations, icc_type.
 - image_response.parquet: per person with both scans, :func:`response.delta_table`.
+- omop_image_feature.parquet, omop_image_feature_measurement.parquet: the features as
+  MI-CDM ``image_feature`` rows and the OMOP ``measurement`` rows holding their values
+  (:mod:`pmed.imaging.micdm`), for loading into an OMOP database.
 - image_series_selection.csv: series considered / chosen / rejected per rule (counts below
   common.min_cell_size suppressed), :func:`pmed.imaging.selection.selection_report`.
 - ``config.path("interim")``/image_exclusions.csv: excluded scans and reasons (file names;
@@ -34,7 +37,7 @@ import SimpleITK as sitk
 from scipy import stats
 
 from pmed import config
-from pmed.imaging import extract, selection
+from pmed.imaging import extract, micdm, selection
 from pmed.imaging import radiomics as rad
 from pmed.imaging.response import delta_table
 from pmed.imaging.stability import stability_table
@@ -58,6 +61,8 @@ class StageResult:
     timing: dict  # n_computed, n_cached, seconds
     settings: dict = field(default_factory=dict)  # what image_features_settings.json holds
     series_selection: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, n (suppressed)
+    image_feature: pd.DataFrame = field(default_factory=pd.DataFrame)  # MI-CDM image_feature rows
+    feature_measurement: pd.DataFrame = field(default_factory=pd.DataFrame)  # their measurement rows
 
     @property
     def feature_names(self) -> list[str]:
@@ -127,8 +132,14 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     }
     saved["series_selection"] = {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in vars(rules).items()}
+    site = (occurrences.set_index("image_occurrence_id")["anatomic_site_concept_id"]
+            if "anatomic_site_concept_id" in occurrences.columns else None)
+    alg = (f"pmed imaging_features; pyradiomics {radiomics.__version__}; "
+           f"settings {saved['settings_hash']}")
+    image_feature, feature_measurement = micdm.micdm_tables(
+        measured, [*extract.MEASURE_COLUMNS[:2], *feature_names], alg, site)
     return StageResult(scans, measured, exclusions, catalog, stability, response, truth,
-                       timing, saved, series_report)
+                       timing, saved, series_report, image_feature, feature_measurement)
 
 
 def in_windows(occurrences: pd.DataFrame, cohort: pd.DataFrame, baseline_window_days: int,
@@ -217,6 +228,8 @@ def write_outputs(result: StageResult) -> dict[str, Path]:
         "response": processed / "image_response.parquet",
         "exclusions": interim / "image_exclusions.csv",
         "series_selection": processed / "image_series_selection.csv",
+        "image_feature": processed / "omop_image_feature.parquet",
+        "feature_measurement": processed / "omop_image_feature_measurement.parquet",
     }
     result.features.to_parquet(paths["features"], index=False)
     paths["settings"].write_text(json.dumps(result.settings, indent=2, sort_keys=True) + "\n")
@@ -225,6 +238,8 @@ def write_outputs(result: StageResult) -> dict[str, Path]:
     result.response.to_parquet(paths["response"], index=False)
     result.exclusions.to_csv(paths["exclusions"], index=False)
     result.series_selection.to_csv(paths["series_selection"], index=False)
+    result.image_feature.to_parquet(paths["image_feature"], index=False)
+    result.feature_measurement.to_parquet(paths["feature_measurement"], index=False)
     return paths
 
 
