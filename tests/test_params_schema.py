@@ -190,3 +190,37 @@ def test_the_schema_columns_are_the_cohort_contract():
     model = params_schema.Params.model_validate(params)
     produced = contract.columns(definition.parse_definition(params["cohort"]))
     assert model.cohort.columns() == set(produced)
+
+
+def test_dvc_exp_run_set_param_is_checked(tmp_path):
+    """`dvc exp run -S key=value` writes the value into params.yaml (dvc.utils.hydra), which
+    every stage then loads: a wrong type or a misspelt new key is named like any other."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(TEXT)
+    apply_overrides(path, ["outcomes.n_bootstrap=50"])
+    assert config.load_params(path)["outcomes"]["n_bootstrap"] == 50
+    apply_overrides(path, ["outcomes.n_bootstrap=fifty"])
+    assert problems(path) == [
+        f"{path}: outcomes.n_bootstrap: expected an integer >= 1, got a string"]
+    apply_overrides(path, ["outcomes.n_bootstrap=50", "+outcomes.n_bootsrap=50"])
+    assert problems(path) == [
+        f"{path}: outcomes.n_bootsrap: unknown key (did you mean 'n_bootstrap'?)"]
+
+
+@pytest.mark.parametrize("command", [["pmed.demo", "--size", "ci", "--out"], ["pmed.cohort", "--sql", "duckdb"]])
+def test_command_lines_print_the_problem_alone(tmp_path, command):
+    """`python -m pmed.demo` / `python -m pmed.cohort` with a bad key: the message, no
+    traceback, nothing written."""
+    import os
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("demo:\n  chunk_size: 0\n")
+    out = tmp_path / "raw"
+    args = [*command, str(out)] if command[-1] == "--out" else command
+    run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                         env={**os.environ, "PMED_PARAMS_OVERLAY": str(overlay)})
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [f"{overlay}: demo.chunk_size: expected an integer >= 1, got 0"]
+    assert not out.exists() and run.stdout == ""

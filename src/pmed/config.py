@@ -17,6 +17,7 @@ problem, e.g. ``params.yaml: outcomes.n_bootstrap: expected an integer >= 1, got
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,19 @@ class ParamsError(ValueError):
     def __init__(self, lines: list[str]):
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+def _report_bad_params(kind, error, tb, previous=sys.excepthook) -> None:
+    """An uncaught :class:`ParamsError` in a command line (``python -m pmed.demo``,
+    ``python -m pmed.cohort``, ...) prints its lines alone, no traceback; anything else goes
+    to the previous hook."""
+    if issubclass(kind, ParamsError):
+        print(error, file=sys.stderr)
+    else:
+        previous(kind, error, tb)
+
+
+sys.excepthook = _report_bad_params
 
 
 def _read_yaml(path: Path, name: str):
@@ -142,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pmed.config check [FILE]``: check a params file (default params.yaml, with
     ``$PMED_PARAMS_OVERLAY``) against the schema; exit 1 listing the problems."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m pmed.config",
                                      description="check a params file against the schema")
