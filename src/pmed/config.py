@@ -23,6 +23,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# libyaml's safe loader when PyYAML has it: the same result as yaml.safe_load, ~10x faster
+# (params.yaml is read on every config.path() call)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PARAMS_FILE = ROOT / "params.yaml"
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -51,7 +54,7 @@ sys.excepthook = _report_bad_params
 
 def _read_yaml(path: Path, name: str):
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
