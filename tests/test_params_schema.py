@@ -104,6 +104,16 @@ CASES = [
     (r"landmark_days: 112 ", "landmark_days: 60 ",
      "imaging_analysis.landmark_days: expected >= imaging_features.followup_window_days end "
      "(112): no follow-up scan after the landmark, got 60"),
+    (r"    copd: copd", "    copd: copd\n      ecog: copd",
+     "cohort.covariates: expected distinct output columns, got 'ecog' twice (covariates "
+     "conditions, numeric and categorical levels name cohort columns)"),
+    (r"effect_modifiers: \[pdl1_pct, driver_positive\]", "effect_modifiers: [pdl1_pct, pdl1_pct]",
+     "treatment.recommend.effect_modifiers[1]: expected distinct terms, got 'pdl1_pct' twice"),
+    (r"other_cancer: \[4112853, 200962\]", "other_cancer: concept_sets/other_cancer.json",
+     "cohort.concept_sets.other_cancer: expected an ATLAS concept-set JSON file (relative to the "
+     "project root), got 'concept_sets/other_cancer.json': no such file"),
+    (r"seed: 20261127", "seed: 4294967296",
+     "common.seed: expected an integer in [0, 2^31), got 4294967296"),
     (r"^common:", "commn:",
      "commn: unknown key (did you mean 'common'?)"),
 ]

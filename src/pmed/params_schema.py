@@ -38,6 +38,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pmed.config import ROOT
+
 # Values the code accepts, copied from the modules that use them (tests/test_params_schema.py
 # checks that the copies agree) so that checking params does not import SimpleITK/pyradiomics.
 FEATURE_CLASSES = ("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -191,7 +193,8 @@ class Paths(Model):
 
 
 class Common(Model):
-    seed: NonNegInt
+    # stages add offsets (< 10,000) to it; scikit-learn seeds must stay below 2^32
+    seed: Annotated[int, Field(ge=0, lt=2**31), _expect("an integer in [0, 2^31)")]
     min_cell_size: Count
 
 
@@ -483,6 +486,17 @@ class Cohort(Model):
         for name, ids in self.concept_sets.items():
             if isinstance(ids, list) and not ids:
                 raise fail("expected a non-empty list of concept ids", f"concept_sets.{name}")
+            if isinstance(ids, str) and not (ROOT / ids).is_file():
+                raise fail(f"expected an ATLAS concept-set JSON file (relative to the project "
+                           f"root), got {ids!r}: no such file", f"concept_sets.{name}")
+        outputs = [*self.covariates.conditions, *self.covariates.numeric]
+        outputs += [c for cat in self.covariates.categorical.values() for c in cat.levels]
+        twice = sorted({c for c in outputs if outputs.count(c) > 1}
+                       | (set(outputs) & set(COHORT_BASE_COLUMNS)))
+        if twice:
+            raise fail(f"expected distinct output columns, got {twice[0]!r} twice (covariates "
+                       "conditions, numeric and categorical levels name cohort columns)",
+                       "covariates")
         if self.max_age_years is not None and self.max_age_years < self.min_age_years:
             raise fail(f"expected >= min_age_years ({self.min_age_years:g}), got "
                        f"{self.max_age_years:g}", "max_age_years")
@@ -804,6 +818,8 @@ class Params(Model):
         }
         for where, terms in uses.items():
             for i, term in enumerate(terms):
+                if term in terms[:i]:
+                    raise fail(f"expected distinct terms, got {term!r} twice", f"{where}[{i}]")
                 unknown = [c for c in term.split(":") if c not in cols]
                 if unknown:
                     hint = difflib.get_close_matches(unknown[0], sorted(cols), 1)
