@@ -131,6 +131,7 @@ Bool = Annotated[bool, _expect("true or false")]
 Text = Annotated[str, Field(min_length=1), _expect("a non-empty string")]
 Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$"),
                  _expect("a lower-case name (letters, digits, _)")]
+Key = Annotated[str, Field(min_length=1), _expect("a name (non-empty string)")]
 Column = Annotated[str, Field(min_length=1), _expect("a column name (string)")]
 Names = Annotated[list[Column], Field(min_length=1), _expect("a non-empty list of column names")]
 OptNames = Annotated[list[Column], _expect("a list of column names")]
@@ -311,7 +312,7 @@ class Source(Model):
 
 
 class Exclusions(Model):
-    prior_concept_sets: list[Name] = []
+    prior_concept_sets: list[Key] = []
     window: Window = [None, -1]
 
     @model_validator(mode="after")
@@ -321,8 +322,8 @@ class Exclusions(Model):
 
 
 class Arm(Model):
-    all_of: Annotated[list[Name], Field(min_length=1)]
-    none_of: list[Name] = []
+    all_of: Annotated[list[Key], Field(min_length=1)]
+    none_of: list[Key] = []
     cohort_definition_id: Int
 
     @model_validator(mode="after")
@@ -379,7 +380,7 @@ class DeathOutcome(Model):
 class EventOutcome(Model):
     type: Literal["event"]
     table: Annotated[Literal[OUTCOME_TABLES], _expect(f"one of {', '.join(OUTCOME_TABLES)}")]
-    concept_set: Name | None = None
+    concept_set: Key | None = None
     visit_concept_ids: Ids | None = None
     blanking_days: Days = 0
     value_range: Annotated[list[float | None], Field(min_length=2, max_length=2),
@@ -403,7 +404,7 @@ class EventOutcome(Model):
 
 
 class NumericCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "measurement"
     window: Annotated[Literal["lab"] | Annotated[list[int | None], Field(min_length=2,
@@ -422,11 +423,11 @@ class NumericCovariate(Model):
 
 
 class CategoricalCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "observation"
     window: Window
-    levels: Annotated[dict[Name, Ids], Field(min_length=1)]
+    levels: Annotated[dict[Key, Ids], Field(min_length=1)]
     reference: Ids
     anchor: Literal["t0", "index"] = "t0"
 
@@ -448,9 +449,9 @@ class CohortCovariates(Model):
     lab_window_days: Days
     condition_window: Window = [None, -1]
     condition_anchor: Literal["t0", "index"] = "t0"
-    conditions: dict[Name, Name]
-    numeric: dict[Name, NumericCovariate]
-    categorical: dict[Name, CategoricalCovariate] = {}
+    conditions: dict[Key, Key]
+    numeric: dict[Key, NumericCovariate]
+    categorical: dict[Key, CategoricalCovariate] = {}
 
     @model_validator(mode="after")
     def _ok(self):
@@ -466,9 +467,9 @@ ConceptSet = Annotated[list[ConceptId] | str,
 class Cohort(Model):
     protocol: Protocol
     source: Source = Source()
-    concept_sets: Annotated[dict[Name, ConceptSet], Field(min_length=1)]
+    concept_sets: Annotated[dict[Key, ConceptSet], Field(min_length=1)]
     include_descendants: Bool = True
-    target_concept_set: Name
+    target_concept_set: Key
     prior_observation_days: Days
     min_age_years: Annotated[float, Field(ge=0), _expect("an age in years (number >= 0)")]
     max_age_years: Annotated[float | None, Field(ge=0),
