@@ -74,7 +74,8 @@ def test_competing_risk_fits():
     with message("too few events for cause-specific Cox model (pneumonitis_status == 1): "
                  f"2 events, {RULE4}"):
         competing.fit_cause_specific(df, "pneumonitis_time_days", "pneumonitis_status", COVARIATES)
-    with message(f"too few events for Fine-Gray model (pneumonitis_status == 1): 2 events, {RULE4}"):
+    with message("too few events for Fine-Gray model (pneumonitis_status == 1): 2 events, "
+                 f"{RULE4}"):
         competing.fit_fine_gray(df, "pneumonitis_time_days", "pneumonitis_status", COVARIATES,
                                 id_col="person_id")
 
@@ -119,7 +120,8 @@ def test_policy_fits():
 
 def test_prediction_and_imaging_models():
     df = tiny_cohort()
-    settings = prediction.ModelSettings(features=("age_years", "ecog"), interactions=("ecog:arm_io",))
+    settings = prediction.ModelSettings(features=("age_years", "ecog"),
+                                        interactions=("ecog:arm_io",))
     df = sv.add_interactions(df, settings.interactions)
     y = np.where(df["time_days"] <= 365, df["event"], 0).astype(float)
     with message("too few events for the risk models (Cox, logistic, boosting): 3 events, need >= "

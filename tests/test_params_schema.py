@@ -219,7 +219,8 @@ def test_dvc_exp_run_set_param_is_checked(tmp_path):
         f"{path}: outcomes.n_bootsrap: unknown key (did you mean 'n_bootstrap'?)"]
 
 
-@pytest.mark.parametrize("command", [["pmed.demo", "--size", "ci", "--out"], ["pmed.cohort", "--sql", "duckdb"]])
+@pytest.mark.parametrize("command", [["pmed.demo", "--size", "ci", "--out"],
+                                     ["pmed.cohort", "--sql", "duckdb"]])
 def test_command_lines_print_the_problem_alone(tmp_path, command):
     """`python -m pmed.demo` / `python -m pmed.cohort` with a bad key: the message, no
     traceback, nothing written."""
@@ -232,5 +233,6 @@ def test_command_lines_print_the_problem_alone(tmp_path, command):
     run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                          env={**os.environ, "PMED_PARAMS_OVERLAY": str(overlay)})
     assert run.returncode == 1
-    assert run.stderr.splitlines() == [f"{overlay}: demo.chunk_size: expected an integer >= 1, got 0"]
+    assert run.stderr.splitlines() == [
+        f"{overlay}: demo.chunk_size: expected an integer >= 1, got 0"]
     assert not out.exists() and run.stdout == ""

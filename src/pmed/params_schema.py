@@ -141,7 +141,8 @@ Times = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1),
                   _expect("a non-empty list of days (integers >= 0)")]
 Window = Annotated[list[int | None], Field(min_length=2, max_length=2),
                    _expect("a window [start_day, end_day] (integers or null)")]
-Range = Annotated[list[float], Field(min_length=2, max_length=2), _expect("a range [low, high] of numbers")]
+Range = Annotated[list[float], Field(min_length=2, max_length=2),
+                  _expect("a range [low, high] of numbers")]
 Thresholds = Annotated[list[float], Field(min_length=3, max_length=3),
                        _expect("[start, stop, step] (three numbers)")]
 
@@ -158,8 +159,8 @@ def _window_ok(window: tuple, where: str) -> None:
         raise fail(f"expected start <= end, got [{start}, {end}]", where)
 
 
-def _range_ok(low: float, high: float, where: str, strict: bool = True) -> None:
-    if low > high or (strict and low == high):
+def _range_ok(low: float, high: float, where: str) -> None:
+    if low >= high:
         raise fail(f"expected low < high, got [{low:g}, {high:g}]", where)
 
 
