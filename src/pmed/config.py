@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 1
-    print(f"{args.file}: OK")
+    overlay = os.environ.get("PMED_PARAMS_OVERLAY")
+    print(f"{args.file}: OK" + (f" (with the overlay {overlay})" if overlay else ""))
     return 0
 
 
