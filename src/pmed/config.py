@@ -132,6 +132,7 @@ def stage_params(stage: str) -> dict:
     """
     from pmed import runner
 
+    runner.scratch_workspace(stage)  # a notebook run by hand writes to build/scratch/<stage>/
     return runner.stage_parameters(runner.stage_spec(stage), load_params())
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import difflib
+import re
 import string
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -725,8 +726,37 @@ class Response(Model):
     key_features: Names
 
 
+class Masks(Model):
+    """Which structure of a DICOM SEG / RTSTRUCT file is the tumour (imaging/masks.py)."""
+
+    segment_label: Text
+    roi_name_pattern: Text
+    fractional_threshold: Annotated[float, Field(gt=0, le=1), _expect("a number in (0, 1]")]
+
+    @model_validator(mode="after")
+    def _ok(self):
+        for key in ("segment_label", "roi_name_pattern"):
+            try:
+                re.compile(getattr(self, key))
+            except re.error as err:
+                raise fail(f"expected a regular expression, got {getattr(self, key)!r} ({err})",
+                           key) from None
+        return self
+
+
+class DicomChecks(Model):
+    """Tolerances of the DICOM series checks (imaging/io.py)."""
+
+    position_tolerance_mm: PosFloat
+    spacing_tolerance: PosFloat
+    tilt_tolerance_deg: NonNegFloat
+
+
 class ImagingFeatures(Model):
-    mask_path_template: Text
+    mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
+                                  _expect("a path template or a non-empty list of them")]
+    masks: Masks
+    dicom: DicomChecks
     on_error: Annotated[Literal["exclude", "raise"], _expect("exclude or raise")]
     workers: Annotated[int, Field(ge=0), _expect("an integer >= 0 (0 = all CPU cores)")]
     progress: Bool = True
@@ -744,14 +774,16 @@ class ImagingFeatures(Model):
         if not 0 < first <= last:
             raise fail(f"expected 0 < first_day <= last_day, got [{first}, {last}]",
                        "followup_window_days")
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.mask_path_template) if f]
-        except ValueError as err:
-            raise fail(f"expected a path template with {{column}} fields, got "
-                       f"{self.mask_path_template!r} ({err})", "mask_path_template") from None
-        if not fields:
-            raise fail("expected a path template naming image_occurrence columns in {braces}, "
-                       f"got {self.mask_path_template!r}", "mask_path_template")
+        templates = self.mask_path_template
+        for template in [templates] if isinstance(templates, str) else templates:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+            except ValueError as err:
+                raise fail(f"expected a path template with {{column}} fields, got "
+                           f"{template!r} ({err})", "mask_path_template") from None
+            if not fields:
+                raise fail("expected a path template naming image_occurrence columns in "
+                           f"{{braces}}, got {template!r}", "mask_path_template")
         return self
 
 
