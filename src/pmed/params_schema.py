@@ -856,7 +856,7 @@ class Params(Model):
                     raise fail(f"expected distinct terms, got {term!r} twice", f"{where}[{i}]")
                 unknown = [c for c in term.split(":") if c not in cols]
                 if unknown:
-                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1)
+                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1, cutoff=0.8)
                     also = f" (did you mean {hint[0]!r}?)" if hint else ""
                     raise fail(f"expected a column of the cohort (from the cohort section), got "
                                f"{unknown[0]!r}{also}", f"{where}[{i}]")
@@ -917,7 +917,7 @@ def _fields_at(loc: tuple, root: Any = None) -> list[str] | None:
 def _hint(err: dict, root: Any = None) -> str | None:
     """The known key closest to an unknown one, if any is close."""
     known = _fields_at(tuple(err["loc"][:-1]), root) or []
-    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1)
+    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1, cutoff=0.8)
     return hint[0] if hint else None
 
 
