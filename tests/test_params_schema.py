@@ -114,6 +114,10 @@ CASES = [
      "project root), got 'concept_sets/other_cancer.json': no such file"),
     (r"seed: 20261127", "seed: 4294967296",
      "common.seed: expected an integer in [0, 2^31), got 4294967296"),
+    (r"weight_truncation_quantile: 0.99", "weight_truncation_quantile: 1.0",
+     "treatment.weight_truncation_quantile: expected a quantile in (0.5, 1) or null, got 1.0"),
+    (r"  max_persons: 2500 .*", "",
+     "treatment.monitoring.max_persons: required key is missing"),
     (r"^common:", "commn:",
      "commn: unknown key (did you mean 'common'?)"),
 ]

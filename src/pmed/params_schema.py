@@ -580,7 +580,7 @@ Terms = Annotated[list[Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$")]],
 
 class Survival(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     n_imputations: Count
     mice_max_iter: Count
     km_times_days: Times
@@ -590,8 +590,8 @@ class Survival(Model):
     ph_cut_days: PosDays
     n_bootstrap: Count
     n_jobs: Count
-    competing_outcomes: OptNames = []
-    competing_covariates: OptNames = []
+    competing_outcomes: OptNames
+    competing_covariates: OptNames
 
     @model_validator(mode="after")
     def _ok(self):
@@ -602,7 +602,7 @@ class Survival(Model):
 # ----------------------------------------------------------------------------- outcomes
 class Outcomes(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     horizon_days: PosDays
     brier_grid_points: Count
     cv_folds: Folds
@@ -657,7 +657,7 @@ class Monitoring(Model):
     response_threshold_pct: PosFloat
     response_direction: Annotated[Literal["decrease", "increase"],
                                   _expect("decrease or increase")]
-    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")] = None
+    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")]
 
     @model_validator(mode="after")
     def _ok(self):
@@ -671,8 +671,8 @@ class Monitoring(Model):
 class Treatment(Model):
     covariates: Names
     horizon_days: PosDays
-    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, le=1),
-                                          _expect("a quantile in (0.5, 1] or null")] = None
+    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, lt=1),
+                                          _expect("a quantile in (0.5, 1) or null")]
     smd_threshold: PosFloat
     n_imputations: Count
     mice_max_iter: Count
