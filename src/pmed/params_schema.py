@@ -39,6 +39,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pmed.config import ROOT
+
 # Values the code accepts, copied from the modules that use them (tests/test_params_schema.py
 # checks that the copies agree) so that checking params does not import SimpleITK/pyradiomics.
 FEATURE_CLASSES = ("firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -130,6 +132,7 @@ Bool = Annotated[bool, _expect("true or false")]
 Text = Annotated[str, Field(min_length=1), _expect("a non-empty string")]
 Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$"),
                  _expect("a lower-case name (letters, digits, _)")]
+Key = Annotated[str, Field(min_length=1), _expect("a name (non-empty string)")]
 Column = Annotated[str, Field(min_length=1), _expect("a column name (string)")]
 Names = Annotated[list[Column], Field(min_length=1), _expect("a non-empty list of column names")]
 OptNames = Annotated[list[Column], _expect("a list of column names")]
@@ -139,7 +142,8 @@ Times = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1),
                   _expect("a non-empty list of days (integers >= 0)")]
 Window = Annotated[list[int | None], Field(min_length=2, max_length=2),
                    _expect("a window [start_day, end_day] (integers or null)")]
-Range = Annotated[list[float], Field(min_length=2, max_length=2), _expect("a range [low, high] of numbers")]
+Range = Annotated[list[float], Field(min_length=2, max_length=2),
+                  _expect("a range [low, high] of numbers")]
 Thresholds = Annotated[list[float], Field(min_length=3, max_length=3),
                        _expect("[start, stop, step] (three numbers)")]
 
@@ -156,8 +160,8 @@ def _window_ok(window: tuple, where: str) -> None:
         raise fail(f"expected start <= end, got [{start}, {end}]", where)
 
 
-def _range_ok(low: float, high: float, where: str, strict: bool = True) -> None:
-    if low > high or (strict and low == high):
+def _range_ok(low: float, high: float, where: str) -> None:
+    if low >= high:
         raise fail(f"expected low < high, got [{low:g}, {high:g}]", where)
 
 
@@ -192,7 +196,8 @@ class Paths(Model):
 
 
 class Common(Model):
-    seed: NonNegInt
+    # stages add offsets (< 10,000) to it; scikit-learn seeds must stay below 2^32
+    seed: Annotated[int, Field(ge=0, lt=2**31), _expect("an integer in [0, 2^31)")]
     min_cell_size: Count
 
 
@@ -309,7 +314,7 @@ class Source(Model):
 
 
 class Exclusions(Model):
-    prior_concept_sets: list[Name] = []
+    prior_concept_sets: list[Key] = []
     window: Window = [None, -1]
 
     @model_validator(mode="after")
@@ -319,8 +324,8 @@ class Exclusions(Model):
 
 
 class Arm(Model):
-    all_of: Annotated[list[Name], Field(min_length=1)]
-    none_of: list[Name] = []
+    all_of: Annotated[list[Key], Field(min_length=1)]
+    none_of: list[Key] = []
     cohort_definition_id: Int
 
     @model_validator(mode="after")
@@ -377,7 +382,7 @@ class DeathOutcome(Model):
 class EventOutcome(Model):
     type: Literal["event"]
     table: Annotated[Literal[OUTCOME_TABLES], _expect(f"one of {', '.join(OUTCOME_TABLES)}")]
-    concept_set: Name | None = None
+    concept_set: Key | None = None
     visit_concept_ids: Ids | None = None
     blanking_days: Days = 0
     value_range: Annotated[list[float | None], Field(min_length=2, max_length=2),
@@ -401,7 +406,7 @@ class EventOutcome(Model):
 
 
 class NumericCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "measurement"
     window: Annotated[Literal["lab"] | Annotated[list[int | None], Field(min_length=2,
@@ -420,11 +425,11 @@ class NumericCovariate(Model):
 
 
 class CategoricalCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "observation"
     window: Window
-    levels: Annotated[dict[Name, Ids], Field(min_length=1)]
+    levels: Annotated[dict[Key, Ids], Field(min_length=1)]
     reference: Ids
     anchor: Literal["t0", "index"] = "t0"
 
@@ -446,9 +451,9 @@ class CohortCovariates(Model):
     lab_window_days: Days
     condition_window: Window = [None, -1]
     condition_anchor: Literal["t0", "index"] = "t0"
-    conditions: dict[Name, Name]
-    numeric: dict[Name, NumericCovariate]
-    categorical: dict[Name, CategoricalCovariate] = {}
+    conditions: dict[Key, Key]
+    numeric: dict[Key, NumericCovariate]
+    categorical: dict[Key, CategoricalCovariate] = {}
 
     @model_validator(mode="after")
     def _ok(self):
@@ -464,9 +469,9 @@ ConceptSet = Annotated[list[ConceptId] | str,
 class Cohort(Model):
     protocol: Protocol
     source: Source = Source()
-    concept_sets: Annotated[dict[Name, ConceptSet], Field(min_length=1)]
+    concept_sets: Annotated[dict[Key, ConceptSet], Field(min_length=1)]
     include_descendants: Bool = True
-    target_concept_set: Name
+    target_concept_set: Key
     prior_observation_days: Days
     min_age_years: Annotated[float, Field(ge=0), _expect("an age in years (number >= 0)")]
     max_age_years: Annotated[float | None, Field(ge=0),
@@ -484,6 +489,17 @@ class Cohort(Model):
         for name, ids in self.concept_sets.items():
             if isinstance(ids, list) and not ids:
                 raise fail("expected a non-empty list of concept ids", f"concept_sets.{name}")
+            if isinstance(ids, str) and not (ROOT / ids).is_file():
+                raise fail(f"expected an ATLAS concept-set JSON file (relative to the project "
+                           f"root), got {ids!r}: no such file", f"concept_sets.{name}")
+        outputs = [*self.covariates.conditions, *self.covariates.numeric]
+        outputs += [c for cat in self.covariates.categorical.values() for c in cat.levels]
+        twice = sorted({c for c in outputs if outputs.count(c) > 1}
+                       | (set(outputs) & set(COHORT_BASE_COLUMNS)))
+        if twice:
+            raise fail(f"expected distinct output columns, got {twice[0]!r} twice (covariates "
+                       "conditions, numeric and categorical levels name cohort columns)",
+                       "covariates")
         if self.max_age_years is not None and self.max_age_years < self.min_age_years:
             raise fail(f"expected >= min_age_years ({self.min_age_years:g}), got "
                        f"{self.max_age_years:g}", "max_age_years")
@@ -564,7 +580,7 @@ Terms = Annotated[list[Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$")]],
 
 class Survival(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     n_imputations: Count
     mice_max_iter: Count
     km_times_days: Times
@@ -574,8 +590,8 @@ class Survival(Model):
     ph_cut_days: PosDays
     n_bootstrap: Count
     n_jobs: Count
-    competing_outcomes: OptNames = []
-    competing_covariates: OptNames = []
+    competing_outcomes: OptNames
+    competing_covariates: OptNames
 
     @model_validator(mode="after")
     def _ok(self):
@@ -586,7 +602,7 @@ class Survival(Model):
 # ----------------------------------------------------------------------------- outcomes
 class Outcomes(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     horizon_days: PosDays
     brier_grid_points: Count
     cv_folds: Folds
@@ -641,7 +657,7 @@ class Monitoring(Model):
     response_threshold_pct: PosFloat
     response_direction: Annotated[Literal["decrease", "increase"],
                                   _expect("decrease or increase")]
-    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")] = None
+    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")]
 
     @model_validator(mode="after")
     def _ok(self):
@@ -655,8 +671,8 @@ class Monitoring(Model):
 class Treatment(Model):
     covariates: Names
     horizon_days: PosDays
-    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, le=1),
-                                          _expect("a quantile in (0.5, 1] or null")] = None
+    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, lt=1),
+                                          _expect("a quantile in (0.5, 1) or null")]
     smd_threshold: PosFloat
     n_imputations: Count
     mice_max_iter: Count
@@ -836,9 +852,11 @@ class Params(Model):
         }
         for where, terms in uses.items():
             for i, term in enumerate(terms):
+                if term in terms[:i]:
+                    raise fail(f"expected distinct terms, got {term!r} twice", f"{where}[{i}]")
                 unknown = [c for c in term.split(":") if c not in cols]
                 if unknown:
-                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1)
+                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1, cutoff=0.8)
                     also = f" (did you mean {hint[0]!r}?)" if hint else ""
                     raise fail(f"expected a column of the cohort (from the cohort section), got "
                                f"{unknown[0]!r}{also}", f"{where}[{i}]")
@@ -899,7 +917,7 @@ def _fields_at(loc: tuple, root: Any = None) -> list[str] | None:
 def _hint(err: dict, root: Any = None) -> str | None:
     """The known key closest to an unknown one, if any is close."""
     known = _fields_at(tuple(err["loc"][:-1]), root) or []
-    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1)
+    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1, cutoff=0.8)
     return hint[0] if hint else None
 
 
