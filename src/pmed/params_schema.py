@@ -273,6 +273,8 @@ class Demo(Model):
     sizes: Annotated[dict[str, DemoSize], Field(min_length=1)]
     chunk_size: Count
     imaging_workers: Count
+    mask_formats: Annotated[dict[Literal["seg", "rtstruct"], Share],
+                            _expect("shares of masks written as seg / rtstruct")] = {}
     image_signal: Bool = True
     heterogeneity: Bool = True
     rates: Rates
@@ -282,6 +284,9 @@ class Demo(Model):
         if self.size not in self.sizes:
             raise fail(f"expected one of demo.sizes {sorted(self.sizes)}, got {self.size!r}",
                        "size")
+        if sum(self.mask_formats.values()) > 1:
+            raise fail(f"expected shares summing to <= 1, got {dict(self.mask_formats)}",
+                       "mask_formats")
         return self
 
 
@@ -752,10 +757,38 @@ class DicomChecks(Model):
     tilt_tolerance_deg: NonNegFloat
 
 
+class SeriesSelection(Model):
+    """Rules a DICOM series must meet before extraction (imaging/selection.py)."""
+
+    modalities: Annotated[list[Literal["CT", "MR"]], Field(min_length=1), _expect("a list of CT, MR")]
+    body_parts: list[Text]
+    slice_thickness_mm: Annotated[Annotated[list[PosFloat], Field(min_length=2, max_length=2)]
+                                  | None, _expect("a range [low, high] in mm or null")]
+    description_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    kernel_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    baseline_choice: Annotated[Literal["latest", "earliest"], _expect("latest or earliest")]
+
+    @model_validator(mode="after")
+    def _ok(self):
+        if self.slice_thickness_mm is not None:
+            low, high = self.slice_thickness_mm
+            if low > high:
+                raise fail(f"expected low <= high, got [{low:g}, {high:g}]", "slice_thickness_mm")
+        for key in ("description_pattern", "kernel_pattern"):
+            if getattr(self, key) is not None:
+                try:
+                    re.compile(getattr(self, key))
+                except re.error as err:
+                    raise fail(f"expected a regular expression, got {getattr(self, key)!r} "
+                               f"({err})", key) from None
+        return self
+
+
 class ImagingFeatures(Model):
     mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
                                   _expect("a path template or a non-empty list of them")]
     masks: Masks
+    series_selection: SeriesSelection
     dicom: DicomChecks
     on_error: Annotated[Literal["exclude", "raise"], _expect("exclude or raise")]
     workers: Annotated[int, Field(ge=0), _expect("an integer >= 0 (0 = all CPU cores)")]
