@@ -951,12 +951,19 @@ def _message(err: dict, root: Any = None) -> str:
     return f"{err['msg']}, got {_shown(value)}"
 
 
+def _located(prefix: tuple, err: dict) -> tuple[str, str]:
+    """(key path, message) of one error; a bad mapping key is named as the key itself."""
+    loc, msg = prefix + tuple(err["loc"]), _message(err)
+    if loc and loc[-1] == "[key]":  # pydantic's marker for an invalid key of a dict
+        loc, msg = loc[:-1], f"{msg} (as a key)"
+    return _path(loc, err.get("ctx")).lstrip("."), msg
+
+
 def _errors(err: ValidationError, prefix: tuple = ()) -> list[tuple[str, str]]:
     """(key path, message) per error; a misspelt required key is one problem (the unknown
     key with its 'did you mean'), not two."""
     errors = err.errors()
-    found = [(_path(prefix + tuple(e["loc"]), e.get("ctx")).lstrip("."), _message(e))
-             for e in errors]
+    found = [_located(prefix, e) for e in errors]
     for i, e in enumerate(errors):
         meant = _hint(e) if e["type"] == "extra_forbidden" else None
         if meant is None:
