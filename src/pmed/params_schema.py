@@ -35,6 +35,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -481,7 +482,7 @@ class Cohort(Model):
     exclusions: Exclusions = Exclusions()
     treatment_strategies: TreatmentStrategies
     follow_up: FollowUp
-    outcomes: dict[Name, dict]  # checked by _outcomes (death | event rules)
+    outcomes: dict[Name, dict]  # checked by _outcome_rules (death | event rules)
     covariates: CohortCovariates
 
     @model_validator(mode="after")
@@ -521,41 +522,30 @@ class Cohort(Model):
         for kind in ("numeric", "categorical"):
             for col, cov in getattr(self.covariates, kind).items():
                 known(cov.concept_set, f"covariates.{kind}.{col}.concept_set")
+        for name, rule in self.outcomes.items():
+            known(rule.get("concept_set"), f"outcomes.{name}.concept_set")
         deaths = [n for n, o in self.outcomes.items() if o.get("type") == "death"]
         if len(deaths) != 1:
             raise fail(f"expected exactly one outcome of type death (the primary outcome), got "
                        f"{len(deaths)}", "outcomes")
         return self
 
-    @model_validator(mode="wrap")
+    @field_validator("outcomes")
     @classmethod
-    def _outcomes(cls, data: Any, handler):
-        """Each outcome validated as a death or an event rule, errors at its own key path."""
-        model = handler(data)
-        errors = []
-        for name, rule in model.outcomes.items():
-            kind = rule.get("type") if isinstance(rule, dict) else None
+    def _outcome_rules(cls, outcomes: dict) -> dict:
+        """Each outcome validated as a death or an event rule, the error at its own key path."""
+        for name, rule in outcomes.items():
+            kind = rule.get("type")
             if kind not in ("death", "event"):
-                errors.append(((f"outcomes.{name}.type"),
-                               f"expected 'death' or 'event', got {_shown(kind)}"))
-                continue
+                raise fail(f"expected 'death' or 'event', got {_shown(kind)}", f"{name}.type")
             rule_model = DeathOutcome if kind == "death" else EventOutcome
             try:
                 rule_model.model_validate(rule)
             except ValidationError as err:
-                for e in err.errors():
-                    errors.append((f"outcomes.{name}" + _path(e["loc"], e.get("ctx")),
-                                   _message(e, rule_model)))
-            else:
-                if kind == "event" and rule.get("concept_set") is not None \
-                        and rule["concept_set"] not in model.concept_sets:
-                    errors.append((f"outcomes.{name}.concept_set",
-                                   f"expected a concept set of cohort.concept_sets, got "
-                                   f"{rule['concept_set']!r}"))
-        if errors:
-            path, msg = errors[0]
-            raise fail(msg, path)
-        return model
+                e = err.errors()[0]
+                raise fail(_message(e, rule_model), name + _path(e["loc"], e.get("ctx"))) \
+                    from None
+        return outcomes
 
     def columns(self) -> set[str]:
         """The cohort.parquet columns this definition produces."""
