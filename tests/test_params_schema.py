@@ -118,6 +118,9 @@ CASES = [
      "treatment.weight_truncation_quantile: expected a quantile in (0.5, 1) or null, got 1.0"),
     (r"  max_persons: 2500 .*", "",
      "treatment.monitoring.max_persons: required key is missing"),
+    (r"^      io: \{all_of", "      Io: {all_of",
+     "cohort.treatment_strategies.arms.Io: expected a lower-case name (letters, digits, _), "
+     "got 'Io' (as a key)"),
     (r"^common:", "commn:",
      "commn: unknown key (did you mean 'common'?)"),
 ]

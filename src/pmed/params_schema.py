@@ -35,6 +35,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -486,7 +487,7 @@ class Cohort(Model):
     exclusions: Exclusions = Exclusions()
     treatment_strategies: TreatmentStrategies
     follow_up: FollowUp
-    outcomes: dict[Name, dict]  # checked by _outcomes (death | event rules)
+    outcomes: dict[Name, dict]  # checked by _outcome_rules (death | event rules)
     covariates: CohortCovariates
 
     @model_validator(mode="after")
@@ -526,41 +527,30 @@ class Cohort(Model):
         for kind in ("numeric", "categorical"):
             for col, cov in getattr(self.covariates, kind).items():
                 known(cov.concept_set, f"covariates.{kind}.{col}.concept_set")
+        for name, rule in self.outcomes.items():
+            known(rule.get("concept_set"), f"outcomes.{name}.concept_set")
         deaths = [n for n, o in self.outcomes.items() if o.get("type") == "death"]
         if len(deaths) != 1:
             raise fail(f"expected exactly one outcome of type death (the primary outcome), got "
                        f"{len(deaths)}", "outcomes")
         return self
 
-    @model_validator(mode="wrap")
+    @field_validator("outcomes")
     @classmethod
-    def _outcomes(cls, data: Any, handler):
-        """Each outcome validated as a death or an event rule, errors at its own key path."""
-        model = handler(data)
-        errors = []
-        for name, rule in model.outcomes.items():
-            kind = rule.get("type") if isinstance(rule, dict) else None
+    def _outcome_rules(cls, outcomes: dict) -> dict:
+        """Each outcome validated as a death or an event rule, the error at its own key path."""
+        for name, rule in outcomes.items():
+            kind = rule.get("type")
             if kind not in ("death", "event"):
-                errors.append(((f"outcomes.{name}.type"),
-                               f"expected 'death' or 'event', got {_shown(kind)}"))
-                continue
+                raise fail(f"expected 'death' or 'event', got {_shown(kind)}", f"{name}.type")
             rule_model = DeathOutcome if kind == "death" else EventOutcome
             try:
                 rule_model.model_validate(rule)
             except ValidationError as err:
-                for e in err.errors():
-                    errors.append((f"outcomes.{name}" + _path(e["loc"], e.get("ctx")),
-                                   _message(e, rule_model)))
-            else:
-                if kind == "event" and rule.get("concept_set") is not None \
-                        and rule["concept_set"] not in model.concept_sets:
-                    errors.append((f"outcomes.{name}.concept_set",
-                                   f"expected a concept set of cohort.concept_sets, got "
-                                   f"{rule['concept_set']!r}"))
-        if errors:
-            path, msg = errors[0]
-            raise fail(msg, path)
-        return model
+                e = err.errors()[0]
+                raise fail(_message(e, rule_model), name + _path(e["loc"], e.get("ctx"))) \
+                    from None
+        return outcomes
 
     def columns(self) -> set[str]:
         """The cohort.parquet columns this definition produces."""
@@ -984,12 +974,19 @@ def _message(err: dict, root: Any = None) -> str:
     return f"{err['msg']}, got {_shown(value)}"
 
 
+def _located(prefix: tuple, err: dict) -> tuple[str, str]:
+    """(key path, message) of one error; a bad mapping key is named as the key itself."""
+    loc, msg = prefix + tuple(err["loc"]), _message(err)
+    if loc and loc[-1] == "[key]":  # pydantic's marker for an invalid key of a dict
+        loc, msg = loc[:-1], f"{msg} (as a key)"
+    return _path(loc, err.get("ctx")).lstrip("."), msg
+
+
 def _errors(err: ValidationError, prefix: tuple = ()) -> list[tuple[str, str]]:
     """(key path, message) per error; a misspelt required key is one problem (the unknown
     key with its 'did you mean'), not two."""
     errors = err.errors()
-    found = [(_path(prefix + tuple(e["loc"]), e.get("ctx")).lstrip("."), _message(e))
-             for e in errors]
+    found = [_located(prefix, e) for e in errors]
     for i, e in enumerate(errors):
         meant = _hint(e) if e["type"] == "extra_forbidden" else None
         if meant is None:
