@@ -73,7 +73,7 @@ def write_fingerprint(path: Path, params: dict | None = None) -> dict:
     if version is not None:
         info = fingerprint(None, d, version)  # type: ignore[arg-type]
     else:
-        eng = extract.open_cdm(config.path("omop"), d, threads=1)
+        eng = extract.open_cdm(config.workspace() / params["paths"]["omop"], d, threads=1)
         try:
             info = fingerprint(eng, d)
         finally:
