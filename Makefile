@@ -12,7 +12,7 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check system-deps browser-check FORCE
+	repro-check system-deps browser-check engines-check FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
@@ -46,7 +46,20 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: system-deps unit nbval repro-check browser-check
+test: system-deps unit engines-check nbval repro-check browser-check
+
+# The cohort stage on PostgreSQL (Debian's server, started by the test as user postgres) and on
+# a local Spark (pyspark: the optional extra `spark` of pyproject.toml, installed here).
+SPARK_STAMP := $(VENV)/.pmed-spark
+$(SPARK_STAMP): pyproject.toml | venv
+	@echo "==> installing the optional extra [spark] into $(VENV)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $$($(BIN)/python -c \
+		"import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['spark']))")
+	@touch $@
+
+engines-check: venv system-deps $(SPARK_STAMP)
+	@echo "==> cohort engines: PostgreSQL and Spark give DuckDB's cohort (slow)"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_engines.py
 
 # Debian packages some tests need (.ci/apt-packages.txt): installed if missing (as root).
 system-deps:

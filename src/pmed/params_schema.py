@@ -307,8 +307,19 @@ class Protocol(Model):
     causal_contrast: ProtocolComponent
 
 
+SchemaName = Annotated[str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"),
+                      _expect("a schema name (letters, digits, _; Spark: catalog.schema) or null")]
+
+
 class Source(Model):
     encoding: Annotated[str, _expect("a text encoding")] = "utf-8"
+    engine: Annotated[Literal["files", "duckdb", "postgres", "spark"],
+                      _expect("files, duckdb, postgres or spark")] = "files"
+    cdm_schema: SchemaName = None
+    vocabulary_schema: SchemaName = None
+    scratch_schema: SchemaName = None
+    database: Annotated[str | None, _expect("a DuckDB database file path or null")] = None
+    data_version: Annotated[str | None, _expect("a CDM release label or null")] = None
 
     @model_validator(mode="after")
     def _known(self):
@@ -316,6 +327,16 @@ class Source(Model):
             raise fail(f"expected utf-8, latin-1 (also for Windows-1252) or utf-16, got "
                        f"{self.encoding!r}", "encoding")
         codecs.lookup(self.encoding.strip().lower().replace("_", "-"))
+        if self.engine in ("postgres", "spark") and self.cdm_schema is None:
+            raise fail(f"expected a schema name with engine {self.engine}, got null", "cdm_schema")
+        if self.engine == "files":
+            for key in ("cdm_schema", "vocabulary_schema", "scratch_schema"):
+                if getattr(self, key) is not None:
+                    raise fail("expected null with engine files (database engines only), got "
+                               f"{getattr(self, key)!r}", key)
+        if (self.database is None) == (self.engine == "duckdb"):
+            raise fail("expected a DuckDB database file with engine duckdb and null otherwise, "
+                       f"got {self.database!r}", "database")
         return self
 
 
