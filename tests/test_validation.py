@@ -291,3 +291,24 @@ def test_repeated_cv_refits_imputation_and_folds_per_repeat():
     npt.assert_array_equal(again.risk["gbm"][0], rcv.risk["gbm"][0])  # repeat 0 does not depend on R
     with pytest.raises(ValueError, match="cv_repeats"):
         va.repeated_cv(*args, n_folds=3, n_repeats=0, seeds=seeds, mice_max_iter=2)
+
+
+def test_describe_difference_uses_the_paired_interval():
+    lower = {"estimate": -0.02, "ci_low": -0.03, "ci_high": -0.01}
+    assert va.describe_difference("GB - Cox", "harrell_c", lower).endswith("excludes 0: Cox is better.")
+    assert va.describe_difference("GB - Cox", "brier", lower).endswith("excludes 0: GB is better.")
+    spans = {"estimate": 0.001, "ci_low": -0.002, "ci_high": 0.004}
+    assert va.describe_difference("GB - Cox", "ici", spans).endswith("includes 0: no difference shown.")
+    with pytest.raises(ValueError, match="metric"):
+        va.describe_difference("GB - Cox", "e50", spans)
+
+
+def test_ci_table_wide_layout():
+    cis = {"a.harrell_c": {"estimate": 0.7, "ci_low": 0.65, "ci_high": 0.75},
+           "a.brier": {"estimate": 0.2, "ci_low": 0.19, "ci_high": 0.21},
+           "b.harrell_c": {"estimate": 0.6, "ci_low": 0.55, "ci_high": 0.65}}
+    tab = va.ci_table_wide(cis, {"a": "A", "b": "B"})
+    assert list(tab.columns) == ["A", "B"]
+    assert list(tab.index) == ["Harrell's C", "Brier score at horizon"]
+    assert tab.loc["Harrell's C", "A"] == "0.700 (0.650 to 0.750)"
+    assert pd.isna(tab.loc["Brier score at horizon", "B"])

@@ -53,6 +53,9 @@ __all__ = [
     "subgroup_performance",
     "temporal_split",
     "age_bands",
+    "ci_table_wide",
+    "describe_difference",
+    "smoothed_calibration_plot",
 ]
 
 CORE_METRICS = ("harrell_c", "uno_c", "brier", "ipa", "calibration_slope", "calibration_intercept", "oe_ratio",
@@ -507,7 +510,7 @@ def _subgroup_stats(rows, time, event, risk, horizon):
     end = metrics.horizon_outcome(t, e, horizon)
     y, w = end["y"].to_numpy(), end["ipcw"].to_numpy()
     return {"harrell_c": metrics.harrell_c(t, e, p),
-            "brier": float(metrics.brier_score(t, e, 1 - p[:, None], [horizon])[0]),
+            "brier": float(np.nansum(w * (y - p) ** 2) / t.size),  # IPCW Brier with horizon_outcome's weights
             "calibration_intercept": cal.calibration_slope_intercept(y, p, w)["intercept"],
             "oe_ratio": cal.observed_expected(y, p, w)}
 
@@ -541,7 +544,8 @@ def subgroup_performance(time, event, risk, groups: Mapping[str, Sequence], hori
     Returns
     -------
     DataFrame: ``variable``, ``group``, ``n``, ``deaths`` (by the horizon; strings from
-    :func:`pmed.privacy.format_count`), ``suppressed`` and, per metric of Harrell's C, Brier,
+    :func:`pmed.privacy.format_count`), ``suppressed`` and, per metric of Harrell's C, Brier
+    (IPCW weights of :func:`pmed.metrics.horizon_outcome`, censoring KM of the subgroup),
     calibration-in-the-large and O/E, ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high``.
     """
     t, e = sv.check_survival_data(time, event, "subgroup_performance")
@@ -587,3 +591,70 @@ def temporal_split(t0_year, train_until: int, min_cell: int) -> tuple[np.ndarray
                          f"{train.size} development and {test.size} validation people (t0 years "
                          f"{int(year.min())}-{int(year.max())}); need >= {max(min_cell, 1)} in each")
     return train, test
+
+
+# --- tables, sentences and the smoothed calibration figure -----------------------------------
+
+METRIC_LABELS = {
+    "harrell_c": "Harrell's C", "uno_c": "Uno's C (to horizon)", "brier": "Brier score at horizon",
+    "ipa": "IPA (1 - Brier / null Brier)", "ibs": "Integrated Brier score", "calibration_slope": "Calibration slope",
+    "calibration_intercept": "Calibration-in-the-large", "oe_ratio": "Observed / expected",
+    "ici": "ICI", "e50": "E50", "e90": "E90", "net_benefit": "Net benefit at threshold",
+    "sensitivity": "Sensitivity at threshold", "ppv": "PPV at threshold",
+}
+"""Row labels of :func:`ci_table_wide` (metric key -> label)."""
+
+_HIGHER_IS_BETTER = {"harrell_c": True, "uno_c": True, "ipa": True, "brier": False, "ici": False}
+
+
+def _fmt(v: Mapping, digits: int) -> str:
+    return f"{v['estimate']:.{digits}f} ({v['ci_low']:.{digits}f} to {v['ci_high']:.{digits}f})"
+
+
+def ci_table_wide(cis: Mapping[str, dict], labels: Mapping[str, str], digits: int = 3) -> pd.DataFrame:
+    """Table "estimate (low to high)": one row per metric (:data:`METRIC_LABELS` order), one
+    column per key of ``labels`` present in ``cis`` (a model, or a pair ``"a-b"``)."""
+    cols = {}
+    for key, label in labels.items():
+        cols[label] = {METRIC_LABELS[m]: _fmt(cis[f"{key}.{m}"], digits) for m in METRIC_LABELS if f"{key}.{m}" in cis}
+    return pd.DataFrame(cols).reindex([v for v in METRIC_LABELS.values() if any(v in c for c in cols.values())])
+
+
+def describe_difference(label: str, metric: str, ci: Mapping, digits: int = 3) -> str:
+    """One sentence comparing two models by the paired bootstrap CI of their difference.
+
+    ``label`` names the difference ("A - B"), ``metric`` a key of :data:`DIFF_METRICS`.
+    The sentence says which model is better only if the 95% CI excludes 0.
+    """
+    if metric not in _HIGHER_IS_BETTER:
+        raise ValueError(f"describe_difference: metric must be one of {sorted(_HIGHER_IS_BETTER)}, got {metric!r}")
+    first, second = (s.strip() for s in label.split(" - ", 1))
+    text = f"{label}, {METRIC_LABELS[metric]}: {_fmt(ci, digits)}"
+    if ci["ci_low"] > 0 or ci["ci_high"] < 0:
+        better = first if (ci["ci_low"] > 0) == _HIGHER_IS_BETTER[metric] else second
+        return f"{text}; the 95% CI excludes 0: {better} is better."
+    return f"{text}; the 95% CI includes 0: no difference shown."
+
+
+def smoothed_calibration_plot(curves: Mapping[str, pd.DataFrame], errors: Mapping[str, dict],
+                              horizon_label: str, title: str = ""):
+    """Smoothed calibration curves (:func:`smoothed_calibration` ``curve``) with ICI in the legend.
+
+    A local figure of this module (the project's shared figures live in :mod:`pmed.plots`).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="Ideal")
+    for label, curve in curves.items():
+        ax.plot(curve["predicted"], curve["observed"], lw=1.8, label=f"{label} (ICI {errors[label]['ici']:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"Predicted risk of death by {horizon_label}")
+    ax.set_ylabel(f"Observed risk by {horizon_label} (Cox spline smoother)")
+    ax.legend(frameon=False, loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
