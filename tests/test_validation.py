@@ -249,12 +249,35 @@ def test_subgroup_performance_suppresses_small_groups(preds):
     assert list(tab["group"]) == ["female", "male", "common", "rare"]
     rare_row = tab.set_index("group").loc["rare"]
     assert rare_row["suppressed"] and rare_row["n"] == "<5" and np.isnan(rare_row["harrell_c"])
+    common = tab.set_index("group").loc["common"]
+    assert common["n"] == "suppressed"  # else n - common would reveal the rare group's size
+    assert not common["suppressed"] and common["harrell_c"] > 0.5
     female = tab.set_index("group").loc["female"]
     assert female["n"] == str(n // 2)
     assert female["harrell_c_ci_low"] <= female["harrell_c"] <= female["harrell_c_ci_high"]
     sel = sex == "female"
     expected = np.mean([metrics.harrell_c(time[sel], event[sel], risks["good"][r][sel]) for r in (0, 1)])
     assert female["harrell_c"] == pytest.approx(expected)
+
+
+def test_subgroup_m_out_of_n_bootstrap_keeps_the_interval_width(preds):
+    time, event, risks = preds
+    sex = np.where(np.arange(time.size) % 2 == 0, "female", "male")
+    args = (time, event, risks["good"], {"sex": sex}, HORIZON, 300)
+    full = va.subgroup_performance(*args, seed=3, min_cell=5)
+    sub = va.subgroup_performance(*args, seed=4, min_cell=5, max_rows=150)
+    for k in ("harrell_c", "oe_ratio"):
+        ratio = (sub[f"{k}_ci_high"] - sub[f"{k}_ci_low"]) / (full[f"{k}_ci_high"] - full[f"{k}_ci_low"])
+        assert ratio.between(0.7, 1.4).all(), k
+    npt.assert_allclose(sub["harrell_c"], full["harrell_c"])  # same full-data estimates
+
+
+def test_max_cox_snell_r2_hand_values():
+    phi = 0.174
+    assert va.max_cox_snell_r2("binary", prevalence=phi) == pytest.approx(
+        1 - np.exp(2 * (phi * np.log(phi) + (1 - phi) * np.log(1 - phi))))
+    with pytest.raises(ValueError, match="outcome must be"):
+        va.max_cox_snell_r2("count", prevalence=phi)
 
 
 def test_age_bands_and_temporal_split():

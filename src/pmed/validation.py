@@ -49,6 +49,7 @@ __all__ = [
     "calibration_errors",
     "performance",
     "bootstrap_performance",
+    "max_cox_snell_r2",
     "riley_sample_size",
     "subgroup_performance",
     "temporal_split",
@@ -413,6 +414,28 @@ def bootstrap_performance(
 
 # --- minimum sample size ----------------------------------------------------------------------
 
+def max_cox_snell_r2(outcome: str, prevalence: float | None = None, rate: float | None = None,
+                     mean_followup: float | None = None) -> float:
+    """Largest possible Cox-Snell R2, 1 - exp(2 lnL_null / n), of a binary or survival outcome.
+
+    Binary: lnL_null / n = phi ln phi + (1 - phi) ln(1 - phi). Survival (exponential null
+    model, as pmsampsize): E ln(E / n) - E with E the events of a notional 10,000 people,
+    rate x mean follow-up x 10,000, rounded up.
+    """
+    if outcome == "binary":
+        if prevalence is None or not 0 < prevalence < 1:
+            raise ValueError(f"riley_sample_size: binary outcome needs 0 < prevalence < 1, got {prevalence}")
+        lnl_null = prevalence * np.log(prevalence) + (1 - prevalence) * np.log(1 - prevalence)  # per person
+    elif outcome == "survival":
+        if rate is None or mean_followup is None or min(rate, mean_followup) <= 0:
+            raise ValueError("riley_sample_size: survival outcome needs positive rate and mean_followup")
+        e0 = np.ceil(rate * mean_followup * 10_000) / 10_000  # per person
+        lnl_null = e0 * np.log(e0) - e0
+    else:
+        raise ValueError(f"riley_sample_size: outcome must be 'survival' or 'binary', got {outcome!r}")
+    return float(1 - np.exp(2 * lnl_null))
+
+
 def riley_sample_size(
     outcome: str,
     parameters: int,
@@ -451,22 +474,12 @@ def riley_sample_size(
     ``events`` (expected at ``n``), ``epp`` (events per parameter) and, for survival,
     ``risk``, ``risk_ci_low``, ``risk_ci_high``, ``margin_met``.
     """
-    if outcome not in ("survival", "binary"):
-        raise ValueError(f"riley_sample_size: outcome must be 'survival' or 'binary', got {outcome!r}")
     if parameters < 1:
         raise ValueError(f"riley_sample_size: parameters must be >= 1, got {parameters}")
-    if outcome == "binary":
-        if prevalence is None or not 0 < prevalence < 1:
-            raise ValueError(f"riley_sample_size: binary outcome needs 0 < prevalence < 1, got {prevalence}")
-        lnl_null = prevalence * np.log(prevalence) + (1 - prevalence) * np.log(1 - prevalence)  # per person
-        events_per_person = prevalence
-    else:
-        if None in (rate, timepoint, mean_followup) or min(rate, timepoint, mean_followup) <= 0:
-            raise ValueError("riley_sample_size: survival outcome needs positive rate, timepoint and mean_followup")
-        events_per_person = rate * mean_followup
-        e0 = np.ceil(events_per_person * 10_000) / 10_000  # pmsampsize: events of a notional 10,000 people, rounded up
-        lnl_null = e0 * np.log(e0) - e0
-    max_r2 = 1 - np.exp(2 * lnl_null)
+    max_r2 = max_cox_snell_r2(outcome, prevalence, rate, mean_followup)
+    events_per_person = prevalence if outcome == "binary" else rate * mean_followup
+    if outcome == "survival" and (timepoint is None or timepoint <= 0):
+        raise ValueError(f"riley_sample_size: survival outcome needs a positive timepoint, got {timepoint}")
     if not 0 < r2_cs < min(shrinkage, max_r2):
         raise ValueError(f"riley_sample_size: need 0 < R2_CS < min(shrinkage, max R2_CS = {max_r2:.3f}), got {r2_cs}")
 
@@ -515,20 +528,24 @@ def _subgroup_stats(rows, time, event, risk, horizon):
             "oe_ratio": cal.observed_expected(y, p, w)}
 
 
-def _subgroup_chunk(chunk, members, time, event, risk, horizon, seed):
+def _subgroup_chunk(chunk, members, time, event, risk, horizon, point_by_repeat, seed, m):
+    scale = np.sqrt(m / members.size)
     rows = []
     for b in chunk:
         r = b % risk.shape[0]
-        idx = members[np.random.default_rng([seed, b]).integers(0, members.size, size=members.size)]
+        idx = members[np.random.default_rng([seed, b]).integers(0, members.size, size=m)]
         try:
-            rows.append(_subgroup_stats(idx, time, event, risk[r], horizon))
+            rep = _subgroup_stats(idx, time, event, risk[r], horizon)
         except (ValueError, np.linalg.LinAlgError):
             rows.append({})
+            continue
+        base = point_by_repeat[r]
+        rows.append({k: base[k] + scale * (v - base[k]) for k, v in rep.items()})
     return rows
 
 
 def subgroup_performance(time, event, risk, groups: Mapping[str, Sequence], horizon: float, n_boot: int,
-                         seed: int, min_cell: int, n_jobs: int = 1) -> pd.DataFrame:
+                         seed: int, min_cell: int, max_rows: int | None = None, n_jobs: int = 1) -> pd.DataFrame:
     """Performance of one model within subgroups, with bootstrap CIs; small groups suppressed.
 
     Parameters
@@ -539,39 +556,51 @@ def subgroup_performance(time, event, risk, groups: Mapping[str, Sequence], hori
         Grouping variables (e.g. ``{"sex": ..., "age band": ..., "arm": ...}``), labels per person.
     min_cell : int
         A group whose size, deaths by the horizon or people known alive at it is in
-        1..min_cell-1 is reported as suppressed (counts shown as "<min_cell", no metrics).
+        1..min_cell-1 is suppressed (no metrics). Sizes and deaths are released with
+        complementary suppression (:func:`pmed.privacy.release_counts`) within each variable,
+        whose groups add up to the published totals.
+    max_rows : int or None
+        m-out-of-n bootstrap above this many people in a group, as :func:`bootstrap_performance`.
 
     Returns
     -------
-    DataFrame: ``variable``, ``group``, ``n``, ``deaths`` (by the horizon; strings from
-    :func:`pmed.privacy.format_count`), ``suppressed`` and, per metric of Harrell's C, Brier
-    (IPCW weights of :func:`pmed.metrics.horizon_outcome`, censoring KM of the subgroup),
-    calibration-in-the-large and O/E, ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high``.
+    DataFrame: ``variable``, ``group``, ``n``, ``deaths`` (by the horizon; report text),
+    ``suppressed`` and, per metric of Harrell's C, Brier (IPCW weights of
+    :func:`pmed.metrics.horizon_outcome`, censoring KM of the subgroup), calibration-in-the-large
+    and O/E, ``<metric>``, ``<metric>_ci_low``, ``<metric>_ci_high`` (NaN when suppressed).
     """
     t, e = sv.check_survival_data(time, event, "subgroup_performance")
     risk = np.atleast_2d(np.asarray(risk, dtype=float))
     dead = (t <= horizon) & (e == 1)
     alive = t > horizon
+    names = ("harrell_c", "brier", "calibration_intercept", "oe_ratio")
     out = []
     for variable, labels in groups.items():
         labels = np.asarray(labels, dtype=object)
         if labels.shape != t.shape:
             raise ValueError(f"subgroup_performance: group {variable!r} has shape {labels.shape}, expected {t.shape}")
-        for g in sorted(pd.unique(labels[pd.notna(labels)]), key=str):
-            members = np.flatnonzero(labels == g)
-            counts = [members.size, int(dead[members].sum()), int(alive[members].sum())]
-            row = {"variable": variable, "group": str(g), "n": privacy.format_count(counts[0], min_cell),
-                   "deaths": privacy.format_count(counts[1], min_cell),
-                   "suppressed": any(privacy.is_small(c, min_cell) or c == 0 for c in counts)}
+        levels = sorted(pd.unique(labels[pd.notna(labels)]), key=str)
+        members = [np.flatnonzero(labels == g) for g in levels]
+        k = len(levels)
+        sizes = [t.size, *(mem.size for mem in members)]
+        deaths = [int(dead.sum()), *(int(dead[mem].sum()) for mem in members)]
+        text = privacy.release_counts([*sizes, *deaths], [list(range(k + 1)), list(range(k + 1, 2 * k + 2))],
+                                      min_cell)
+        for j, (g, mem) in enumerate(zip(levels, members, strict=True)):
+            counts = [mem.size, int(dead[mem].sum()), int(alive[mem].sum())]
+            row = {"variable": variable, "group": str(g), "n": text[1 + j], "deaths": text[k + 2 + j],
+                   "suppressed": any(privacy.is_small(c, min_cell) or c == 0 for c in counts),
+                   **{f"{m}{s}": np.nan for m in names for s in ("", "_ci_low", "_ci_high")}}
             if not row["suppressed"]:
-                point = {k: float(np.mean([_subgroup_stats(members, t, e, r, horizon)[k] for r in risk]))
-                         for k in ("harrell_c", "brier", "calibration_intercept", "oe_ratio")}
+                by_repeat = [_subgroup_stats(mem, t, e, r, horizon) for r in risk]
+                point = {m: float(np.mean([p[m] for p in by_repeat])) for m in names}
+                size = mem.size if max_rows is None or mem.size <= max_rows else int(max_rows)
                 chunks = np.array_split(np.arange(n_boot), max(1, min(n_boot, 4 * n_jobs)))
-                work = partial(_subgroup_chunk, members=members, time=t, event=e, risk=risk, horizon=horizon,
-                               seed=seed + 7919 * (len(out) + 1))
+                work = partial(_subgroup_chunk, members=mem, time=t, event=e, risk=risk, horizon=horizon,
+                               point_by_repeat=by_repeat, seed=seed + 7919 * (len(out) + 1), m=size)
                 reps = pd.DataFrame([x for rows in run_tasks(work, chunks, n_jobs) for x in rows])
-                for k, v in metrics.ci_table(point, reps).items():
-                    row.update({k: v["estimate"], f"{k}_ci_low": v["ci_low"], f"{k}_ci_high": v["ci_high"]})
+                for m, v in metrics.ci_table(point, reps).items():
+                    row.update({m: v["estimate"], f"{m}_ci_low": v["ci_low"], f"{m}_ci_high": v["ci_high"]})
             out.append(row)
     return pd.DataFrame(out)
 
