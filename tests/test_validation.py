@@ -335,3 +335,18 @@ def test_ci_table_wide_layout():
     assert list(tab.index) == ["Harrell's C", "Brier score at horizon"]
     assert tab.loc["Harrell's C", "A"] == "0.700 (0.650 to 0.750)"
     assert pd.isna(tab.loc["Brier score at horizon", "B"])
+
+
+def test_params_schema_checks_the_validation_keys():
+    import copy
+
+    from pmed import config, params_schema
+
+    p = copy.deepcopy(config.load_params())
+    p["outcomes"].update(calibration_knots=7, bootstrap_max_rows=1)
+    found = "\n".join(params_schema.check(p))
+    assert "outcomes.calibration_knots: expected 3, 4 or 5" in found
+    assert "outcomes.bootstrap_max_rows: expected an integer >= 2 or null" in found
+    p = copy.deepcopy(config.load_params())
+    p["outcomes"]["subgroup_age_edges"] = [70, 60]
+    assert params_schema.check(p) == ["outcomes.subgroup_age_edges: expected strictly increasing ages, got [70, 60]"]
