@@ -40,9 +40,9 @@ CASES = [
     # (regex of the line, replacement, exact first line after "<file>: ")
     (r"max_age_years: null", "max_age_yeras: 90",
      "cohort.max_age_yeras: unknown key (did you mean 'max_age_years'?)"),
-    (r"n_bootstrap: 100 (?=.*every metric)", 'n_bootstrap: "100" ',
+    (r"n_bootstrap: 1000 (?=.*every 95%)", 'n_bootstrap: "100" ',
      "outcomes.n_bootstrap: expected an integer >= 1, got a string"),
-    (r"n_bootstrap: 100 (?=.*every metric)", "n_bootstrap: -5 ",
+    (r"n_bootstrap: 1000 (?=.*every 95%)", "n_bootstrap: -5 ",
      "outcomes.n_bootstrap: expected an integer >= 1, got -5"),
     (r"cv_folds: 5 ", "cv_folds: true ",
      "outcomes.cv_folds: expected an integer >= 2, got a boolean"),
@@ -133,7 +133,7 @@ def test_a_bad_key_is_named_on_the_first_line(tmp_path, old, new, expected):
 
 
 def test_every_problem_gets_its_own_line(tmp_path):
-    first = edited(tmp_path, r"n_bootstrap: 100 (?=.*every metric)", 'n_bootstrap: "100" ')
+    first = edited(tmp_path, r"n_bootstrap: 1000 (?=.*every 95%)", 'n_bootstrap: "100" ')
     path = edited(tmp_path, r"min_cell_size: 11", "min_cell_size: -1", first.read_text())
     assert problems(path) == [
         f"{path}: common.min_cell_size: expected an integer >= 1, got -1",

@@ -637,11 +637,23 @@ class Outcomes(Model):
                                     _expect("an integer >= 1 or null")] = None
     mice_max_iter: Count
     km_times_days: Times
+    cv_repeats: Count
+    bootstrap_max_rows: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None
+    calibration_knots: Annotated[int, Field(ge=3, le=5), _expect("3, 4 or 5 (spline knots)")]
+    subgroup_age_edges: Annotated[list[float], Field(min_length=1),
+                                  _expect("a non-empty list of increasing ages in years")]
+    temporal_train_until_year: Int
+    riley_nagelkerke_r2: Probability
+    riley_shrinkage: Probability
 
     @model_validator(mode="after")
     def _ok(self):
         _grid_ok(self.dc_thresholds, "dc_thresholds")
         _days_ok(self.km_times_days, "km_times_days")
+        edges = self.subgroup_age_edges
+        if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
+            shown = ", ".join(f"{a:g}" for a in edges)
+            raise fail(f"expected strictly increasing ages, got [{shown}]", "subgroup_age_edges")
         return self
 
 
