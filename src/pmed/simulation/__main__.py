@@ -22,11 +22,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-persons", type=int, help="persons simulated per data set (simulation.n_persons)")
     parser.add_argument("--workers", type=int, help="worker processes (simulation.workers)")
     parser.add_argument("--estimands", help=f"comma-separated subset of {','.join(design.ESTIMANDS)} (default all)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="start no new batch of replicates after this many minutes (default: no limit)")
     args = parser.parse_args(argv)
     params = config.load_params()
     chosen = tuple(e.strip() for e in args.estimands.split(",") if e.strip()) if args.estimands else None
     settings = study.Settings.from_params(params, replicates=args.replicates, n_persons=args.n_persons,
                                           workers=args.workers, estimands=chosen)
+    settings.max_minutes = args.max_minutes
     result = study.run(settings)
     text = {"master seed": settings.seed, "replicates per scenario": settings.replicates,
             "persons simulated per data set": settings.n_persons,

@@ -79,7 +79,8 @@ def html_report(result: dict, settings_text: dict) -> str:
     parts.append(f"<p>Runtime: {runtime['wall_s']:.0f} s wall on {runtime['workers']} workers; "
                  f"{runtime['task_cpu_s']:.0f} CPU s in the tasks; load average (1, 5, 15 min) at the end "
                  f"{', '.join(f'{x:.1f}' for x in runtime['load_average_1_5_15'])} on {runtime['cpu_count']} "
-                 f"cores; mean cohort size {runtime['mean_cohort_size']:.0f}.</p>")
+                 f"cores; mean cohort size {runtime['mean_cohort_size']:.0f}; tasks (scenario x replicate) "
+                 f"done {runtime['tasks_done']} of {runtime['tasks_planned']}.</p>")
     if len(summary):
         flagged = summary[summary["coverage_flag"]]
         parts.append("<h2>Coverage outside 95% +- 2 MC SE</h2>")

@@ -35,6 +35,7 @@ class Settings:
     truth_n_persons: int
     workers: int
     scenarios: list[Scenario]
+    max_minutes: float | None = None
     estimands: tuple[str, ...] = design.ESTIMANDS
     params: dict = field(default_factory=dict, repr=False)
 
@@ -110,7 +111,8 @@ def run_replicate(task: tuple) -> dict:
 
 
 def run(settings: Settings, log=sys.stderr) -> dict:
-    """Run the study. Returns ``table`` (replicate table), ``summary`` (performance measures),
+    """Run the study; with ``settings.max_minutes``, no new batch of tasks starts after that
+    many minutes (the summary then covers the replicates done: ``n_rep`` per estimand). Returns ``table`` (replicate table), ``summary`` (performance measures),
     ``failures``, ``runtime`` (wall and CPU seconds, load average) and ``truths`` (scalars)."""
     start = time.perf_counter()
     print(f"simulation: population truths ({settings.truth_n_persons} persons per scenario) ...", file=log, flush=True)
@@ -125,6 +127,10 @@ def run(settings: Settings, log=sys.stderr) -> dict:
     print(f"simulation: {len(tasks)} tasks ({settings.replicates} replicates x scenarios) on "
           f"{settings.workers} workers", file=log, flush=True)
     for i in range(0, len(tasks), batch):
+        if settings.max_minutes is not None and time.perf_counter() - start > 60 * settings.max_minutes:
+            print(f"simulation: time budget of {settings.max_minutes} min reached: stopping after "
+                  f"{len(results)} of {len(tasks)} tasks", file=log, flush=True)
+            break
         results += run_tasks(run_replicate, tasks[i:i + batch], n_jobs=settings.workers)
         done = len(results)
         elapsed = time.perf_counter() - start
@@ -138,7 +144,8 @@ def run(settings: Settings, log=sys.stderr) -> dict:
     runtime = {"wall_s": time.perf_counter() - start, "task_cpu_s": sum(r["cpu_s"] for r in results),
                "task_wall_s": sum(r["wall_s"] for r in results), "workers": settings.workers,
                "load_average_1_5_15": list(os.getloadavg()), "cpu_count": os.cpu_count(),
-               "mean_cohort_size": sum(r["n_cohort"] for r in results) / max(len(results), 1)}
+               "mean_cohort_size": sum(r["n_cohort"] for r in results) / max(len(results), 1),
+               "tasks_done": len(results), "tasks_planned": len(tasks)}
     truths = {name: {k: v for k, v in p.items() if k != "population"} for name, p in pops.items()}
     return {"table": table, "summary": summarise(table) if len(table) else pd.DataFrame(),
             "failures": failures, "runtime": runtime, "truths": truths}
