@@ -152,3 +152,14 @@ def test_bad_settings_name_the_key():
         study.Settings.from_params(p)
     with pytest.raises(ValueError, match="estimands"):
         study.Settings.from_params(_small_params(), estimands=("cox_mi", "bogus"))
+
+
+def test_params_schema_knows_the_simulation_section():
+    from pmed import params_schema
+
+    assert params_schema.SIM_ESTIMANDS == design.ESTIMANDS
+    p = copy.deepcopy(config.load_params())
+    p["simulation"]["replicates"] = 0
+    p["simulation"]["scenarios"]["default"]["estimands"] = ["bogus"]
+    problems = "\n".join(params_schema.check(p))
+    assert "simulation.replicates" in problems and "simulation.scenarios.default.estimands" in problems
