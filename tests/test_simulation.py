@@ -14,7 +14,7 @@ import pytest
 from pmed import config
 from pmed.radiomics_model import RADIOMIC_NAME
 from pmed.simulation import design, estimands, performance, study
-from pmed.simulation.report import write_outputs
+from pmed.simulation.report import read_run, write_outputs
 
 
 def _table(est, true, se, lo, hi, reject, kind="wald") -> pd.DataFrame:
@@ -132,6 +132,9 @@ def test_study_report_equals_hand_computation_from_replicate_table(small_run):
         assert m["coverage"] == pytest.approx(cover, rel=1e-5) and m["bias"] == pytest.approx(bias, rel=1e-5)
         assert f"{bias:.4g}" in page
     assert metrics["design"] == {"replicates": 2}
+    again, text = read_run(paths["replicates"].parent)  # --from-run: the same summary from the files
+    assert text == {"replicates": 2}
+    pd.testing.assert_frame_equal(again["summary"], perf, check_dtype=False, rtol=1e-9)
 
 
 def test_replicate_does_not_depend_on_workers_or_r(small_run):

@@ -37,7 +37,8 @@ from pmed.simulation.truth import conditional_log_hr, true_survival_365
 ROW_FIELDS = ("group", "estimand", "estimate", "se", "ci_low", "ci_high", "true", "reject", "null_true", "ci_kind")
 """Replicate-table columns: ``se`` model SE (for percentile CIs: CI width / 3.92); ``true``
 NaN when the estimand has no truth (tests, delta C); ``reject`` the test decision (CI
-excludes 0, or the p-value rule of the test); ``null_true`` whether its null holds."""
+excludes 0, or the p-value rule of the test; NaN where no test is reported: calibration);
+``null_true`` whether its null holds."""
 Z95 = 1.959963984540054
 
 
@@ -46,10 +47,12 @@ def _row(group, estimand, estimate, ci_low, ci_high, true, se=None, reject=None,
     se = (ci_high - ci_low) / (2 * Z95) if se is None else se
     if reject is None:
         reject = bool(ci_low > 0 or ci_high < 0)
+    elif reject is not np.nan:
+        reject = bool(reject)
     if null_true is None:
         null_true = bool(true == 0) if np.isfinite(true) else False
     return {"group": group, "estimand": estimand, "estimate": float(estimate), "se": float(se),
-            "ci_low": float(ci_low), "ci_high": float(ci_high), "true": float(true), "reject": bool(reject),
+            "ci_low": float(ci_low), "ci_high": float(ci_high), "true": float(true), "reject": reject,
             "null_true": bool(null_true), "ci_kind": ci_kind}
 
 
@@ -193,7 +196,7 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) ->
         for stat in ("slope", "intercept"):
             ci = cis[f"{name}.calibration_{stat}"]
             rows.append(_row("calibration", f"calibration {stat} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
-                             true[stat], reject=False, null_true=False, ci_kind="percentile bootstrap"))
+                             true[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
     return rows
 
 

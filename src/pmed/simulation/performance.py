@@ -64,8 +64,9 @@ def measures(rows: pd.DataFrame) -> dict:
             out["coverage"], out["coverage_mcse"] = c, float(np.sqrt(c * (1 - c) / R))
     lo, hi = coverage_band(max(R, 1))
     out["coverage_flag"] = bool(np.isfinite(out["coverage"]) and not lo <= out["coverage"] <= hi)
-    p = float(ok["reject"].astype(float).mean()) if R else np.nan
-    out["reject_rate"], out["reject_mcse"] = p, float(np.sqrt(p * (1 - p) / R)) if R else np.nan
+    decided = ok["reject"].astype(float).dropna()  # NaN: no test reported for this estimand
+    p = float(decided.mean()) if len(decided) else np.nan
+    out["reject_rate"], out["reject_mcse"] = p, float(np.sqrt(p * (1 - p) / len(decided))) if len(decided) else np.nan
     null = ok["null_true"].astype(bool)
     out["null_true"] = bool(null.all()) if R else False
     out["ci_kind"] = str(ok["ci_kind"].iloc[0]) if R else ""

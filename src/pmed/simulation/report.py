@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pmed.report import json_ready  # noqa: E402
-from pmed.simulation.performance import NOMINAL, coverage_band  # noqa: E402
+from pmed.simulation.performance import NOMINAL, coverage_band, summarise  # noqa: E402
 
 SHOWN = {  # summary column -> heading in the HTML tables
     "estimand": "estimand", "n_rep": "R", "true_mean": "true", "mean_estimate": "mean estimate",
@@ -47,7 +47,7 @@ def coverage_plot(summary: pd.DataFrame) -> plt.Figure:
     ax.scatter(cov["coverage"], y, c=colour, s=16, zorder=3)
     ax.set_yticks(y, [f"{s}: {e}" for s, e in zip(cov["scenario"], cov["estimand"], strict=True)], fontsize=7)
     ax.set_xlabel("coverage of the 95% CI (bars: +- 2 Monte-Carlo SE)")
-    ax.set_xlim(min(0.5, float(cov["coverage"].min()) - 0.05), 1.0)
+    ax.set_xlim(min(0.5, float(cov["coverage"].min()) - 0.05), 1.01)
     ax.legend(loc="lower left", fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
@@ -80,7 +80,7 @@ def html_report(result: dict, settings_text: dict) -> str:
                  f"{runtime['task_cpu_s']:.0f} CPU s in the tasks; load average (1, 5, 15 min) at the end "
                  f"{', '.join(f'{x:.1f}' for x in runtime['load_average_1_5_15'])} on {runtime['cpu_count']} "
                  f"cores; mean cohort size {runtime['mean_cohort_size']:.0f}; tasks (scenario x replicate) "
-                 f"done {runtime['tasks_done']} of {runtime['tasks_planned']}.</p>")
+                 f"done {runtime.get('tasks_done', '?')} of {runtime.get('tasks_planned', '?')}.</p>")
     if len(summary):
         flagged = summary[summary["coverage_flag"]]
         parts.append("<h2>Coverage outside 95% +- 2 MC SE</h2>")
@@ -128,3 +128,13 @@ def write_outputs(result: dict, out_dir: Path, settings_text: dict) -> dict[str,
     paths["metrics"].write_text(json.dumps(json_ready(metrics), indent=1, sort_keys=True) + "\n")
     paths["report"].write_text(html_report(result, settings_text))
     return paths
+
+
+def read_run(folder: Path) -> tuple[dict, dict]:
+    """(result, design text) of an earlier run's folder, its summary recomputed from replicates.csv."""
+    table = pd.read_csv(folder / "replicates.csv")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    result = {"table": table, "summary": summarise(table) if len(table) else pd.DataFrame(),
+              "failures": pd.read_csv(folder / "failures.csv"), "runtime": metrics["runtime"],
+              "truths": metrics["population_truths"]}
+    return result, metrics["design"]
