@@ -12,7 +12,7 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check system-deps browser-check engines-check FORCE
+	repro-check system-deps browser-check engines-check simulation FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
@@ -20,6 +20,7 @@ help:
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
+	@echo "make simulation  the simulation study of the estimators (params simulation:), report in build/simulation/"
 
 venv: $(STAMP)
 
@@ -119,6 +120,11 @@ lock:
 	build/lockenv/bin/python -m pip install --quiet -r requirements.in
 	build/lockenv/bin/python -m pip freeze --exclude-editable > requirements.lock
 	$(BIN)/python -m pmed.lockfile
+
+# The simulation study (issue 13): not part of dvc repro; about 30 min on 2 idle cores.
+simulation: venv
+	@echo "==> simulation study: params.yaml simulation section -> build/simulation/report.html"
+	$(BIN)/python -m pmed.simulation --out build/simulation
 
 clean-ci:
 	rm -rf $(CI_WS)

@@ -51,6 +51,7 @@ IMAGE_TYPES = ("Original", "Wavelet", "LoG", "Square", "SquareRoot", "Logarithm"
 PERTURBATIONS = ("original", "erode", "dilate", "noise", "translate")
 ICC_TYPES = ("3,1", "2,1")
 ENCODINGS = ("utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf16")
+SIM_ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "imaging")  # pmed.simulation.design.ESTIMANDS
 OUTCOME_TABLES = ("condition_occurrence", "procedure_occurrence", "measurement", "observation",
                   "visit_occurrence")
 VALUE_TABLES = ("measurement", "observation")
@@ -870,11 +871,33 @@ class ImagingAnalysis(Model):
         return self
 
 
+# ----------------------------------------------------------------------------- simulation
+SimEstimands = Annotated[list[Literal[SIM_ESTIMANDS]], Field(min_length=1),
+                         _expect(f"a non-empty list of {', '.join(SIM_ESTIMANDS)}")]
+
+
+class SimulationScenario(Model):
+    heterogeneity: Bool
+    image_signal: Bool
+    estimands: SimEstimands
+
+
+class Simulation(Model):
+    seed: NonNegInt
+    replicates: Count
+    n_persons: Count
+    n_imaged: Count
+    truth_n_persons: Count
+    workers: Count
+    estimands: SimEstimands | None = None
+    scenarios: Annotated[dict[Name, SimulationScenario], Field(min_length=1)]
+
+
 # ----------------------------------------------------------------------------- the file
 SECTIONS: dict[str, type[Model]] = {
     "paths": Paths, "common": Common, "demo": Demo, "cohort": Cohort, "survival": Survival,
     "outcomes": Outcomes, "treatment": Treatment, "imaging_features": ImagingFeatures,
-    "imaging_analysis": ImagingAnalysis,
+    "imaging_analysis": ImagingAnalysis, "simulation": Simulation,
 }
 
 
@@ -890,6 +913,7 @@ class Params(Model):
     treatment: Treatment
     imaging_features: ImagingFeatures
     imaging_analysis: ImagingAnalysis
+    simulation: Simulation | None = None
 
     @model_validator(mode="after")
     def _columns(self):
