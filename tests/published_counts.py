@@ -201,9 +201,36 @@ def html_findings(path: Path, k: int) -> list[str]:
     return found
 
 
+def group_size_findings(reports: Path) -> list[str]:
+    """A group size (whole cohort = "total") shown in one place and hidden in another: the
+    cohort metrics (``persons``, ``groups.<g>.persons``) against every Table 1 ``n`` row."""
+    cohort = reports / "metrics" / "cohort.json"
+    if not cohort.exists():
+        return []
+    m = json.loads(cohort.read_text())
+    sizes = {"total": m.get("persons"),
+             **{g: v.get("persons") for g, v in m.get("groups", {}).items()}}
+    found = []
+    for page in sorted(reports.glob("*.html")):
+        for i, rows in enumerate(html_tables(page)):
+            head = [h.lower() for h in rows[0]] if rows else []
+            n_rows = [r for r in rows[1:] if r and r[0] == "n"]
+            if "overall" not in head or not n_rows:
+                continue
+            for j, h in enumerate(rows[0]):
+                group = "total" if h.lower() == "overall" else h
+                if group not in sizes or j >= len(n_rows[0]):
+                    continue
+                a, b = as_count(sizes[group]), as_count(n_rows[0][j])
+                if (a is None) != (b is None):
+                    found.append(f"{page.name} table {i}: size of {group!r} hidden in one "
+                                 "table and shown in another")
+    return found
+
+
 def published_findings(reports: Path, k: int, param_keys: set[str]) -> list[str]:
     """Every finding over the metrics JSON, plot CSVs and HTML files under ``reports``."""
-    found = []
+    found = group_size_findings(reports)
     for f in sorted(reports.rglob("*.json")):
         found += json_findings(f, k, param_keys)
     for f in sorted(reports.rglob("*.csv")):
