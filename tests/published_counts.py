@@ -193,11 +193,43 @@ def text_findings(name: str, lines: list[str], k: int) -> list[str]:
     return found
 
 
+_TOTAL = re.compile(r"^(\S[^:]*): (\d+|<\d+|suppressed)\b(?![.\d])")
+_PART = re.compile(r"^\s+([^:]+): (\d+|<\d+|suppressed)\b(?![.\d])")
+
+
+def block_findings(name: str, lines: list[str], k: int) -> list[str]:
+    """Printed blocks "Total: <n>" followed by indented "  part: <m>" lines: a part whose
+    complement (n - m) is small, or one hidden part the shown ones give back."""
+    found = []
+    for i, line in enumerate(lines):
+        head = _TOTAL.match(line)
+        if not head:
+            continue
+        parts = []
+        for nxt in lines[i + 1:]:
+            m = _PART.match(nxt)
+            if not m:
+                break
+            parts.append(as_count(m.group(2)))
+        total = as_count(head.group(2))
+        if not parts or not isinstance(total, int):
+            continue
+        shown = [p for p in parts if isinstance(p, int)]
+        if any(small(total - p, k) for p in shown):
+            found.append(f"{name}: printed block at line {i}: total minus a part is small")
+        hidden = [p for p in parts if p is None]
+        rest = total - sum(shown)
+        if hidden and rest >= 0 and (len(hidden) == 1 and rest > 0 or small(rest, k)):
+            found.append(f"{name}: printed block at line {i}: hidden part = total - shown parts")
+    return found
+
+
 def html_findings(path: Path, k: int) -> list[str]:
     found = []
     for i, rows in enumerate(html_tables(path)):
         found += table_findings(f"{path.name} table {i}", rows, k)
     found += text_findings(path.name, html_text(path), k)
+    found += block_findings(path.name, html_text(path), k)
     return found
 
 

