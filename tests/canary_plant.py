@@ -79,7 +79,7 @@ def plant_omop(omop_dir: Path) -> dict[str, list[str]]:
     return planted
 
 
-def _dicom_value(tag: str, vr: str, person: str, birth: str) -> str:
+def dicom_value(tag: str, vr: str, person: str, birth: str) -> str:
     """A valid value of ``tag`` holding the canary mark (SH: <= 16 chars, DA: YYYYMMDD)."""
     if vr == "DA":
         return birth.replace("-", "")
@@ -103,7 +103,7 @@ def plant_dicom(imaging_dir: Path, omop_dir: Path) -> int:
         for file in sorted((raw / local).glob("*.dcm")):
             ds = pydicom.dcmread(file)
             for tag, vr in DICOM_TAGS.items():
-                value = _dicom_value(tag, vr, f"{pid:07d}", born.get(pid, "1901-02-03"))
+                value = dicom_value(tag, vr, f"{pid:07d}", born.get(pid, "1901-02-03"))
                 if tag == "PatientID":
                     value = person_canary(pid)
                 setattr(ds, tag, value)
