@@ -73,14 +73,14 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     occurrences = extract.load_image_occurrence(config.path("omop"))
     scans = extract.select_scans(
         occurrences, cohort, imaging["mask_path_template"], imaging["baseline_window_days"],
-        imaging["followup_window_days"],
+        imaging["followup_window_days"], config.path("raw"),
     )
     workers = extract.n_workers(imaging["workers"])
     settings = imaging["radiomics"]
     progress = bool(imaging.get("progress", True))
     measured, exclusions, timing = extract.extract_all(
         scans, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
-        imaging["on_error"], workers, progress,
+        imaging["on_error"], workers, progress, imaging.get("dicom"), imaging.get("masks"),
     )
     if measured.empty:
         raise RuntimeError(f"imaging_features: none of {len(scans)} selected scans could be "
@@ -92,7 +92,7 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     analysed = scans[scans["image_occurrence_id"].isin(measured["image_occurrence_id"])]
     perturbed = extract.perturbation_features(
         analysed, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
-        stab_params, seed, workers, progress,
+        stab_params, seed, workers, progress, imaging.get("dicom"), imaging.get("masks"),
     )
     stability = stability_table(perturbed, float(stab_params["icc_threshold"]),
                                 str(stab_params["icc_type"]))
@@ -160,8 +160,18 @@ REASON_CATEGORIES = {
     "mask is empty": "empty mask",
     "does not match image": "mask/image geometry mismatch",
     "duplicate slice position": "inconsistent DICOM series",
-    "unevenly spaced": "inconsistent DICOM series",
+    "missing slice": "inconsistent DICOM series",
+    "non-uniform slice spacing": "inconsistent DICOM series",
     "differs from": "inconsistent DICOM series",
+    "mixed ": "inconsistent DICOM series",
+    "multi-frame": "unsupported DICOM object",
+    "is not CT or MR": "unsupported DICOM object",
+    "gantry tilt": "gantry tilt",
+    "FrameOfReferenceUID": "mask/image reference mismatch",
+    "references series": "mask/image reference mismatch",
+    "expected exactly one": "mask structure not found",
+    "has no voxel on the grid": "empty mask",
+    "expected a DICOM SEG": "unsupported mask object",
 }
 
 
