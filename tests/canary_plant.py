@@ -91,24 +91,28 @@ def dicom_value(tag: str, vr: str, person: str, birth: str) -> str:
 
 
 def plant_dicom(imaging_dir: Path, omop_dir: Path) -> int:
-    """Set every tag of :data:`DICOM_TAGS` in every DICOM file of the series that
-    image_occurrence lists, in place; returns the number of files rewritten."""
+    """Set every tag of :data:`DICOM_TAGS` in every DICOM file under ``imaging_dir`` (CT
+    slices and SEG/RTSTRUCT masks alike), in place, the same values for all files of one
+    person; returns the number of files rewritten. A file's person is found through its
+    original PatientID, which image_occurrence's series folders give."""
     import pydicom
 
     born = birth_dates(omop_dir)
     occ = pq.read_table(omop_dir / "image_occurrence.parquet", columns=["person_id", "local_path"])
-    raw = omop_dir.parent
-    n = 0
+    person_of = {}  # original PatientID -> person_id
     for pid, local in zip(occ["person_id"].to_pylist(), occ["local_path"].to_pylist(), strict=True):
-        for file in sorted((raw / local).glob("*.dcm")):
-            ds = pydicom.dcmread(file)
-            for tag, vr in DICOM_TAGS.items():
-                value = dicom_value(tag, vr, f"{pid:07d}", born.get(pid, "1901-02-03"))
-                if tag == "PatientID":
-                    value = person_canary(pid)
-                setattr(ds, tag, value)
-            ds.save_as(file)
-            n += 1
+        first = next(iter(sorted((omop_dir.parent / local).glob("*.dcm"))), None)
+        if first is not None:
+            person_of[str(pydicom.dcmread(first, stop_before_pixels=True).PatientID)] = pid
+    n = 0
+    for file in sorted(imaging_dir.rglob("*.dcm")):
+        ds = pydicom.dcmread(file)
+        pid = person_of[str(ds.PatientID)]
+        for tag, vr in DICOM_TAGS.items():
+            value = dicom_value(tag, vr, f"{pid:07d}", born.get(pid, "1901-02-03"))
+            setattr(ds, tag, person_canary(pid) if tag == "PatientID" else value)
+        ds.save_as(file)
+        n += 1
     return n
 
 
