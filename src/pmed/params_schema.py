@@ -263,11 +263,25 @@ class Rates(Model):
     defects: Defects
 
 
+class MaskFormats(Model):
+    """Shares of demo tumour masks written as DICOM SEG / RTSTRUCT (the rest NIfTI)."""
+
+    seg: Share = 0.0
+    rtstruct: Share = 0.0
+
+    @model_validator(mode="after")
+    def _at_most_one(self):
+        if self.seg + self.rtstruct > 1:
+            raise fail(f"expected seg + rtstruct <= 1, got {self.seg + self.rtstruct:g}")
+        return self
+
+
 class Demo(Model):
     size: Text
     sizes: Annotated[dict[str, DemoSize], Field(min_length=1)]
     chunk_size: Count
     imaging_workers: Count
+    mask_formats: MaskFormats = MaskFormats()
     image_signal: Bool = True
     heterogeneity: Bool = True
     rates: Rates
@@ -736,11 +750,37 @@ class DicomChecks(Model):
     tilt_tolerance_deg: NonNegFloat
 
 
+class SeriesSelection(Model):
+    """Rules a series must meet before extraction (imaging/selection.py SeriesRules)."""
+
+    modalities: Annotated[list[Text], _expect("a list of DICOM Modality values")] = ["CT"]
+    body_parts: Annotated[list[Text], _expect("a list of BodyPartExamined values")] = []
+    slice_thickness_mm: Annotated[list[NonNegFloat] | None, Field(min_length=2, max_length=2),
+                                  _expect("[min, max] in mm or null")] = None
+    description_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    kernel_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    baseline_choice: Annotated[Literal["latest", "earliest"], _expect("latest or earliest")] = "latest"
+
+    @model_validator(mode="after")
+    def _ok(self):
+        if self.slice_thickness_mm is not None and self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
+            raise fail(f"expected [min, max] with min <= max, got {self.slice_thickness_mm}",
+                       "slice_thickness_mm")
+        for key in ("description_pattern", "kernel_pattern"):
+            pattern = getattr(self, key)
+            try:
+                re.compile(pattern or "")
+            except re.error as err:
+                raise fail(f"expected a regular expression, got {pattern!r} ({err})", key) from None
+        return self
+
+
 class ImagingFeatures(Model):
     mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
                                   _expect("a path template or a non-empty list of them")]
     masks: Masks
     dicom: DicomChecks
+    series_selection: SeriesSelection = SeriesSelection()
     on_error: Annotated[Literal["exclude", "raise"], _expect("exclude or raise")]
     workers: Annotated[int, Field(ge=0), _expect("an integer >= 0 (0 = all CPU cores)")]
     progress: Bool = True
