@@ -694,6 +694,7 @@ class Radiomics(Model):
     resegment_range_hu: Annotated[Annotated[list[float], Field(min_length=2, max_length=2)] | None,
                                   _expect("a range [low, high] in HU or null")]
     bin_width: PosFloat
+    bin_count: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None  # MR: bins instead of bin_width
     feature_classes: Annotated[list[Literal[FEATURE_CLASSES]], Field(min_length=1),
                                _expect(f"a non-empty list of {', '.join(FEATURE_CLASSES)}")]
     image_types: Annotated[dict[Literal[IMAGE_TYPES], dict[str, Any] | None], Field(min_length=1),
