@@ -270,13 +270,25 @@ class Rates(Model):
     defects: Defects
 
 
+class MaskFormats(Model):
+    """Shares of demo tumour masks written as DICOM SEG / RTSTRUCT (the rest NIfTI)."""
+
+    seg: Share = 0.0
+    rtstruct: Share = 0.0
+
+    @model_validator(mode="after")
+    def _at_most_one(self):
+        if self.seg + self.rtstruct > 1:
+            raise fail(f"expected seg + rtstruct <= 1, got {self.seg + self.rtstruct:g}")
+        return self
+
+
 class Demo(Model):
     size: Text
     sizes: Annotated[dict[str, DemoSize], Field(min_length=1)]
     chunk_size: Count
     imaging_workers: Count
-    mask_formats: Annotated[dict[Literal["seg", "rtstruct"], Share],
-                            _expect("shares of masks written as seg / rtstruct")] = {}
+    mask_formats: MaskFormats = MaskFormats()
     image_signal: Bool = True
     heterogeneity: Bool = True
     rates: Rates
@@ -286,9 +298,6 @@ class Demo(Model):
         if self.size not in self.sizes:
             raise fail(f"expected one of demo.sizes {sorted(self.sizes)}, got {self.size!r}",
                        "size")
-        if sum(self.mask_formats.values()) > 1:
-            raise fail(f"expected shares summing to <= 1, got {dict(self.mask_formats)}",
-                       "mask_formats")
         return self
 
 
@@ -725,6 +734,7 @@ class Radiomics(Model):
     resegment_range_hu: Annotated[Annotated[list[float], Field(min_length=2, max_length=2)] | None,
                                   _expect("a range [low, high] in HU or null")]
     bin_width: PosFloat
+    bin_count: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None  # MR: bins instead of bin_width
     feature_classes: Annotated[list[Literal[FEATURE_CLASSES]], Field(min_length=1),
                                _expect(f"a non-empty list of {', '.join(FEATURE_CLASSES)}")]
     image_types: Annotated[dict[Literal[IMAGE_TYPES], dict[str, Any] | None], Field(min_length=1),
@@ -782,29 +792,27 @@ class DicomChecks(Model):
 
 
 class SeriesSelection(Model):
-    """Rules a DICOM series must meet before extraction (imaging/selection.py)."""
+    """Rules a series must meet before extraction (imaging/selection.py SeriesRules)."""
 
-    modalities: Annotated[list[Literal["CT", "MR"]], Field(min_length=1), _expect("a list of CT, MR")]
-    body_parts: list[Text]
-    slice_thickness_mm: Annotated[Annotated[list[PosFloat], Field(min_length=2, max_length=2)]
-                                  | None, _expect("a range [low, high] in mm or null")]
+    modalities: Annotated[list[Text], _expect("a list of DICOM Modality values")] = ["CT"]
+    body_parts: Annotated[list[Text], _expect("a list of BodyPartExamined values")] = []
+    slice_thickness_mm: Annotated[list[NonNegFloat] | None, Field(min_length=2, max_length=2),
+                                  _expect("[min, max] in mm or null")] = None
     description_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
     kernel_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
-    baseline_choice: Annotated[Literal["latest", "earliest"], _expect("latest or earliest")]
+    baseline_choice: Annotated[Literal["latest", "earliest"], _expect("latest or earliest")] = "latest"
 
     @model_validator(mode="after")
     def _ok(self):
-        if self.slice_thickness_mm is not None:
-            low, high = self.slice_thickness_mm
-            if low > high:
-                raise fail(f"expected low <= high, got [{low:g}, {high:g}]", "slice_thickness_mm")
+        if self.slice_thickness_mm is not None and self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
+            raise fail(f"expected [min, max] with min <= max, got {self.slice_thickness_mm}",
+                       "slice_thickness_mm")
         for key in ("description_pattern", "kernel_pattern"):
-            if getattr(self, key) is not None:
-                try:
-                    re.compile(getattr(self, key))
-                except re.error as err:
-                    raise fail(f"expected a regular expression, got {getattr(self, key)!r} "
-                               f"({err})", key) from None
+            pattern = getattr(self, key)
+            try:
+                re.compile(pattern or "")
+            except re.error as err:
+                raise fail(f"expected a regular expression, got {pattern!r} ({err})", key) from None
         return self
 
 
@@ -812,8 +820,8 @@ class ImagingFeatures(Model):
     mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
                                   _expect("a path template or a non-empty list of them")]
     masks: Masks
-    series_selection: SeriesSelection
     dicom: DicomChecks
+    series_selection: SeriesSelection = SeriesSelection()
     on_error: Annotated[Literal["exclude", "raise"], _expect("exclude or raise")]
     workers: Annotated[int, Field(ge=0), _expect("an integer >= 0 (0 = all CPU cores)")]
     progress: Bool = True
