@@ -162,5 +162,5 @@ def test_forest_plot_shows_labels():
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert ticks == ["Immunotherapy alone vs chemotherapy alone (at PD-L1 0%)",
                      "Immunotherapy alone x PD-L1 (per 1%)", "LDH (per 1 U/L)"]
-    assert {"0.98 (0.98 to 0.99)", "1.001 (1.001 to 1.002)"} <= set(_texts(fig))
+    assert {"0.985 (0.982 to 0.988)", "1.0010 (1.0009 to 1.0016)"} <= set(_texts(fig))
     plt.close(fig)

@@ -172,6 +172,18 @@ def style_risk_table(tab, labels: Sequence[str], n_rows: int, time_label: str) -
     tab.tick_params(axis="y", length=0)
 
 
+def _spaced(ticks: Sequence[float], min_log_gap: float) -> list[float]:
+    """Ratio ticks at least ``min_log_gap`` apart on the log axis, kept outwards from 1."""
+    kept = [1.0] if 1.0 in ticks else ticks[:1]
+    for side in (sorted(t for t in ticks if t > kept[0]), sorted((t for t in ticks if t < kept[0]), reverse=True)):
+        last = kept[0]
+        for t in side:
+            if abs(np.log(t / last)) >= min_log_gap:
+                kept.append(t)
+                last = t
+    return sorted(kept)
+
+
 def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)",
                 arms: Mapping | None = None):
     """Forest plot of ratios with CIs on a log axis; needs ``hr``, ``hr_ci_low``, ``hr_ci_high``.
@@ -184,8 +196,17 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     if missing:
         raise KeyError(f"forest_plot: table lacks column(s) {missing}")
     n = len(table)
-    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.32 * n))
+    terms = [str(t) for t in table[label_col]]
+    labels = [term_label(t, terms, arms) for t in terms]
+    # margins in inches from the text they hold (~0.08 in per character at 10 pt), so long
+    # labels never squeeze the plot; the estimates column on the right is ~1.9 in
+    left, plot, right = 0.3 + 0.078 * max(map(len, labels), default=4), 3.6, 1.9
+    bottom, top, height = 0.6, 0.45 if title else 0.2, 0.3 * n + 0.2
+    fig, ax = plt.subplots(figsize=(left + plot + right, bottom + height + top))
+    fig.subplots_adjust(left=left / fig.get_figwidth(), right=1 - right / fig.get_figwidth(),
+                        bottom=bottom / fig.get_figheight(), top=1 - top / fig.get_figheight())
     y = np.arange(n)[::-1]
+    ax.set_ylim(-0.6, n - 0.4)
     ax.errorbar(
         table["hr"], y,
         xerr=[table["hr"] - table["hr_ci_low"], table["hr_ci_high"] - table["hr"]],
@@ -195,19 +216,18 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     ax.set_xscale("log")
     lo_all, hi_all = float(table["hr_ci_low"].min()), float(table["hr_ci_high"].max())
     ticks = [v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1] or [1.0]
+    ticks = _spaced(ticks, 0.07 * np.log(max(hi_all, 1.0) / min(lo_all, 1.0)))
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
-    terms = [str(t) for t in table[label_col]]
-    ax.set_yticklabels([term_label(t, terms, arms) for t in terms])
+    ax.set_yticklabels(labels)
     for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy(), strict=True):
-        ax.annotate(fmt_est_ci(h, lo, hi), xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.annotate(fmt_est_ci(h, lo, hi), xy=(1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
