@@ -415,9 +415,22 @@ def run_stage(stage: str, dvc_file: Path | None = None,
     return ws / html
 
 
+def require_own_checkout(cwd: Path | None = None) -> None:
+    """Stop if the command runs in another copy of the project than the one the ``pmed``
+    package is imported from (``dvc exp run --temp`` / ``--queue`` run stages in a copy under
+    ``.dvc/tmp/exps``, where the editable install would read the original checkout's
+    params.yaml and write over its outputs)."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if (cwd / "dvc.yaml").is_file() and (cwd / "src" / "pmed").is_dir() and cwd != config.ROOT:
+        raise SystemExit(f"[pmed] ERROR: this stage runs in {cwd} but pmed is imported from "
+                         f"{config.ROOT}: `dvc exp run --temp/--queue` is not supported; run "
+                         "`dvc exp run` in the workspace (README: Experiments)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml, e.g. cohort")
+    require_own_checkout()
     try:
         run_stage(parser.parse_args(argv).stage)
     except StageError as err:
