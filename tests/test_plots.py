@@ -153,6 +153,8 @@ def test_term_labels_name_units_interactions_and_reference_points():
         "LDH (per 1 U/L)", "Female sex (vs male)", "unknown_col"]
     # the notebooks' " x " spelling of an interaction reads the same
     assert plots.term_label("arm_io x pdl1_pct", (), STRATEGIES) == labels[2]
+    assert plots.term_label("chemo_io vs chemo", (), STRATEGIES) == \
+        "Chemotherapy plus immunotherapy vs chemotherapy alone"
 
 
 def test_forest_plot_shows_labels():

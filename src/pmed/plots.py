@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
+from pmed import config
 from pmed.privacy import format_count, release_km
 from pmed.report import arm_name, fmt_est_ci
 
@@ -54,6 +55,10 @@ TERM_REFERENCE = {"pdl1_pct": "PD-L1 0%", "driver_positive": "driver negative",
                   "age_years": "age 0", "ecog": "ECOG 0"}
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _split_term(term: str) -> list[str]:
     """``"arm_io:pdl1_pct"`` or ``"arm_io x pdl1_pct"`` -> ``["arm_io", "pdl1_pct"]``."""
     return [p.strip() for p in str(term).replace(" x ", ":").split(":")]
@@ -65,14 +70,20 @@ def term_label(term: str, terms: Sequence[str] = (), arms: Mapping | None = None
     ``"pdl1_pct"`` -> ``"PD-L1 (per 1%)"``; ``"arm_io:pdl1_pct"`` -> ``"Immunotherapy alone x
     PD-L1 (per 1%)"``; an arm term that interacts with others in ``terms`` (the model's terms)
     names their reference point: ``"Immunotherapy alone vs chemotherapy alone (at PD-L1 0%,
-    driver negative)"``. ``arms`` is params.yaml's ``cohort.treatment_strategies`` (read from
+    driver negative)"``; a contrast ``"io vs chemo"`` reads ``"Immunotherapy alone vs
+    chemotherapy alone"``. ``arms`` is params.yaml's ``cohort.treatment_strategies`` (read from
     params.yaml when None). Unknown terms are returned unchanged.
     """
+    if arms is None:
+        arms = config.load_params()["cohort"]["treatment_strategies"]
+    sides = [p.strip() for p in str(term).split(" vs ")]
+    if len(sides) == 2 and all(p in arms.get("arms", {}) for p in sides):  # "io vs chemo"
+        return f"{_cap(arm_name(sides[0], arms))} vs {arm_name(sides[1], arms)}"
     parts = _split_term(term)
     names = []
     for p in parts:
         if p.startswith("arm_"):
-            names.append(arm_name(p.removeprefix("arm_"), arms).capitalize())
+            names.append(_cap(arm_name(p.removeprefix("arm_"), arms)))
         elif p in TERM_LABELS:
             names.append(TERM_LABELS[p][0])
         else:
