@@ -166,3 +166,12 @@ def test_forest_plot_shows_labels():
                      "Immunotherapy alone x PD-L1 (per 1%)", "LDH (per 1 U/L)"]
     assert {"0.985 (0.982 to 0.988)", "1.0010 (1.0009 to 1.0016)"} <= set(_texts(fig))
     plt.close(fig)
+
+
+def test_forest_axis_always_marks_no_effect():
+    tab = pd.DataFrame({"term": ["io vs chemo"], "hr": [0.69], "hr_ci_low": [0.56], "hr_ci_high": [0.86]})
+    fig = plots.forest_plot(tab, arms=STRATEGIES)
+    ax = fig.axes[0]
+    assert 1.0 in list(ax.get_xticks()) and ax.get_xlim()[1] > 1.0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Immunotherapy alone vs chemotherapy alone"]
+    plt.close(fig)

@@ -226,8 +226,9 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
     ax.set_xscale("log")
     lo_all, hi_all = float(table["hr_ci_low"].min()), float(table["hr_ci_high"].max())
-    ticks = [v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1] or [1.0]
-    ticks = _spaced(ticks, 0.07 * np.log(max(hi_all, 1.0) / min(lo_all, 1.0)))
+    lo_all, hi_all = min(lo_all, 1.0), max(hi_all, 1.0)  # the axis always shows no effect (1)
+    ticks = _spaced([v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1],
+                    0.07 * np.log(hi_all / lo_all))
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
