@@ -218,9 +218,10 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
                         bottom=bottom / fig.get_figheight(), top=1 - top / fig.get_figheight())
     y = np.arange(n)[::-1]
     ax.set_ylim(-0.6, n - 0.4)
+    hr, lo, hi = (table[c].to_numpy(dtype=float) for c in ("hr", "hr_ci_low", "hr_ci_high"))
     ax.errorbar(
-        table["hr"], y,
-        xerr=[table["hr"] - table["hr_ci_low"], table["hr_ci_high"] - table["hr"]],
+        hr, y,
+        xerr=np.vstack([hr - lo, hi - hr]),
         fmt="s", color="black", ecolor="0.3", capsize=2, ms=4,
     )
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
