@@ -601,6 +601,7 @@ def audit_reports() -> None:
 
 
 def main() -> int:
+    runner.require_own_checkout()
     audit_reports()
     out = config.path("reports") / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
