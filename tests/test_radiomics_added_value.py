@@ -207,14 +207,19 @@ def run_small(df: pd.DataFrame, seed: int) -> dict:
 
 
 def test_added_value_api():
-    """The one-call API (used by the simulation study) returns the pieces computed alone."""
+    """The one-call API (used by the simulation study) returns the pieces computed alone; the
+    LR test's score (1 repeat) reuses the first repeat of the 2-repeat comparison."""
     df = simulate(150, image_signal=True, seed=SEED)
-    settings = {"n_folds": 3, "n_repeats": 1, "horizon_days": 365, "n_permutations": 3}
-    res = rm.added_value(df, df["time_days"], df["event"], models(df), settings, seed=SEED)
+    time, event = df["time_days"], df["event"]
+    settings = {"n_folds": 3, "n_repeats": 2, "horizon_days": 365, "n_permutations": 3, "score_repeats": 1,
+                "alpha": 0.1}
+    res = rm.added_value(df, time, event, models(df), settings, seed=SEED)
     assert set(res) == {"predictions", "comparison", "lr_test"}
-    assert res["comparison"]["delta_c"]["combined"] == run_small(df, SEED)["delta_c"]["combined"]
+    preds = rm.cross_validated_predictions(df, time, event, models(df), 3, 2, SEED, 365.0)
+    alone = rm.cv_comparison(time, event, preds, 365.0, "clinical", level=0.9)
+    assert res["comparison"]["delta_c"] == alone["delta_c"] and res["comparison"]["c_index"] == alone["c_index"]
     lr = res["lr_test"]
     assert lr["n_permutations"] == 3 and lr["p"] in (0.25, 0.5, 0.75, 1.0)
-    score = rm.prevalidated_score(df, df["time_days"], df["event"], models(df)["imaging"], 3, 1, SEED)
+    score = rm.prevalidated_score(df, time, event, models(df)["imaging"], 3, 1, SEED)
     clinical = rm.median_impute(df, CLINICAL)
-    npt.assert_allclose(lr["lr"], rm.cox_lr_statistic(clinical, score, df["time_days"], df["event"])["lr"])
+    npt.assert_allclose(lr["lr"], rm.cox_lr_statistic(clinical, score, time, event)["lr"])

@@ -10,11 +10,16 @@ The analysis takes plain DataFrames / arrays so it runs on any cohort x feature 
 * :class:`CoxModel` -- clinical (unpenalised Cox), imaging (elastic-net Cox) or
   clinical + imaging (elastic-net Cox with unpenalised clinical terms); the penalty is chosen
   by inner K-fold cross-validated partial likelihood (Verweij & van Houwelingen 1993).
-* :func:`cross_validated_predictions` -- repeated stratified K-fold: every model is refitted
-  (preprocessing included) on each training fold, predictions are out-of-fold.
-* :func:`compare_models` -- C-index, time-dependent AUC, paired delta C and continuous NRI
-  with percentile bootstrap CIs on the out-of-fold predictions.
-* :func:`likelihood_ratio_test` -- nested Cox models (lifelines, Efron ties).
+* :func:`cross_validated_predictions` -- repeated stratified K-fold (:func:`cv_splits`):
+  every model is refitted (preprocessing included) on each training fold, predictions are
+  out-of-fold.
+* :func:`cv_comparison` -- Harrell's C and td-AUC within each test fold (one fitted model
+  per fold, never pooled across folds), their means with corrected resampled-t intervals
+  (:func:`cv_interval`) and the paired per-fold delta C versus the clinical model.
+* :func:`permutation_lr_test` -- likelihood-ratio statistic (:func:`cox_lr_statistic`) of
+  the pre-validated image score (:func:`prevalidated_score`) added to the clinical Cox
+  model, p-value from permuting the image features and redoing the whole pre-validation.
+* :func:`added_value` -- the comparison and the permutation test in one call.
 * :func:`landmark_dataset` -- delta-radiomics response vs survival from a landmark.
 * Inputs: :func:`radiomic_columns`, :func:`join_baseline_features`,
   :func:`unstable_features`, :func:`scan_days_from_t0`; the stage's three models:
@@ -943,8 +948,10 @@ def added_value(
     ----------
     df, time, event : analysis data (one row per person), survival time (days), death.
     templates : unfitted models, e.g. :func:`model_templates` (clinical, imaging, combined).
-    settings : n_folds, n_repeats, horizon_days, n_permutations (imaging_analysis params).
-    seed : seed of the CV splits (``seed``) and of the permutations (``seed + 1``).
+    settings : n_folds, n_repeats, horizon_days, n_permutations, score_repeats (CV
+        repeats of the pre-validated score in the LR test, observed and permuted alike: the
+        test's cost grows with it), alpha (the CIs are 1 - alpha), e.g. the
+        imaging_analysis section of params.yaml.
     reference, score_model : the clinical model and the imaging-only model whose
         pre-validated score the LR test adds.
 
@@ -959,11 +966,14 @@ def added_value(
     cv = {"n_folds": int(settings["n_folds"]), "n_repeats": int(settings["n_repeats"])}
     preds = cross_validated_predictions(df, time, event, templates, seed=seed, horizon=horizon,
                                         n_jobs=n_jobs, **cv)
-    comparison = cv_comparison(time, event, preds, horizon, reference)
+    comparison = cv_comparison(time, event, preds, horizon, reference, level=1.0 - float(settings["alpha"]))
+    score_repeats = int(settings["score_repeats"])
+    # the first r repeats of the comparison's splits are the splits of an r-repeat CV
+    score = preds[score_model]["lp"][:score_repeats].mean(axis=0) if score_repeats <= cv["n_repeats"] else None
     lr = permutation_lr_test(
-        df, time, event, templates[reference].clinical, templates[score_model], cv_seed=seed,
-        n_permutations=int(settings["n_permutations"]), seed=seed + 1, n_jobs=n_jobs,
-        score=preds[score_model]["lp"].mean(axis=0), **cv,
+        df, time, event, templates[reference].clinical, templates[score_model], n_folds=cv["n_folds"],
+        n_repeats=score_repeats, cv_seed=seed, n_permutations=int(settings["n_permutations"]), seed=seed + 1,
+        n_jobs=n_jobs, score=score,
     )
     return {"predictions": preds, "comparison": comparison, "lr_test": lr}
 
