@@ -12,11 +12,11 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check system-deps FORCE
+	repro-check system-deps browser-check FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check"
+	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check + browser-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
@@ -46,7 +46,7 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: system-deps unit nbval repro-check
+test: system-deps unit nbval repro-check browser-check
 
 # Debian packages some tests need (.ci/apt-packages.txt): installed if missing (as root).
 system-deps:
@@ -69,7 +69,14 @@ $(DEMO_STAMP): FORCE | venv
 repro-check: venv
 	@echo "==> reproduction: the committed HEAD, cloned twice, runs the pipeline at CI size"
 	@echo "    (other threads and workers in the 2nd clone): every output and dvc.lock identical"
-	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_determinism.py
+	$(BIN)/python -m pytest -p no:cacheprovider --basetemp=$(REPRO_CHECK_TMP) -m slow -v tests/test_determinism.py
+
+# The CI-size run that repro-check's first clone built (kept in $(REPRO_CHECK_TMP)/ until the
+# next repro-check) opened in headless Chromium: summary + stage reports, links, images, no network.
+REPRO_CHECK_TMP := build/repro-check
+browser-check: venv
+	@echo "==> browser: index.html and every stage report of repro-check's CI-size run in headless Chromium"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_browser.py
 
 $(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"

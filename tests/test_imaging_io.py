@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import SimpleITK as sitk
 
 from pmed.demo import ct
 from pmed.imaging.io import (
+    META_KEYS,
+    MR_IMAGE_STORAGE,
     ImagingError,
+    SeriesChecks,
     check_geometry,
     read_dicom_series,
     read_image,
@@ -109,8 +113,10 @@ def test_duplicate_and_missing_slices(series, tmp_path):
     with pytest.raises(ImagingError, match="duplicate slice position"):
         read_dicom_series(folder)
     (folder / "0003b.dcm").unlink()
-    (folder / "0010.dcm").unlink()
-    with pytest.raises(ImagingError, match="unevenly spaced"):
+    (folder / "0010.dcm").unlink()  # instance 10 = z index 30; neighbours 0009 and 0011
+    expected = (f"{folder}: 1 missing slice(s) between 0011.dcm and 0009.dcm "
+                f"(gap 5.000 mm, slice spacing 2.500 mm)")
+    with pytest.raises(ImagingError, match=f"^{re.escape(expected)}$"):
         read_dicom_series(folder)
 
 
@@ -154,3 +160,136 @@ def test_empty_and_corrupt_mask_are_named(series, tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(ImagingError, match="broken.nii.gz: unreadable NIfTI"):
         read_mask(tmp_path / "broken.nii.gz")
+
+
+def _edit(folder: Path, change) -> None:
+    """Apply ``change(ds, z_index)`` to every slice file of ``folder`` and save it."""
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        change(ds, int(round((float(ds.ImagePositionPatient[2]) + 50.0) / 2.5)))
+        ds.save_as(f)
+
+
+def _exact(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_non_uniform_spacing_and_tolerance(series, tmp_path):
+    """A slice 0.5 mm off its place is refused; 0.02 mm passes the default tolerance
+    (1 % of 2.5 mm) but not a stricter one from params."""
+    folder = _copy(series[0], tmp_path)
+    f = folder / "0021.dcm"  # z index 19
+    ds = pydicom.dcmread(f)
+    ds.ImagePositionPatient = [-95.0, -95.0, -50.0 + 2.5 * 19 + 0.02]
+    ds.save_as(f)
+    read_dicom_series(folder)  # within tolerance
+    strict = SeriesChecks.from_params({"spacing_tolerance": 0.001})
+    with pytest.raises(ImagingError, match=_exact(
+            f"{folder}: non-uniform slice spacing (gaps 2.480-2.520 mm, tolerance 0.001 x "
+            f"median 2.500 mm)")):
+        read_dicom_series(folder, strict)
+    ds.ImagePositionPatient = [-95.0, -95.0, -50.0 + 2.5 * 19 + 0.5]
+    ds.save_as(f)
+    with pytest.raises(ImagingError, match=_exact(
+            f"{folder}: non-uniform slice spacing (gaps 2.000-3.000 mm, tolerance 0.01 x "
+            f"median 2.500 mm)")):
+        read_dicom_series(folder)
+
+
+def test_unknown_check_key_is_named():
+    with pytest.raises(KeyError, match=r"imaging_features.dicom: unknown key\(s\) \['gap'\]"):
+        SeriesChecks.from_params({"gap": 1.0})
+
+
+def test_gantry_tilt_refused(series, tmp_path):
+    """Slice positions shifted along y by tan(10 deg) x z (a tilted gantry with axial
+    orientation kept): refused with the angle, not read as an orthogonal volume."""
+    folder = _copy(series[0], tmp_path)
+    shift = np.tan(np.radians(10.0)) * 2.5
+
+    def tilt(ds, k):
+        ds.ImagePositionPatient = [-95.0, -95.0 + shift * k, -50.0 + 2.5 * k]
+
+    _edit(folder, tilt)
+    with pytest.raises(ImagingError, match=_exact(
+            f"{folder}: gantry tilt of 10.00 degrees (slice positions not along the slice "
+            f"normal; tolerance 0.1 degrees): refused, a tilted series needs a shear correction")):
+        read_dicom_series(folder)
+
+
+def test_mixed_sop_classes_and_series_refused(series, tmp_path):
+    folder = _copy(series[0], tmp_path)
+    f = folder / "0005.dcm"
+    ds = pydicom.dcmread(f)
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    ds.save_as(f)
+    with pytest.raises(ImagingError, match=_exact(
+            f"{folder}: mixed SOP classes in one series folder (2 different SOPClassUID "
+            f"values); expected one SOPClassUID")):
+        read_dicom_series(folder)
+    shutil.rmtree(folder)
+    folder = _copy(series[0], tmp_path)
+    ds = pydicom.dcmread(folder / "0005.dcm")
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.save_as(folder / "0005.dcm")
+    with pytest.raises(ImagingError, match=_exact(
+            f"{folder}: mixed series in one series folder (2 different SeriesInstanceUID "
+            f"values); expected one SeriesInstanceUID")):
+        read_dicom_series(folder)
+
+
+def test_other_sop_class_and_multiframe_refused(series, tmp_path):
+    folder = _copy(series[0], tmp_path)
+    f = folder / "0002.dcm"
+    ds = pydicom.dcmread(f)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
+    ds.save_as(f)
+    with pytest.raises(ImagingError, match=_exact(
+            f"{f}: SOP class 1.2.840.10008.5.1.4.1.1.7 is not CT or MR Image Storage")):
+        read_dicom_series(folder)
+    ds.SOPClassUID = pydicom.uid.CTImageStorage
+    ds.NumberOfFrames = 2
+    ds.save_as(f)
+    with pytest.raises(ImagingError, match=_exact(
+            f"{f}: multi-frame file (2 frames); expected one slice per file")):
+        read_dicom_series(folder)
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.JPEG2000Lossless,
+                                    pydicom.uid.DeflatedExplicitVRLittleEndian])
+def test_compressed_transfer_syntaxes(series, tmp_path, syntax):
+    """Lossless compressed series decode (pydicom handlers, pylibjpeg) to the same HU."""
+    folder = _copy(series[0], tmp_path)
+    reference = sitk.GetArrayFromImage(read_dicom_series(series[0]))
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+            ds.file_meta.TransferSyntaxUID = syntax
+        else:
+            ds.compress(syntax, encoding_plugin="pylibjpeg" if "4.90" in syntax else "")
+        ds.save_as(f)
+    assert pydicom.dcmread(folder / "0001.dcm").file_meta.TransferSyntaxUID == syntax
+    image = read_dicom_series(folder)
+    npt.assert_array_equal(sitk.GetArrayFromImage(image), reference)
+
+
+def test_undecodable_pixel_data_is_named(series, tmp_path):
+    """JPEG 2000 declared but the fragment is garbage: the error names file and syntax."""
+    folder = _copy(series[0], tmp_path)
+    f = folder / "0008.dcm"
+    ds = pydicom.dcmread(f)
+    ds.compress(pydicom.uid.JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(f)
+    with pytest.raises(ImagingError, match=f"^{re.escape(str(f))}: cannot decode pixel data "
+                                           f"JPEG 2000 Image Compression \\(Lossless Only\\) \\("):
+        read_dicom_series(folder)
+
+
+def test_series_identity_in_metadata(series):
+    folder = series[0]
+    image = read_dicom_series(folder)
+    first = pydicom.dcmread(folder / "0001.dcm")
+    assert image.GetMetaData(META_KEYS["modality"]) == "CT"
+    assert image.GetMetaData(META_KEYS["series_uid"]) == first.SeriesInstanceUID
+    assert image.GetMetaData(META_KEYS["frame_of_reference_uid"]) == first.FrameOfReferenceUID

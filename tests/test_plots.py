@@ -56,7 +56,7 @@ def test_km_plot_draws_no_small_risk_set():
 def test_other_figures_build():
     tab = pd.DataFrame({"term": ["a", "b"], "hr": [1.5, 0.7], "hr_ci_low": [1.1, 0.5], "hr_ci_high": [2.0, 0.9]})
     fig = plots.forest_plot(tab)
-    assert "1.5 (1.1-2)" in _texts(fig)
+    assert "1.50 (1.10 to 2.00)" in _texts(fig)
     plt.close(fig)
     p = np.linspace(0.05, 0.9, 100)
     y = (np.arange(100) % 3 == 0).astype(float)
@@ -133,3 +133,34 @@ def test_trajectory_band_plot_draws_bands_not_persons():
     plt.close(fig)
     with pytest.raises(KeyError, match="q75"):
         plots.trajectory_band_plot(bands.drop(columns="q75"), means, "LDH")
+
+
+STRATEGIES = {"reference": "chemo", "arms": {
+    "chemo": {"all_of": ["chemotherapy"], "none_of": ["immunotherapy"]},
+    "io": {"all_of": ["immunotherapy"], "none_of": ["chemotherapy"]},
+    "chemo_io": {"all_of": ["chemotherapy", "immunotherapy"]}}}
+
+
+def test_term_labels_name_units_interactions_and_reference_points():
+    terms = ["arm_io", "arm_chemo_io", "arm_io:pdl1_pct", "arm_io:driver_positive",
+             "ldh_u_l", "sex_female", "unknown_col"]
+    labels = [plots.term_label(t, terms, STRATEGIES) for t in terms]
+    assert labels == [
+        "Immunotherapy alone vs chemotherapy alone (at PD-L1 0%, driver negative)",
+        "Chemotherapy plus immunotherapy vs chemotherapy alone",
+        "Immunotherapy alone x PD-L1 (per 1%)",
+        "Immunotherapy alone x EGFR/ALK driver positive (vs negative)",
+        "LDH (per 1 U/L)", "Female sex (vs male)", "unknown_col"]
+    # the notebooks' " x " spelling of an interaction reads the same
+    assert plots.term_label("arm_io x pdl1_pct", (), STRATEGIES) == labels[2]
+
+
+def test_forest_plot_shows_labels():
+    tab = pd.DataFrame({"term": ["arm_io", "arm_io:pdl1_pct", "ldh_u_l"], "hr": [1.42, 0.985, 1.001],
+                        "hr_ci_low": [1.18, 0.982, 1.0009], "hr_ci_high": [1.70, 0.988, 1.0016]})
+    fig = plots.forest_plot(tab, arms=STRATEGIES)
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert ticks == ["Immunotherapy alone vs chemotherapy alone (at PD-L1 0%)",
+                     "Immunotherapy alone x PD-L1 (per 1%)", "LDH (per 1 U/L)"]
+    assert {"0.98 (0.98 to 0.99)", "1.001 (1.001 to 1.002)"} <= set(_texts(fig))
+    plt.close(fig)

@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import nbformat
@@ -45,7 +46,7 @@ def test_overlay_replaces_values_and_rejects_unknown_keys(monkeypatch, tmp_path)
     params = {"a": {"b": 1, "c": {"d": 2}}, "e": 3}
     assert config.merge_overlay(params, {"a": {"c": {"d": 5}}}, "x") == {
         "a": {"b": 1, "c": {"d": 5}}, "e": 3}
-    with pytest.raises(KeyError, match="key 'a.c.typo' is not in params.yaml"):
+    with pytest.raises(config.ParamsError, match=r"^x: a.c.typo: unknown key \(not in params.yaml\)$"):
         config.merge_overlay(params, {"a": {"c": {"typo": 1}}}, "x")
 
 
@@ -56,6 +57,31 @@ def test_ci_overlay_matches_params_yaml(monkeypatch):
     params = config.stage_params("survival")
     assert params["survival"]["n_imputations"] == 3
     assert params["survival"]["covariates"] == config.load_params(config.PARAMS_FILE)["survival"]["covariates"]
+
+
+@pytest.mark.parametrize("stage,overlay_text,expected", [
+    ("outcomes", 'outcomes:\n  n_bootstrap: "100"\n',
+     "outcomes.n_bootstrap: expected an integer >= 1, got a string"),
+    # a radiomics setting goes to the worker processes: checked here, never a BrokenProcessPool
+    ("imaging_features", "imaging_features:\n  radiomics:\n    interpolator: sitkLinar\n",
+     "imaging_features.radiomics.interpolator: expected one of sitkNearestNeighbor, sitkLinear, "
+     "sitkBSpline, got 'sitkLinar'"),
+])
+def test_a_bad_param_stops_the_runner_before_the_kernel(tmp_path, stage, overlay_text, expected):
+    """`python -m pmed.runner` with a bad key (here from an overlay, as `make nbval` passes
+    tests/params_ci.yaml): the schema message is the first line of stderr, nothing written."""
+    import subprocess
+    import sys
+
+    overlay, ws = tmp_path / "overlay.yaml", tmp_path / "ws"
+    overlay.write_text(overlay_text)
+    ws.mkdir()
+    run = subprocess.run([sys.executable, "-m", "pmed.runner", stage], capture_output=True,
+                         text=True, env={**os.environ, "PMED_WORKSPACE": str(ws),
+                                         "PMED_PARAMS_OVERLAY": str(overlay)})
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[0] == f"{overlay}: {expected}"
+    assert run.stdout == "" and list(ws.iterdir()) == []
 
 
 def test_notebook_parameters_cells_hold_only_the_stage():

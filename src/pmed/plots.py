@@ -17,12 +17,80 @@ from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
 from pmed.privacy import format_count, release_km
+from pmed.report import arm_name, fmt_est_ci
 
 #: Candidate tick positions of ratio (HR / OR) axes on a log scale.
 _RATIO_TICKS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 
+#: Model terms (cohort columns, see data/processed/cohort_dictionary.csv) -> (clinical name,
+#: unit of one step of the term). Binary terms read "yes vs no"; "arm_<label>" terms are named
+#: from params.yaml's arms (:func:`pmed.report.arm_name`).
+TERM_LABELS = {
+    "age_years": ("Age", "per year"),
+    "sex_female": ("Female sex", "vs male"),
+    "smoking_current": ("Current smoker", "vs never"),
+    "smoking_former": ("Former smoker", "vs never"),
+    "ecog": ("ECOG performance status", "per point"),
+    "stage_iv": ("Stage IV", "vs stage III"),
+    "copd": ("COPD", "yes vs no"),
+    "diabetes": ("Diabetes", "yes vs no"),
+    "heart_failure": ("Heart failure", "yes vs no"),
+    "ckd": ("Chronic kidney disease", "yes vs no"),
+    "albumin_g_dl": ("Albumin", "per 1 g/dL"),
+    "ldh_u_l": ("LDH", "per 1 U/L"),
+    "neutrophils_10e9_l": ("Neutrophils", "per 10^9/L"),
+    "lymphocytes_10e9_l": ("Lymphocytes", "per 10^9/L"),
+    "hemoglobin_g_dl": ("Haemoglobin", "per 1 g/dL"),
+    "creatinine_mg_dl": ("Creatinine", "per 1 mg/dL"),
+    "weight_kg": ("Weight", "per kg"),
+    "bmi_kg_m2": ("BMI", "per 1 kg/m2"),
+    "pdl1_pct": ("PD-L1", "per 1%"),
+    "driver_positive": ("EGFR/ALK driver positive", "vs negative"),
+    "t0_year": ("Calendar year of treatment start", "per year"),
+    "days_dx_to_treatment": ("Days from diagnosis to treatment", "per day"),
+}
+#: Reference point of a term when it interacts with an arm ("at PD-L1 0%").
+TERM_REFERENCE = {"pdl1_pct": "PD-L1 0%", "driver_positive": "driver negative",
+                  "age_years": "age 0", "ecog": "ECOG 0"}
+
+
+def _split_term(term: str) -> list[str]:
+    """``"arm_io:pdl1_pct"`` or ``"arm_io x pdl1_pct"`` -> ``["arm_io", "pdl1_pct"]``."""
+    return [p.strip() for p in str(term).replace(" x ", ":").split(":")]
+
+
+def term_label(term: str, terms: Sequence[str] = (), arms: Mapping | None = None) -> str:
+    """A model term as a clinical label with its unit.
+
+    ``"pdl1_pct"`` -> ``"PD-L1 (per 1%)"``; ``"arm_io:pdl1_pct"`` -> ``"Immunotherapy alone x
+    PD-L1 (per 1%)"``; an arm term that interacts with others in ``terms`` (the model's terms)
+    names their reference point: ``"Immunotherapy alone vs chemotherapy alone (at PD-L1 0%,
+    driver negative)"``. ``arms`` is params.yaml's ``cohort.treatment_strategies`` (read from
+    params.yaml when None). Unknown terms are returned unchanged.
+    """
+    parts = _split_term(term)
+    names = []
+    for p in parts:
+        if p.startswith("arm_"):
+            names.append(arm_name(p.removeprefix("arm_"), arms).capitalize())
+        elif p in TERM_LABELS:
+            names.append(TERM_LABELS[p][0])
+        else:
+            return str(term)
+    if len(parts) > 1:
+        unit = TERM_LABELS.get(parts[-1], ("", ""))[1]
+        return " x ".join(names) + (f" ({unit})" if unit else "")
+    p = parts[0]
+    if p.startswith("arm_"):
+        partners = [q for t in terms for q in _split_term(t)[1:] if _split_term(t)[0] == p]
+        refs = [TERM_REFERENCE.get(q, f"{TERM_LABELS.get(q, (q,))[0]} 0") for q in dict.fromkeys(partners)]
+        ref_arm = arm_name(None, arms)
+        return f"{names[0]} vs {ref_arm}" + (f" (at {', '.join(refs)})" if refs else "")
+    return f"{names[0]} ({TERM_LABELS[p][1]})"
+
+
 __all__ = [
-    "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
+    "term_label", "km_plot", "forest_plot", "calibration_plot", "decision_curve_plot", "schoenfeld_plot",
     "importance_plot", "ps_overlap_plot", "love_plot", "trajectory_band_plot", "policy_value_plot",
 ]
 
@@ -104,8 +172,13 @@ def style_risk_table(tab, labels: Sequence[str], n_rows: int, time_label: str) -
     tab.tick_params(axis="y", length=0)
 
 
-def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)"):
-    """Forest plot of ratios with CIs on a log axis; needs ``hr``, ``hr_ci_low``, ``hr_ci_high``."""
+def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)",
+                arms: Mapping | None = None):
+    """Forest plot of ratios with CIs on a log axis; needs ``hr``, ``hr_ci_low``, ``hr_ci_high``.
+
+    Terms that are cohort columns or their interactions are shown with clinical labels and
+    units (:func:`term_label`; ``arms`` as there), others as given; each row's ratio and CI
+    is printed at the right ("0.82 (0.73 to 0.93)")."""
     need = [label_col, "hr", "hr_ci_low", "hr_ci_high"]
     missing = [c for c in need if c not in table.columns]
     if missing:
@@ -126,9 +199,10 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
-    ax.set_yticklabels(table[label_col])
+    terms = [str(t) for t in table[label_col]]
+    ax.set_yticklabels([term_label(t, terms, arms) for t in terms])
     for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy(), strict=True):
-        ax.annotate(f"{h:.3g} ({lo:.3g}-{hi:.3g})", xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.annotate(fmt_est_ci(h, lo, hi), xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title)

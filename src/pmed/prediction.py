@@ -292,6 +292,7 @@ def cross_validated_predictions(
     """
     terms = settings.terms
     sv.require_columns(data, [time_col, event_col, *terms], "cross_validated_predictions data")
+    sv.require_events("the risk models (Cox, logistic, boosting)", data[event_col].sum(), len(terms))
     y = np.asarray(y, dtype=float)
     w = np.asarray(weights, dtype=float)
     n = len(data)

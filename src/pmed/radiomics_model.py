@@ -47,7 +47,7 @@ from sksurv.util import Surv
 
 from pmed import metrics
 from pmed.parallel import run_tasks
-from pmed.survival import check_survival_data, fit_cox
+from pmed.survival import check_survival_data, fit_cox, require_events
 
 KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
 
@@ -673,6 +673,7 @@ def cross_validated_predictions(
     "fold": (n_repeats, n) int, the test fold of each person in each repeat}.
     """
     time, event = _check_survival(time, event, len(df))
+    require_events("the imaging Cox models", event.sum(), max(len(m.clinical) for m in models.values()))
     n = len(df)
     splits = cv_splits(event, n_folds, n_repeats, seed)
     fitted = run_tasks(partial(_fit_fold, df, time, event, models, seed=seed, horizon=horizon), splits, n_jobs)

@@ -35,10 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from pmed import config, nbtools
+from pmed import config
 
 KERNEL = "pmed"  # registered in the project's .venv by `make venv`
 STAGING = ".pmed-staging"  # under the workspace (git-ignored)
+SCRATCH = "build/scratch"  # interactive runs' workspaces, under the study's workspace (git-ignored)
 
 # Environment of the stage's kernel. Results of multithreaded reductions (OpenBLAS, OpenMP in
 # scikit-learn's gradient boosting, SimpleITK filters) depend on the thread count, which
@@ -151,14 +152,39 @@ def stage_outputs(spec: dict, params: dict) -> dict[Path, bool]:
     return out
 
 
+# nbconvert's lab template without the scripts it loads from CDNs (require.js, MathJax,
+# Mermaid): a report opens offline and fetches nothing (the notebooks use no TeX or Mermaid).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def report_view(nb):
+    """Copy of an executed notebook as the report shows it: without stderr output (warnings,
+    progress bars, logs; they stay in the executed notebook for the record)."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if not (o.output_type == "stream" and o.get("name") == "stderr")]
+    return nb
+
+
 def render_html(executed: Path, html: Path) -> None:
-    """HTML rendering of an executed notebook with the input cells hidden."""
+    """HTML rendering of an executed notebook (:func:`report_view`) with the input cells
+    hidden, loading nothing from the network (:data:`OFFLINE_TEMPLATE`)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+                            exclude_output_prompt=True, template_file="pmed_offline.html.j2",
+                            extra_loaders=[DictLoader({"pmed_offline.html.j2": OFFLINE_TEMPLATE})])
+    body, _ = exporter.from_notebook_node(report_view(nbformat.read(executed, as_version=4)))
     html.write_text(body, encoding="utf-8")
 
 
@@ -220,10 +246,11 @@ def _mirror(ws: Path, staging: Path, rel: Path, fresh: set[Path]) -> None:
             _mirror(ws, staging, rel / child.name, fresh)
 
 
-def prepare_staging(ws: Path, stage: str, fresh: set[Path]) -> Path:
+def prepare_staging(ws: Path, stage: str, fresh: set[Path], folder: Path | None = None) -> Path:
     """An empty staging workspace for ``stage`` mirroring the study's folders (params.yaml
-    ``paths:``) of ``ws``, without the ``fresh`` outputs (relative paths)."""
-    staging = ws / STAGING / stage
+    ``paths:``) of ``ws``, without the ``fresh`` outputs (relative paths); in ``folder``
+    (default ``ws/.pmed-staging/<stage>``)."""
+    staging = folder or ws / STAGING / stage
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -233,6 +260,43 @@ def prepare_staging(ws: Path, stage: str, fresh: set[Path]) -> Path:
     for rel in fresh:
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
     return staging
+
+
+def interactive() -> bool:
+    """True in a Jupyter kernel that neither the runner nor the tests started (they set
+    ``PMED_WORKSPACE``): a notebook run by hand, e.g. in JupyterLab."""
+    if os.environ.get("PMED_WORKSPACE"):
+        return False
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def scratch_workspace(stage: str, study: Path | None = None) -> Path | None:
+    """Send an interactive run of ``stage``'s notebook to a scratch workspace.
+
+    Outside :func:`interactive` runs nothing happens (returns None), unless the ``study``
+    folder is given (tests). Else ``<study>/build/scratch/<stage>/`` is made afresh, mirroring the
+    study's folders through symlinks except every output the stage declares in dvc.yaml
+    (caches included), and becomes ``PMED_WORKSPACE`` for the rest of the session: the
+    notebook reads the study's inputs and writes its outputs there, never over the study's
+    reports, metrics or data (``dvc status`` stays clean). Restart the kernel for a fresh one.
+    """
+    if study is None:
+        if not interactive():
+            return None
+        study = config.workspace()
+    params = config.load_params()
+    spec = stage_spec(stage)
+    notebook = stage_notebook(spec)
+    rel = {name: Path(v) for name, v in params["paths"].items()}
+    fresh = set(stage_outputs(spec, params)) | {rel["executed"] / notebook.name,
+                                                 rel["reports"] / f"{notebook.stem}.html"}
+    scratch = prepare_staging(study, stage, fresh, study / SCRATCH / stage)
+    os.environ["PMED_WORKSPACE"] = str(scratch)
+    print(f"[pmed] interactive run: {stage}'s outputs go to {scratch.relative_to(study)}/ "
+          f"(the study's own outputs are left alone; `dvc repro` makes them)", flush=True)
+    return scratch
 
 
 def _linked(staging: Path, rel: Path) -> bool:
@@ -305,6 +369,8 @@ def run_stage(stage: str, dvc_file: Path | None = None,
     import nbformat
     import papermill
 
+    from pmed import nbtools  # imports nbformat (seconds): after main()'s params check
+
     params = config.load_params()
     spec = stage_spec(stage, dvc_file)
     notebook = stage_notebook(spec)
@@ -354,8 +420,15 @@ def run_stage(stage: str, dvc_file: Path | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml, e.g. cohort")
+    stage = parser.parse_args(argv).stage
     try:
-        run_stage(parser.parse_args(argv).stage)
+        config.load_params()  # the schema check, before papermill is imported or a kernel starts
+    except config.ParamsError as err:
+        print(f"{err}\n[pmed] {stage}: not run (bad params); its previous outputs are unchanged",
+              file=sys.stderr, flush=True)
+        return 1
+    try:
+        run_stage(stage)
     except StageError as err:
         print(f"[pmed] ERROR: {err}", file=sys.stderr, flush=True)
         return 1

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from pmed.cohort.omop import find_table_file
 from pmed.imaging import radiomics as rad
-from pmed.imaging.io import ImagingError, check_geometry, read_image, read_mask
+from pmed.imaging.io import ImagingError, SeriesChecks, read_image
+from pmed.imaging.masks import MaskChoice, read_roi_mask
 from pmed.imaging.response import longest_axial_diameter_mm
 from pmed.imaging.stability import perturb
 
@@ -46,6 +47,8 @@ MEASURE_COLUMNS = ["volume_ml", "longest_diameter_mm", "mask_voxels"]
 ON_ERROR = ("exclude", "raise")
 
 _EXTRACTOR = None  # per-process pyradiomics extractor, built by _init_worker
+_CHECKS = SeriesChecks()  # per-process DICOM series tolerances, set by _init_worker
+_CHOICE = MaskChoice()  # per-process choice of SEG segment / RTSTRUCT ROI, set by _init_worker
 
 
 def n_workers(requested: int) -> int:
@@ -54,7 +57,8 @@ def n_workers(requested: int) -> int:
 
 
 def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
-    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs."""
+    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs (and
+    anatomic_site_concept_id when present)."""
     path = find_table_file(Path(omop_dir), "image_occurrence")
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     needed = ["image_occurrence_id", "person_id", "image_occurrence_date", "image_series_uid",
@@ -62,22 +66,27 @@ def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise KeyError(f"OMOP image_occurrence ({path}): missing columns {missing}")
-    table = table[needed].copy()
+    optional = [c for c in ("anatomic_site_concept_id",) if c in table.columns]
+    table = table[needed + optional].copy()
     table["image_occurrence_date"] = pd.to_datetime(table["image_occurrence_date"])
     return table
 
 
 def select_scans(
-    image_occurrence: pd.DataFrame, cohort: pd.DataFrame, mask_path_template: str,
+    image_occurrence: pd.DataFrame, cohort: pd.DataFrame, mask_path_template: str | list[str],
     baseline_window_days: int, followup_window_days: tuple[int, int],
+    raw_dir: Path | None = None, baseline_choice: str = "latest",
 ) -> pd.DataFrame:
     """The baseline and follow-up scan of each cohort person (``SCAN_COLUMNS``).
 
-    Baseline: the last scan with t0 - ``baseline_window_days`` <= date <= t0 (t0 = cohort
-    t0_date, start of first-line treatment). Follow-up: the first scan with
+    Baseline: the last (``baseline_choice`` "latest") or first ("earliest") scan with
+    t0 - ``baseline_window_days`` <= date <= t0 (t0 = cohort t0_date, start of first-line
+    treatment). Follow-up: the first scan with
     ``followup_window_days[0]`` <= date - t0 <= ``followup_window_days[1]`` days. Ties on
     the date keep the lowest image_occurrence_id. Persons not in the cohort are dropped.
-    ``mask_path`` is ``mask_path_template`` formatted with the image_occurrence row.
+    ``mask_path`` is ``mask_path_template`` formatted with the image_occurrence row; a
+    list of templates (e.g. NIfTI, SEG and RTSTRUCT names) gives the first that exists
+    under ``raw_dir`` (the first template when none does, so extraction reports it).
     """
     for col in ("person_id", "t0_date"):
         if col not in cohort.columns:
@@ -89,12 +98,14 @@ def select_scans(
     scans["days_from_t0"] = (scans["image_occurrence_date"] - pd.to_datetime(scans["t0_date"])).dt.days
     order = ["person_id", "image_occurrence_date", "image_occurrence_id"]
     base = scans[scans["days_from_t0"].between(-int(baseline_window_days), 0)]
-    base = base.sort_values(order, ascending=[True, False, True]).drop_duplicates("person_id")
+    latest = {"latest": True, "earliest": False}[baseline_choice]
+    base = base.sort_values(order, ascending=[True, not latest, True]).drop_duplicates("person_id")
     follow = scans[scans["days_from_t0"].between(lo, hi)]
     follow = follow.sort_values(order).drop_duplicates("person_id")
     out = pd.concat([base.assign(timepoint="baseline"), follow.assign(timepoint="followup")])
+    templates = [mask_path_template] if isinstance(mask_path_template, str) else list(mask_path_template)
     try:
-        out["mask_path"] = [mask_path_template.format(**row) for row in out.to_dict("records")]
+        out["mask_path"] = [_mask_path(templates, row, raw_dir) for row in out.to_dict("records")]
     except KeyError as err:
         raise KeyError(f"imaging_features.mask_path_template: unknown field {err} "
                        f"(image_occurrence columns: {list(image_occurrence.columns)})") from err
@@ -102,9 +113,18 @@ def select_scans(
     return out.sort_values(["person_id", "timepoint"], ignore_index=True)[SCAN_COLUMNS]
 
 
+def _mask_path(templates: list[str], row: Mapping, raw_dir: Path | None) -> str:
+    """The first of ``templates`` (formatted with ``row``) that exists under ``raw_dir``."""
+    paths = [t.format(**row) for t in templates]
+    if raw_dir is not None:
+        return next((p for p in paths if (Path(raw_dir) / p).is_file()), paths[0])
+    return paths[0]
+
+
 def extract_all(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping, on_error: str,
-    workers: int = 1, progress: bool = True,
+    workers: int = 1, progress: bool = True, dicom: Mapping | None = None,
+    masks: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Features of every scan, from the cache or computed in parallel.
 
@@ -115,6 +135,8 @@ def extract_all(
     cache_dir : per-image result cache (created if missing).
     settings : params ``imaging_features.radiomics``.
     on_error : "exclude" (record the failure and go on) or "raise".
+    dicom : params ``imaging_features.dicom`` (:class:`pmed.imaging.io.SeriesChecks`).
+    masks : params ``imaging_features.masks`` (:class:`pmed.imaging.masks.MaskChoice`).
 
     Returns
     -------
@@ -139,7 +161,7 @@ def extract_all(
             todo.append(scan)
     start = time.perf_counter()
     computed = _map(_analyse_scan, [(Path(raw_dir), s) for s in todo], settings, workers,
-                    progress, "radiomics")
+                    progress, "radiomics", (dicom, masks))
     seconds = time.perf_counter() - start
     for scan, result in zip(todo, computed, strict=True):
         fingerprint = inputs[scan["image_occurrence_id"]]
@@ -168,6 +190,7 @@ def extract_all(
 def perturbation_features(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping,
     stability: Mapping, seed: int, workers: int = 1, progress: bool = True,
+    dicom: Mapping | None = None, masks: Mapping | None = None,
 ) -> pd.DataFrame:
     """Features of ``stability['n_images']`` seeded baseline scans under each perturbation.
 
@@ -194,7 +217,7 @@ def perturbation_features(
                 results[(scan["image_occurrence_id"], kind)] = cached
             else:
                 todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key, fingerprint))
-    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability")
+    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability", (dicom, masks))
     for task, res in zip(todo, computed, strict=True):
         if "error" not in res and task[7] is not None:
             _write_cache(cache_dir, task[1], task[6], {**res, "input_sha256": task[7]})
@@ -207,17 +230,24 @@ def perturbation_features(
     return pd.DataFrame(rows)
 
 
-def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str) -> list:
-    """``[func(t) for t in tasks]`` in ``workers`` processes (each with its own extractor)."""
+def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str,
+         reading: tuple = (None, None)) -> list:
+    """``[func(t) for t in tasks]`` in ``workers`` processes (each with its own extractor).
+
+    ``reading``: params (``dicom``, ``masks``) for the series checks and the mask choice."""
+    reading = tuple(dict(r or {}) for r in reading)
+    SeriesChecks.from_params(reading[0])  # bad keys fail here, once, not in every worker
+    MaskChoice.from_params(reading[1])
     results: list = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, mininterval=1.0)
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(settings, threads=0)
+        _init_worker(settings, 0, reading)
         for i, task in enumerate(tasks):
             results[i] = func(task)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(dict(settings), 1)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                 initargs=(dict(settings), 1, reading)) as pool:
             futures = {pool.submit(func, task): i for i, task in enumerate(tasks)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
@@ -226,21 +256,24 @@ def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, des
     return results
 
 
-def _init_worker(settings: Mapping, threads: int) -> None:
-    """Build this process's pyradiomics extractor once; ``threads`` > 0 caps SimpleITK's
-    threads (1 in pool workers, so processes do not oversubscribe the cores)."""
-    global _EXTRACTOR
+def _init_worker(settings: Mapping, threads: int, reading: tuple = (None, None)) -> None:
+    """Build this process's pyradiomics extractor, series checks and mask choice once;
+    ``threads`` > 0 caps SimpleITK's threads (1 in pool workers, so processes do not
+    oversubscribe the cores)."""
+    global _EXTRACTOR, _CHECKS, _CHOICE
     if threads > 0:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _EXTRACTOR = rad.make_extractor(settings)
+    _CHECKS = SeriesChecks.from_params(reading[0])
+    _CHOICE = MaskChoice.from_params(reading[1])
 
 
 def _load(raw_dir: Path, scan: Mapping) -> tuple[sitk.Image, sitk.Image]:
-    """Image and mask of a scan, geometry checked (ImagingError naming the file otherwise)."""
+    """Image and mask (NIfTI, SEG or RTSTRUCT) of a scan on one grid (ImagingError naming
+    the file otherwise)."""
     image_path, mask_path = raw_dir / scan["local_path"], raw_dir / scan["mask_path"]
-    image = read_image(image_path)
-    mask = read_mask(mask_path)
-    check_geometry(image, mask, str(image_path), str(mask_path))
+    image = read_image(image_path, _CHECKS)
+    mask = read_roi_mask(mask_path, image, str(image_path), _CHOICE)
     return image, mask
 
 

@@ -1,12 +1,18 @@
-"""Read CT images (DICOM series or NIfTI) and tumour masks; check that they share geometry.
+"""Read CT/MR images (DICOM series or NIfTI) and tumour masks; check that they share geometry.
 
-Images are returned as SimpleITK images in Hounsfield units (float32) with spacing, origin
-and direction in LPS patient coordinates (mm), numpy order (z, y, x) for their arrays.
-Every failure raises :class:`ImagingError` naming the file or folder at fault.
+Images are returned as SimpleITK images (float32; CT in Hounsfield units) with spacing,
+origin and direction in LPS patient coordinates (mm), numpy order (z, y, x) for their
+arrays. A DICOM series carries its identity in the image's metadata dictionary
+(:data:`META_KEYS`: modality, series and frame-of-reference UIDs, slice SOP instance UIDs)
+so masks stored as DICOM SEG or RTSTRUCT (:mod:`pmed.imaging.masks`) can be checked
+against it. Every failure raises :class:`ImagingError` naming the file or series folder at
+fault and the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +20,53 @@ import pydicom
 import SimpleITK as sitk
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+IMAGE_SOP_CLASSES = {CT_IMAGE_STORAGE: "CT", MR_IMAGE_STORAGE: "MR"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR LE
 GEOMETRY_TOLERANCE_MM = 1e-3  # NIfTI stores geometry as float32: allow rounding
+# metadata keys (DICOM tag "gggg|eeee") set on images read from a DICOM series
+META_KEYS = {"modality": "0008|0060", "series_uid": "0020|000e", "frame_of_reference_uid": "0020|0052"}
+SOP_UIDS_KEY = "pmed|sop_instance_uids"  # backslash-joined, in slice (z index) order
 
 
 class ImagingError(ValueError):
     """An image or mask that cannot be used; the message names the file or folder."""
 
 
-def read_image(path: Path) -> sitk.Image:
-    """A CT image in HU from a DICOM series folder or a NIfTI file (``.nii``/``.nii.gz``)."""
+@dataclass(frozen=True)
+class SeriesChecks:
+    """Tolerances of :func:`read_dicom_series` (params ``imaging_features.dicom``).
+
+    position_tolerance_mm : two slices closer than this along the normal are duplicates.
+    spacing_tolerance : largest allowed deviation of a gap between neighbouring slices from
+        the median gap, as a fraction of the median gap (a larger gap is a missing slice
+        when it is a whole multiple of the median, else non-uniform spacing).
+    tilt_tolerance_deg : largest allowed angle between the line through the slice positions
+        and the slice normal; a larger angle is gantry tilt, which is refused (a tilted
+        series needs an explicit shear correction that this reader does not make).
+    """
+
+    position_tolerance_mm: float = 1e-3
+    spacing_tolerance: float = 0.01
+    tilt_tolerance_deg: float = 0.1
+
+    @classmethod
+    def from_params(cls, params: Mapping | None) -> SeriesChecks:
+        """From a params mapping; unknown keys are an error naming them."""
+        params = dict(params or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise KeyError(f"imaging_features.dicom: unknown key(s) {unknown}; expected {sorted(known)}")
+        return cls(**{k: float(v) for k, v in params.items()})
+
+
+def read_image(path: Path, checks: SeriesChecks | None = None) -> sitk.Image:
+    """An image from a DICOM series folder or a NIfTI file (``.nii``/``.nii.gz``)."""
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, checks)
     if path.name.endswith(NIFTI_SUFFIXES):
         return sitk.Cast(read_nifti(path), sitk.sitkFloat32)
     if not path.exists():
@@ -60,20 +99,25 @@ def read_mask(path: Path) -> sitk.Image:
     return binary
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """One axial CT series from a folder of single-frame DICOM files, in HU.
+def read_dicom_series(folder: Path, checks: SeriesChecks | None = None) -> sitk.Image:
+    """One CT or MR series from a folder of single-frame DICOM files.
 
     Slices are ordered by ImagePositionPatient projected on the slice normal (the cross
     product of the two ImageOrientationPatient directions), never by file name or
-    InstanceNumber; stored values are rescaled with each slice's RescaleSlope/Intercept.
+    InstanceNumber; stored values are rescaled with each slice's RescaleSlope/Intercept
+    (CT: Hounsfield units). Compressed transfer syntaxes are decoded by pydicom's
+    pixel-data handlers (pylibjpeg: JPEG, JPEG-LS excepted, JPEG 2000, RLE).
 
     Raises
     ------
     ImagingError
-        Folder empty or missing; a file that is not DICOM or has no pixel data; several
-        series; slices differing in orientation, size or pixel spacing; duplicate or
-        unevenly spaced slice positions. The message names the folder or file.
+        Folder empty or missing; a file that is not DICOM or has no pixel data; a SOP class
+        other than CT/MR Image Storage; several series or SOP classes in the folder; a
+        multi-frame file; slices differing in orientation, size or pixel spacing; duplicate
+        slice positions, missing slices, non-uniform spacing or gantry tilt (tolerances:
+        ``checks``). The message names the folder (the series) or file and the reason.
     """
+    checks = checks or SeriesChecks()
     folder = Path(folder)
     if not folder.is_dir():
         raise ImagingError(f"{folder}: DICOM series folder not found")
@@ -82,8 +126,13 @@ def read_dicom_series(folder: Path) -> sitk.Image:
         raise ImagingError(f"{folder}: no DICOM files in the series folder")
     slices = [_read_slice(f) for f in files]
     first_file, first = files[0], slices[0]
+    for key, what in (("SOPClassUID", "SOP classes"), ("SeriesInstanceUID", "series")):
+        values = {str(ds.get(key)) for ds in slices}
+        if len(values) > 1:
+            raise ImagingError(f"{folder}: mixed {what} in one series folder ({len(values)} "
+                               f"different {key} values); expected one {key}")
     for f, ds in zip(files, slices, strict=True):
-        for key in ("SeriesInstanceUID", "Rows", "Columns"):
+        for key in ("Rows", "Columns"):
             if ds.get(key) != first.get(key):
                 raise ImagingError(f"{f}: {key} differs from {first_file.name} in {folder}")
         for key in ("ImageOrientationPatient", "PixelSpacing"):
@@ -97,23 +146,65 @@ def read_dicom_series(folder: Path) -> sitk.Image:
     )
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    gaps = np.diff(along[order])
-    if len(slices) > 1:
-        if np.any(gaps < 1e-3):
-            dup = files[order[int(np.argmin(gaps)) + 1]]
-            raise ImagingError(f"{dup}: duplicate slice position in {folder}")
-        if np.ptp(gaps) > 1e-2 * max(1.0, float(np.median(gaps))):
-            raise ImagingError(
-                f"{folder}: unevenly spaced slices (gaps {gaps.min():.3f}-{gaps.max():.3f} mm)"
-            )
-    volume = np.stack([_hu(files[i], slices[i]) for i in order]).astype(np.float32)
+    files = [files[i] for i in order]
+    slices = [slices[i] for i in order]
+    positions, along = positions[order], along[order]
+    slice_spacing = _check_spacing(folder, files, positions, along, normal, checks)
+    if slice_spacing is None:
+        slice_spacing = _slice_thickness(first)
+    volume = np.stack([_pixels(f, ds) for f, ds in zip(files, slices, strict=True)])
     row_spacing, col_spacing = _floats(first_file, first, "PixelSpacing")
-    slice_spacing = float(np.mean(gaps)) if len(slices) > 1 else _slice_thickness(first)
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing((float(col_spacing), float(row_spacing), slice_spacing))
-    image.SetOrigin(tuple(float(v) for v in positions[order[0]]))
+    image = sitk.GetImageFromArray(volume.astype(np.float32))
+    image.SetSpacing((float(col_spacing), float(row_spacing), float(slice_spacing)))
+    image.SetOrigin(tuple(float(v) for v in positions[0]))
     image.SetDirection(tuple(np.column_stack([row_dir, col_dir, normal]).ravel().tolist()))
+    image.SetMetaData(META_KEYS["modality"], IMAGE_SOP_CLASSES[str(first.SOPClassUID)])
+    image.SetMetaData(META_KEYS["series_uid"], str(first.get("SeriesInstanceUID", "")))
+    image.SetMetaData(META_KEYS["frame_of_reference_uid"], str(first.get("FrameOfReferenceUID", "")))
+    image.SetMetaData(SOP_UIDS_KEY, "\\".join(str(ds.get("SOPInstanceUID", "")) for ds in slices))
     return image
+
+
+def _check_spacing(
+    folder: Path, files: list[Path], positions: np.ndarray, along: np.ndarray,
+    normal: np.ndarray, checks: SeriesChecks,
+) -> float | None:
+    """The slice spacing (mm) of slices sorted along ``normal``; None for one slice.
+
+    ImagingError for duplicate positions, missing slices, non-uniform spacing or tilt.
+    """
+    if len(files) < 2:
+        return None
+    gaps = np.diff(along)
+    if np.any(gaps < checks.position_tolerance_mm):
+        k = int(np.argmin(gaps))
+        raise ImagingError(f"{files[k + 1]}: duplicate slice position in {folder} "
+                           f"(same position as {files[k].name})")
+    median = float(np.median(gaps))
+    deviation = np.abs(gaps - median)
+    tolerance = checks.spacing_tolerance * median
+    if np.any(deviation > tolerance):
+        k = int(np.argmax(deviation))
+        ratio = gaps[k] / median
+        if ratio > 1.5 and abs(ratio - round(ratio)) * median <= tolerance:
+            raise ImagingError(
+                f"{folder}: {int(round(ratio)) - 1} missing slice(s) between {files[k].name} "
+                f"and {files[k + 1].name} (gap {gaps[k]:.3f} mm, slice spacing {median:.3f} mm)"
+            )
+        raise ImagingError(
+            f"{folder}: non-uniform slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
+            f"tolerance {checks.spacing_tolerance:g} x median {median:.3f} mm)"
+        )
+    stack = positions[-1] - positions[0]
+    cosine = float(np.clip(abs(stack @ normal) / np.linalg.norm(stack), 0.0, 1.0))
+    tilt = float(np.degrees(np.arccos(cosine)))
+    if tilt > checks.tilt_tolerance_deg:
+        raise ImagingError(
+            f"{folder}: gantry tilt of {tilt:.2f} degrees (slice positions not along the slice "
+            f"normal; tolerance {checks.tilt_tolerance_deg:g} degrees): refused, a tilted series "
+            f"needs a shear correction"
+        )
+    return float(np.mean(gaps))
 
 
 def check_geometry(
@@ -137,16 +228,20 @@ def check_geometry(
 
 
 def _read_slice(path: Path) -> pydicom.Dataset:
-    """A CT slice with pixel data; ImagingError naming ``path`` otherwise."""
+    """A single-frame CT or MR slice with pixel data; ImagingError naming ``path`` otherwise."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:  # pydicom raises several types for broken files
         raise ImagingError(f"{path}: not a readable DICOM file ({_first_line(err)})") from err
     if "PixelData" not in ds:
         raise ImagingError(f"{path}: DICOM file has no pixel data")
-    sop_class = ds.get("SOPClassUID")
-    if sop_class is not None and sop_class != CT_IMAGE_STORAGE:
-        raise ImagingError(f"{path}: SOP class {sop_class} is not CT Image Storage")
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in IMAGE_SOP_CLASSES:
+        raise ImagingError(f"{path}: SOP class {sop_class or '(missing)'} is not CT or MR "
+                           f"Image Storage")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise ImagingError(f"{path}: multi-frame file ({ds.NumberOfFrames} frames); expected "
+                           f"one slice per file")
     return ds
 
 
@@ -158,14 +253,17 @@ def _floats(path: Path, ds: pydicom.Dataset, keyword: str) -> np.ndarray:
     return np.atleast_1d(np.asarray(value, dtype=float))
 
 
-def _hu(path: Path, ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel values of one slice in HU, shape (rows, cols)."""
+def _pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """Rescaled pixel values of one slice (CT: HU), shape (rows, cols)."""
     try:
         stored = _native_pixels(ds)
         if stored is None:
             stored = ds.pixel_array
     except Exception as err:  # truncated pixel data, unsupported compression, ...
-        raise ImagingError(f"{path}: cannot decode pixel data ({_first_line(err)})") from err
+        syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+        name = f" {syntax.name}" if syntax is not None else ""
+        raise ImagingError(f"{path}: cannot decode pixel data{name} "
+                           f"({_first_line(err)})") from err
     slope = float(ds.get("RescaleSlope", 1.0))
     intercept = float(ds.get("RescaleIntercept", 0.0))
     return stored.astype(np.float64) * slope + intercept
