@@ -543,7 +543,9 @@ class CoxModel(BaseEstimator):
             penalty = np.r_[np.zeros(n_clin), np.ones(X_train.shape[1] - n_clin)]
             if X_train.shape[1] == n_clin:
                 raise ValueError("no radiomic feature survived preprocessing in an inner fold")
-            fit = self._coxnet(penalty, alphas).fit(X_train, Surv.from_arrays(event[train], time[train]))
+            with warnings.catch_warnings():  # the full data's path may start above this fold's largest alpha
+                warnings.filterwarnings("ignore", message="all coefficients are zero", category=UserWarning)
+                fit = self._coxnet(penalty, alphas).fit(X_train, Surv.from_arrays(event[train], time[train]))
             coefs = np.column_stack([_coef_at(fit, a) for a in alphas])
             eta_all = inner._design(df) @ coefs
             cvpl = cox_partial_loglik(eta_all, time, event) - cox_partial_loglik(
