@@ -320,7 +320,9 @@ class PostgresEngine(Engine):
             self.con = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as err:
             raise CohortError("cohort.source.engine postgres: cannot connect with the PG* "
-                              f"environment variables / service file: {_pg_text(err)}") from None
+                              f"environment variables / service file: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+                              ) from None  # libpq's text names host, port, user: no data
 
     def materialise(self, name, sql):
         self.steps[name] = self._step_name(name)
@@ -484,7 +486,8 @@ def open_engine(spec: SourceSpec, omop_dir: Path | None = None, memory_limit: st
         path = path if path.is_absolute() else config.ROOT / path
         if not path.is_file():
             raise CohortError(f"cohort.source.database: no DuckDB database file {path}")
-        return DuckDBEngine(spec, duckdb.connect(str(path), read_only=True, config={
+        # read-only unless run-unique step tables go to a scratch schema of the file
+        return DuckDBEngine(spec, duckdb.connect(str(path), read_only=not spec.scratch_schema, config={
             "memory_limit": memory_limit, "threads": threads}))
     if spec.engine == "postgres":
         return PostgresEngine(spec)
