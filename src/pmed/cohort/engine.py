@@ -11,7 +11,8 @@ params.yaml ``cohort.source`` (:func:`parse_source`):
 * ``scratch_schema``: where intermediate tables go (unique per run, dropped at the end);
   default none: session temporary tables (PostgreSQL ``CREATE TEMP TABLE``, Spark
   materialised temporary views), so a read-only CDM suffices.
-* ``database``: the DuckDB database file (engine ``duckdb`` only).
+* ``database``: the DuckDB database file (engine ``duckdb`` only; read-only unless a scratch
+  schema is set).
 
 Credentials never come from params: PostgreSQL reads libpq's environment (``PGHOST``,
 ``PGPORT``, ``PGDATABASE``, ``PGUSER``, ``PGPASSWORD`` or ``~/.pgpass``, ``PGSERVICE``);
