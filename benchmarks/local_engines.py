@@ -96,21 +96,26 @@ def postgres_server(omop_dir: Path, settings: str = "") -> Iterator[dict]:
 
 
 def load_postgres(con, omop_dir: Path) -> None:
-    """Every Parquet table of ``omop_dir`` into cdm.<table> (v5.4 DDL types) through COPY."""
+    """Every Parquet table of ``omop_dir`` into cdm.<table> (v5.4 DDL types): DuckDB writes
+    a CSV file, streamed to the server's COPY (NULL = unquoted empty field)."""
     con.execute("CREATE SCHEMA cdm")
     duck = duckdb.connect()
-    for path in sorted(Path(omop_dir).glob("*.parquet")):
-        table = path.stem.lower()
-        rel = duck.sql(f"SELECT * FROM read_parquet('{path}')")
-        cols = [(c.lower(), omop_type(c.lower(), str(t).upper()))
-                for c, t in zip(rel.columns, rel.types, strict=True)]
-        con.execute(f"CREATE TABLE cdm.{table} (" + ", ".join(f"{c} {t}" for c, t in cols) + ")")
-        names = ", ".join(c for c, _ in cols)
-        with con.cursor().copy(f"COPY cdm.{table} ({names}) FROM STDIN") as copy_:
-            reader = rel.to_arrow_reader(100_000)
-            for batch in reader:
-                for row in zip(*(col.to_pylist() for col in batch.columns), strict=True):
-                    copy_.write_row(row)
+    with tempfile.TemporaryDirectory(prefix="pmed_pg_load_") as tmp:
+        for path in sorted(Path(omop_dir).glob("*.parquet")):
+            table = path.stem.lower()
+            rel = duck.sql(f"SELECT * FROM read_parquet('{path}')")
+            cols = [(c.lower(), omop_type(c.lower(), str(t).upper()))
+                    for c, t in zip(rel.columns, rel.types, strict=True)]
+            con.execute(f"CREATE TABLE cdm.{table} ("
+                        + ", ".join(f"{c} {t}" for c, t in cols) + ")")
+            csv = Path(tmp) / f"{table}.csv"
+            duck.execute(f"COPY (SELECT * FROM read_parquet('{path}')) TO '{csv}' "
+                         "(HEADER false, DELIMITER ',', QUOTE '\"')")
+            names = ", ".join(c for c, _ in cols)
+            with con.cursor().copy(f"COPY cdm.{table} ({names}) FROM STDIN (FORMAT csv)") as cp, \
+                    open(csv, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    cp.write(chunk)
     con.execute("ANALYZE")
 
 
