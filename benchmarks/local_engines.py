@@ -4,7 +4,8 @@ tests/test_engines.py and benchmarks/bench_engines.py.
 PostgreSQL: Debian's server binaries (package postgresql, /usr/lib/postgresql/<v>/bin);
 as root the server runs as user ``postgres`` (initdb refuses root), data in a temp folder,
 listening on 127.0.0.1 only, on a free port, trust authentication (local tests only). The
-OMOP tables go to schema ``cdm`` with OMOP CDM v5.4 DDL types (:func:`omop_type`), a role
+OMOP tables go to schema ``cdm`` with OMOP CDM v5.4 DDL types (:func:`omop_type`) and the
+indexes of OMOP's index script on the keys the cohort reads (:func:`index_columns`), a role
 ``reader`` gets USAGE + SELECT on ``cdm`` and TEMP on the database (a read-only CDM), and
 schema ``scratch`` is writable by it.
 """
@@ -116,7 +117,20 @@ def load_postgres(con, omop_dir: Path) -> None:
                     open(csv, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     cp.write(chunk)
+            for column in index_columns(table, [c for c, _ in cols]):
+                con.execute(f"CREATE INDEX idx_{table}_{column} ON cdm.{table} ({column})")
     con.execute("ANALYZE")
+
+
+INDEXED = ("person_id", "concept_id", "ancestor_concept_id", "descendant_concept_id",
+           "concept_id_1", "concept_id_2", "visit_occurrence_id")
+
+
+def index_columns(table: str, columns: list[str]) -> list[str]:
+    """The columns OMOP's v5.4 index script indexes in ``table``, as far as the cohort reads
+    them: person_id, the table's own concept id, visit and vocabulary keys."""
+    own = f"{table.split('_')[0]}_concept_id"
+    return [c for c in columns if c in INDEXED or c == own]
 
 
 def spark_session(folder: Path, cores: int = 2, memory: str = "1g"):
