@@ -12,14 +12,15 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check system-deps browser-check engines-check FORCE
+	repro-check privacy-check system-deps browser-check engines-check simulation FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check + browser-check"
+	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check + browser-check + privacy-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
+	@echo "make simulation  the simulation study of the estimators (params simulation:), report in build/simulation/"
 
 venv: $(STAMP)
 
@@ -46,7 +47,7 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: system-deps unit engines-check nbval repro-check browser-check
+test: system-deps unit engines-check nbval repro-check browser-check privacy-check
 
 # The cohort stage on PostgreSQL (Debian's server, started by the test as user postgres) and on
 # a local Spark (pyspark: the optional extra `spark` of pyproject.toml, installed here).
@@ -91,6 +92,11 @@ browser-check: venv
 	@echo "==> browser: index.html and every stage report of repro-check's CI-size run in headless Chromium"
 	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_browser.py
 
+privacy-check: venv
+	@echo "==> privacy: identifiers planted in every OMOP free-text column and DICOM patient tag of"
+	@echo "    the CI demo never reach an output; a ~20-person cohort publishes no small count"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_privacy_pipeline.py
+
 $(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"
 	find $(CI_WS) -mindepth 1 -maxdepth 1 ! -name $(notdir $(DEMO_STAMP)) -exec rm -rf {} +
@@ -119,6 +125,11 @@ lock:
 	build/lockenv/bin/python -m pip install --quiet -r requirements.in
 	build/lockenv/bin/python -m pip freeze --exclude-editable > requirements.lock
 	$(BIN)/python -m pmed.lockfile
+
+# The simulation study (issue 13): not part of dvc repro; about 30 min on 2 idle cores.
+simulation: venv
+	@echo "==> simulation study: params.yaml simulation section -> build/simulation/report.html"
+	$(BIN)/python -m pmed.simulation --out build/simulation
 
 clean-ci:
 	rm -rf $(CI_WS)
