@@ -246,3 +246,12 @@ def test_power_and_value_coverage_over_many_draws():
 def test_issued_actions_codes_and_none():
     act = policy.issued_actions(["b", None, "a"], ["a", "b"], 2)
     npt.assert_array_equal(act, [[1, -1, 0], [1, -1, 0]])
+
+
+def test_ridge_cox_without_events_has_zero_baseline_hazard():
+    """A censoring model fitted on a fold where nobody was censored: H0 = 0, G(t) = 1."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12, 2))
+    fit = policy.RidgeCox(X, rng.uniform(1, 5, 12), np.zeros(12), alpha=0.5)
+    assert np.all(fit.coef_ == 0)
+    assert np.array_equal(fit.base(np.array([[0.5, 3.0], [9.0, 1.0]])), np.zeros((2, 2)))

@@ -113,7 +113,10 @@ class RidgeCox:
         self.t, self.h = uniq[keep], np.cumsum(d[keep] / s0[keep])
 
     def base(self, times: np.ndarray) -> np.ndarray:
-        """Baseline cumulative hazard H0(t) (right-continuous step), any shape."""
+        """Baseline cumulative hazard H0(t) (right-continuous step), any shape; 0 everywhere
+        when the data had no events (e.g. a fold without any censoring)."""
+        if self.h.size == 0:
+            return np.zeros(np.shape(times))
         pos = np.searchsorted(self.t, times, side="right") - 1
         return np.where(pos >= 0, self.h[np.clip(pos, 0, None)], 0.0)
 
