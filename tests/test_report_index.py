@@ -107,3 +107,14 @@ def test_cohort_flow_orders_steps_and_keeps_suppressed_text(workspace):
     assert cells[0].startswith("First qualifying diagnosis")
     assert cells[1].startswith("Prior observation") and cells[2].startswith("Age at index")
     assert " or No other cancer" in cells[2] and "suppressed" in html
+
+
+def test_imaging_gain_needs_the_permutation_test_too():
+    params = config.load_params()
+    ci = {"estimate": 0.03, "ci_low": 0.01, "ci_high": 0.05}
+    m = {"c_index": {"combined": ci, "clinical": ci}, "delta_c": {"combined": ci},
+         "lr_test": {"p_permutation": 0.3, "n_permutations": 99}}
+    text, (mark, why) = report_index.headlines_imaging_analysis(m, params)[0]
+    assert "p = 0.3" in text and mark == "no" and "does not reject" in why
+    m["lr_test"]["p_permutation"] = 0.01
+    assert report_index.headlines_imaging_analysis(m, params)[0][1][0] == "yes"

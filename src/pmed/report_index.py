@@ -357,10 +357,17 @@ def headlines_imaging_features(m: dict, params: dict) -> list[Headline]:
 
 def headlines_imaging_analysis(m: dict, params: dict) -> list[Headline]:
     c, d = m["c_index"], m["delta_c"]
-    out = [(f"Adding baseline-CT radiomics to the clinical model (out-of-fold, "
+    lr = m.get("lr_test", {})
+    perm = (f"; permutation likelihood-ratio test {fmt_p(lr['p_permutation'])} "
+            f"({lr.get('n_permutations')} permutations)" if "p_permutation" in lr else "")
+    gain = verdict(d["combined"], 0.0, baseline="the clinical model")
+    if gain[0] == "yes" and "p_permutation" in lr and lr["p_permutation"] > params.get(
+            "imaging_analysis", {}).get("alpha", 0.05):
+        gain = ("no", "the permutation test does not reject: no evidence that images add")
+    out = [(f"Adding baseline-CT radiomics to the clinical model (C within each test fold, "
             f"{fmt_count(m.get('n_baseline_ct'))} patients with a baseline CT): C index "
-            f"{fmt_metric(c['combined'])} vs {fmt_metric(c['clinical'])}; gain {fmt_metric(d['combined'])}.",
-            verdict(d["combined"], 0.0, baseline="the clinical model"))]
+            f"{fmt_metric(c['combined'])} vs {fmt_metric(c['clinical'])}; gain "
+            f"{fmt_metric(d['combined'])}{perm}.", gain)]
     if "imaging" in d:
         out.append((f"Radiomics alone: C index {fmt_metric(c['imaging'])}; difference to the clinical "
                     f"model {fmt_metric(d['imaging'])}.", verdict(d["imaging"], 0.0, baseline="the clinical model")))
