@@ -20,7 +20,6 @@ NOT_PERSONS = {"n_represented",  # features an imaging-signature feature stands 
                "n_inside", "n_terms", "terms_inside", "terms_total", "points_inside",
                "points_total"}  # model terms / curve points inside a CI (demo truth check)
 SUPPRESSED = re.compile(r"^(<\d+|suppressed)$")
-NUM = re.compile(r"^-?\d+$")
 # printed text: "<count> persons", "persons: <count>", ...
 NOUNS = r"(persons|patients|deaths|events|responders|scans|images|excluded|censored)"
 COUNT_BEFORE = re.compile(rf"(?<![\w.<-])(\d+) (?:early )?{NOUNS}\b")
