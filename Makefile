@@ -12,7 +12,7 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check privacy-check system-deps browser-check FORCE
+	repro-check privacy-check system-deps browser-check engines-check simulation FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
@@ -20,6 +20,7 @@ help:
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
+	@echo "make simulation  the simulation study of the estimators (params simulation:), report in build/simulation/"
 
 venv: $(STAMP)
 
@@ -46,7 +47,20 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: system-deps unit nbval repro-check browser-check privacy-check
+test: system-deps unit engines-check nbval repro-check browser-check privacy-check
+
+# The cohort stage on PostgreSQL (Debian's server, started by the test as user postgres) and on
+# a local Spark (pyspark: the optional extra `spark` of pyproject.toml, installed here).
+SPARK_STAMP := $(VENV)/.pmed-spark
+$(SPARK_STAMP): pyproject.toml | venv
+	@echo "==> installing the optional extra [spark] into $(VENV)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $$($(BIN)/python -c \
+		"import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['spark']))")
+	@touch $@
+
+engines-check: venv system-deps $(SPARK_STAMP)
+	@echo "==> cohort engines: PostgreSQL and Spark give DuckDB's cohort (slow)"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_engines.py
 
 # Debian packages some tests need (.ci/apt-packages.txt): installed if missing (as root).
 system-deps:
@@ -111,6 +125,11 @@ lock:
 	build/lockenv/bin/python -m pip install --quiet -r requirements.in
 	build/lockenv/bin/python -m pip freeze --exclude-editable > requirements.lock
 	$(BIN)/python -m pmed.lockfile
+
+# The simulation study (issue 13): not part of dvc repro; about 30 min on 2 idle cores.
+simulation: venv
+	@echo "==> simulation study: params.yaml simulation section -> build/simulation/report.html"
+	$(BIN)/python -m pmed.simulation --out build/simulation
 
 clean-ci:
 	rm -rf $(CI_WS)

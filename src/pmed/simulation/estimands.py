@@ -1,0 +1,267 @@
+"""Methods of the simulation study: one replicate through the stages' own helpers.
+
+Each ``run_<group>`` makes the calls of its notebook (same helpers, same params.yaml
+settings, same seed offsets from the replicate's seed) and returns rows of the replicate
+table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decision.
+
+- ``cox_mi`` (02_survival): MI (PMM) Cox model, Rubin's rules; truth = the generator's
+  conditional log-HR (given every covariate AND the latent tumour traits, which the EHR model
+  cannot include: with the image signal on, the EHR-only log-HRs are attenuated towards 0).
+- ``iptw`` (04_treatment): MI IPTW marginal log-HR and 365-day survival difference per arm
+  (Rubin CI), and the bootstrap percentile CI of the survival difference.
+- ``matched`` (causal.match_nearest, io vs chemo; no report prints it since the multi-arm
+  treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR among io patients.
+- ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
+  the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
+  replicate's persons; heterogeneity test (Holm) per contrast.
+- ``calibration`` (03_outcomes): out-of-fold calibration slope and intercept of the three
+  risk models (bootstrap CI); truth = slope / intercept of the model refitted on the whole
+  replicate, evaluated on a large population against the true 365-day risk.
+- ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
+  the combined vs the clinical model (paired bootstrap CI; "reject" = CI above 0) and the LR
+  test of the added signature (p < 0.05).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction
+from pmed import radiomics_model as rm
+from pmed import survival as sv
+from pmed.demo import model
+from pmed.imputation import mice, nelson_aalen
+from pmed.simulation.truth import conditional_log_hr, true_survival_365
+
+ROW_FIELDS = ("group", "estimand", "estimate", "se", "ci_low", "ci_high", "true", "reject", "null_true", "ci_kind")
+"""Replicate-table columns: ``se`` model SE (for percentile CIs: CI width / 3.92); ``true``
+NaN when the estimand has no truth (tests, delta C); ``reject`` the test decision (CI
+excludes 0, or the p-value rule of the test; NaN where no test is reported: calibration);
+``null_true`` whether its null holds."""
+Z95 = 1.959963984540054
+
+
+def _row(group, estimand, estimate, ci_low, ci_high, true, se=None, reject=None, null_true=None,
+         ci_kind="wald") -> dict:
+    se = (ci_high - ci_low) / (2 * Z95) if se is None else se
+    if reject is None:
+        reject = bool(ci_low > 0 or ci_high < 0)
+    elif reject is not np.nan:
+        reject = bool(reject)
+    if null_true is None:
+        null_true = bool(true == 0) if np.isfinite(true) else False
+    return {"group": group, "estimand": estimand, "estimate": float(estimate), "se": float(se),
+            "ci_low": float(ci_low), "ci_high": float(ci_high), "true": float(true), "reject": reject,
+            "null_true": bool(null_true), "ci_kind": ci_kind}
+
+
+def labels_of(params: dict) -> list[str]:
+    """Arm labels, reference first (as notebook 04)."""
+    strat = params["cohort"]["treatment_strategies"]
+    return multiarm.arm_order(list(strat["arms"]), strat["reference"])
+
+
+def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool) -> list[dict]:
+    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules."""
+    s = params["survival"]
+    covariates = list(s["covariates"])
+    terms = covariates + list(s["interactions"])
+    base = cohort.assign(cumhaz=nelson_aalen(cohort["time_days"], cohort["event"]),
+                         event_aux=cohort["event"].astype(float))
+    imputed = mice(base, covariates, m=s["n_imputations"], seed=seed + 201, max_iter=s["mice_max_iter"],
+                   auxiliary=["event_aux", "cumhaz"])
+    imputed = [sv.add_interactions(d, s["interactions"]) for d in imputed]
+    pooled = sv.fit_cox_mi(imputed, "time_days", "event", terms).set_index("term")
+    truth = conditional_log_hr(terms, heterogeneity)
+    return [_row("cox_mi", f"log-HR {t}", pooled.loc[t, "estimate"], pooled.loc[t, "ci_low"],
+                 pooled.loc[t, "ci_high"], truth[t], se=pooled.loc[t, "se"], ci_kind="Rubin")
+            for t in terms]
+
+
+def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[list[dict], str]:
+    """Notebook 04: MI IPTW log-HR and survival difference per arm, bootstrap CI of the difference.
+
+    Returns (rows, best arm by the IPTW survival difference: the policy's average-effect arm)."""
+    tr = params["treatment"]
+    labels = labels_of(params)
+    arm = multiarm.arm_codes(cohort["treatment"], labels, labels[0])
+    time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
+    horizon = float(tr["horizon_days"])
+    mi = multiarm.mi_iptw(cohort, list(tr["covariates"]), arm, labels, horizon, m=tr["n_imputations"],
+                          seed=seed + 401, max_iter=tr["mice_max_iter"],
+                          truncate_quantile=tr["weight_truncation_quantile"])
+    boot = multiarm.bootstrap_differences(mi["completed"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
+                                          seed + 402, truncate_quantile=tr["weight_truncation_quantile"])
+    hr = mi["log_hr"].set_index("term")
+    rd = mi["survival_difference"].set_index("term")
+    rows = []
+    for i, a in enumerate(labels[1:]):
+        rows.append(_row("iptw", f"log-HR {a}", hr.loc[a, "estimate"], hr.loc[a, "ci_low"], hr.loc[a, "ci_high"],
+                         pop["marginal_log_hr"][a], se=hr.loc[a, "se"], ci_kind="Rubin"))
+        rows.append(_row("iptw", f"S(365) difference {a}", rd.loc[a, "estimate"], rd.loc[a, "ci_low"],
+                         rd.loc[a, "ci_high"], pop["survival_difference"][a], se=rd.loc[a, "se"], ci_kind="Rubin"))
+        rows.append(_row("iptw", f"S(365) difference {a}, bootstrap CI", rd.loc[a, "estimate"],
+                         float(boot["ci_low"].iloc[i]), float(boot["ci_high"].iloc[i]), pop["survival_difference"][a],
+                         ci_kind="percentile bootstrap"))
+    best = labels[0] if rd["estimate"].max() <= 0 else str(rd["estimate"].idxmax())
+    return rows, best
+
+
+def run_matched(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
+    """causal.match_nearest (1:1, caliper 0.2 SD of the logit PS) io vs chemo; pair-clustered Cox."""
+    pair = cohort[cohort["treatment"].isin(["chemo", "io"])].reset_index(drop=True)
+    treated = (pair["treatment"] == "io").to_numpy(int)
+    X = causal.design_matrix(pair, list(params["treatment"]["covariates"]))
+    ps = causal.fit_propensity(X, treated)
+    pairs = causal.match_nearest(causal.logit(ps), treated, 0.2, seed + 401)
+    fit = causal.weighted_cox(pair.assign(treated=treated), "time_days", "event", ["treated"],
+                              weights=causal.matching_weights(pairs, len(pair)),
+                              cluster=causal.pair_ids(pairs, len(pair))).loc["treated"]
+    lo, hi = np.log(fit["ci_low"]), np.log(fit["ci_high"])
+    return [_row("matched", "log-HR io (matched)", fit["coef"], lo, hi, pop["att_log_hr_io"], se=fit["se"])]
+
+
+def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, heterogeneity: bool,
+               average_arm: str | None) -> list[dict]:
+    """Notebook 04's recommendation: repeats, heterogeneity test, issued recommendations, value."""
+    tr, rec = params["treatment"], params["treatment"]["recommend"]
+    labels = labels_of(params)
+    arm = multiarm.arm_codes(cohort["treatment"], labels, labels[0])
+    horizon = float(tr["horizon_days"])
+    mods = list(rec["effect_modifiers"])
+    X = causal.design_matrix(cohort, list(tr["covariates"])).to_numpy(float)
+    res = policy.run_repeats(
+        X, cohort[mods].astype(float), arm, cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int),
+        horizon, n_repeats=rec["n_repeats"], n_folds=rec["n_folds"], seed=seed + 403,
+        min_leaf=max(1, int(rec["min_leaf_share"] * (len(cohort) // 2))), n_cuts=rec["n_cuts"],
+        censoring=rec["censoring"], ps_clip=rec["ps_clip"], cox_alpha=rec["cox_ridge"])
+    het = policy.heterogeneity_test(res["p_splits"], labels, rec["alpha"])
+    personalise = bool(het["reject"].any())
+    if average_arm is None:  # no IPTW in this scenario: the DR scores' best arm (as tests/test_recommend_e2e.py)
+        average_arm = labels[int(res["gamma"].mean((0, 1)).argmax())]
+    recs = policy.recommendation_table(cohort["person_id"], res, labels, personalise, float(het["p_holm"].min()),
+                                       average_arm=average_arm)
+    R = res["gamma"].shape[0]
+    values = policy.policy_value(res["gamma"], policy.issued_actions(recs["recommendation"], labels, R),
+                                 np.full((R, len(cohort)), labels.index(average_arm)), labels, rec["n_bootstrap"],
+                                 seed + 404).set_index("policy")
+    s_true = true_survival_365(latent, heterogeneity, horizon)[:, [model.ARMS.index(a) for a in labels]]
+    agree = hte.truth_agreement(recs["recommendation"], s_true, labels, fallback=average_arm)
+    rows = [
+        _row("policy", "value of issued recommendations", *values.loc["policy", ["estimate", "ci_low", "ci_high"]],
+             agree["true_value"], ci_kind="percentile bootstrap"),
+        _row("policy", "gain vs best single arm", *values.loc["gain vs best single arm",
+                                                              ["estimate", "ci_low", "ci_high"]],
+             agree["true_value"] - agree["best_single_arm_value"], ci_kind="percentile bootstrap"),
+    ]
+    for _, h in het.iterrows():
+        rows.append(_row("policy", f"heterogeneity test {h['contrast']} (Holm p < {rec['alpha']})", h["p_holm"],
+                         np.nan, np.nan, np.nan, se=np.nan, reject=bool(h["reject"]), null_true=not heterogeneity,
+                         ci_kind="test"))
+    return rows
+
+
+def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
+    """Notebook 03: single PMM imputation, k-fold out-of-fold risks, bootstrap CIs of the metrics.
+
+    Truth of each model: slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
+    with the true risk as fractional outcome) of the model refitted on the whole replicate
+    (the model the stage would deliver), on the population sample of ``pop``.
+    """
+    o = params["outcomes"]
+    horizon = float(o["horizon_days"])
+    times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
+    settings = prediction.ModelSettings.from_params(o)
+    features, terms = list(settings.features), settings.terms
+    time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
+    endpoint = metrics.horizon_outcome(time_, event, horizon)
+    y, w, known = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy(), endpoint["known"].to_numpy()
+    data = mice(cohort, features, m=1, seed=seed + 301, max_iter=o["mice_max_iter"])[0]
+    data = sv.add_interactions(data, o["interactions"])
+    cv = prediction.cross_validated_predictions(data, "time_days", "event", y, w, times, settings,
+                                                n_folds=o["cv_folds"], seed_cv=seed + 302, seed_gb=seed + 303, n_jobs=1)
+    cis = prediction.out_of_fold_metrics(time_, event, cv, horizon, o["high_risk_threshold"], times, o["n_bootstrap"],
+                                         seed + 304, n_jobs=1)
+    popx = sv.add_interactions(pop["population"], o["interactions"])
+    cox = sv.fit_cox(data, "time_days", "event", terms, penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
+    logit = prediction.fit_weighted_logistic(data.loc[known, terms], y[known], w[known])
+    gbm = prediction.fit_gbm(data.loc[known, features], y[known], w[known], settings, seed + 303)
+    pred = {"cox": 1 - sv.predict_survival(cox, popx, [horizon])[:, -1],
+            "logistic": prediction.predict_logistic(logit, popx[terms]),
+            "gbm": gbm.predict_proba(popx[features].astype(float))[:, 1]}
+    rows = []
+    for name, p in pred.items():
+        true = calibration.calibration_slope_intercept(popx["true_risk"].to_numpy(), np.clip(p, 1e-9, 1 - 1e-9))
+        for stat in ("slope", "intercept"):
+            ci = cis[f"{name}.calibration_{stat}"]
+            rows.append(_row("calibration", f"calibration {stat} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
+                             true[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+    return rows
+
+
+PSEUDO_FEATURES = {  # name -> (trait, transform, noise SD on the transformed scale)
+    "original_shape_MeshVolume": ("log_tumour_volume_ml", "exp", 0.10),
+    "original_shape_Maximum3DDiameter": ("log_tumour_volume_ml", "cbrt", 0.08),
+    "original_glcm_JointEntropy": ("heterogeneity", "linear", 0.05),
+    "original_firstorder_Variance": ("heterogeneity", "linear", 0.10),
+    "original_shape_Sphericity": ("irregularity", "neg", 0.05),
+}
+N_NOISE_FEATURES = 10  # pure-noise features original_glrlm_Noise<j>
+
+
+def pseudo_radiomics(latent: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Feature-level imaging: radiomics-named features from the persons' true tumour traits.
+
+    Volume (log-normal noise, two correlated shape features), heterogeneity (two texture
+    features), irregularity (sphericity; no effect on hazard) measured with the noise of
+    :data:`PSEUDO_FEATURES`, plus :data:`N_NOISE_FEATURES` pure-noise features. Stands in for
+    rendering CTs and running pyradiomics (not validated by this route).
+    """
+    n = len(latent)
+    out = {}
+    for name, (trait, kind, sd) in PSEUDO_FEATURES.items():
+        x = latent[trait].to_numpy(float)
+        if kind == "exp":
+            out[name] = np.exp(x + rng.normal(0, sd, n))
+        elif kind == "cbrt":
+            out[name] = np.exp(x / 3 + rng.normal(0, sd, n))
+        elif kind == "neg":
+            out[name] = 1 - 0.5 * x + rng.normal(0, sd, n)
+        else:
+            out[name] = x + rng.normal(0, sd, n)
+    for j in range(N_NOISE_FEATURES):
+        out[f"original_glrlm_Noise{j}"] = rng.normal(0, 1, n)
+    return pd.DataFrame(out, index=latent.index)
+
+
+def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, n_imaged: int,
+                image_signal: bool) -> list[dict]:
+    """Notebook 06 on ``n_imaged`` random cohort persons with :func:`pseudo_radiomics` features."""
+    s = params["imaging_analysis"]
+    rng = np.random.default_rng([seed, 6])
+    pick = np.sort(rng.choice(len(cohort), size=min(n_imaged, len(cohort)), replace=False))
+    clinical = list(s["clinical_terms"])
+    feats = pseudo_radiomics(latent.iloc[pick], rng)
+    data = sv.add_interactions(cohort.iloc[pick].reset_index(drop=True), [t for t in clinical if ":" in t])
+    data = pd.concat([data, feats.reset_index(drop=True)], axis=1)
+    radiomic = rm.radiomic_columns(data)
+    time_, event = data["time_days"].to_numpy(float), data["event"].to_numpy(int)
+    horizon = float(s["horizon_days"])
+    templates = rm.model_templates(clinical, radiomic, [], s)
+    preds = rm.cross_validated_predictions(data, time_, event, templates, n_folds=s["n_folds"],
+                                           n_repeats=s["n_repeats"], seed=seed + 600, horizon=horizon)
+    lp = {m: p["lp"].mean(axis=0) for m, p in preds.items()}
+    risk = {m: p["risk"].mean(axis=0) for m, p in preds.items()}
+    comp = rm.compare_models(time_, event, lp, risk, horizon, "clinical", s["n_bootstrap"], seed + 601)
+    clinical_used = templates["clinical"].fit(data, time_, event).clinical_used_
+    lr_data = rm.median_impute(data, clinical_used).assign(signature=lp["imaging"], time_days=time_, event=event)
+    lr = rm.likelihood_ratio_test(lr_data, "time_days", "event", base=clinical_used, added=["signature"])
+    null = not image_signal
+    d = comp["delta_c"]["combined"]
+    return [
+        _row("imaging", "delta C combined vs clinical (CI above 0)", d["estimate"], d["ci_low"], d["ci_high"],
+             np.nan, reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="percentile bootstrap"),
+        _row("imaging", "LR test of the signature (p < 0.05)", lr["p"], np.nan, np.nan, np.nan, se=np.nan,
+             reject=bool(lr["p"] < 0.05), null_true=null, ci_kind="test"),
+    ]

@@ -1,0 +1,151 @@
+"""The simulation study: every (scenario, replicate) task in worker processes, then the summary.
+
+A task simulates its replicate (:func:`pmed.simulation.design.simulate_cohort`) and runs the
+scenario's estimand groups (:mod:`pmed.simulation.estimands`); a group that raises is recorded
+as a failure (error type and message, no data values) and left out of that estimand's
+replicates. Tasks run in :func:`pmed.parallel.run_tasks` processes (one BLAS thread each), in
+batches so that progress can be printed to stderr; results do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pmed.parallel import run_tasks
+from pmed.simulation import design, estimands, truth
+from pmed.simulation.design import Scenario
+from pmed.simulation.performance import summarise
+
+CALIBRATION_POPULATION = 20_000  # eligible persons of the population sample passed to the calibration truth
+
+
+@dataclass
+class Settings:
+    """What to run: params.yaml ``simulation`` values, overridden by the command line."""
+
+    seed: int
+    replicates: int
+    n_persons: int
+    n_imaged: int
+    truth_n_persons: int
+    workers: int
+    scenarios: list[Scenario]
+    max_minutes: float | None = None
+    estimands: tuple[str, ...] = design.ESTIMANDS
+    params: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_params(cls, params: dict, **override) -> Settings:
+        """From the params.yaml document; ``override`` keys (not None) replace ``simulation`` values."""
+        sim = dict(params["simulation"])
+        sim.update({k: v for k, v in override.items() if v is not None})
+        chosen = tuple(sim.get("estimands") or design.ESTIMANDS)
+        bad = [e for e in chosen if e not in design.ESTIMANDS]
+        if bad:
+            raise ValueError(f"simulation estimands {bad} unknown; expected some of {list(design.ESTIMANDS)}")
+        for key in ("replicates", "n_persons", "n_imaged", "truth_n_persons", "workers"):
+            if int(sim[key]) != sim[key] or sim[key] < 1:
+                raise ValueError(f"params.yaml simulation.{key}: expected an integer >= 1, got {sim[key]!r}")
+        return cls(seed=int(sim["seed"]), replicates=int(sim["replicates"]), n_persons=int(sim["n_persons"]),
+                   n_imaged=int(sim["n_imaged"]), truth_n_persons=int(sim["truth_n_persons"]),
+                   workers=int(sim["workers"]), scenarios=design.parse_scenarios(sim["scenarios"]),
+                   estimands=chosen, params=params)
+
+    def groups(self, scenario: Scenario) -> list[str]:
+        """The scenario's estimand groups that were chosen, in :data:`design.ESTIMANDS` order."""
+        return [g for g in design.ESTIMANDS if g in scenario.estimands and g in self.estimands]
+
+
+def population_truths(settings: Settings) -> dict[str, dict]:
+    """Per scenario needing one: :func:`pmed.simulation.truth.population_truth` (same persons in
+    every scenario), with the calibration population cut to the columns the models use."""
+    out = {}
+    o = settings.params["outcomes"]
+    keep = [*o["covariates"], "true_risk"]
+    for sc in settings.scenarios:
+        if not {"iptw", "matched", "calibration"} & set(settings.groups(sc)):
+            continue
+        pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
+                                     sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
+                                     float(settings.params["treatment"]["horizon_days"]))
+        pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
+        out[sc.name] = pop
+    return out
+
+
+def run_replicate(task: tuple) -> dict:
+    """One (scenario, replicate): rows of the replicate table, failures, CPU and wall seconds."""
+    scenario, r, settings, groups, pop = task
+    wall, cpu = time.perf_counter(), time.process_time()
+    seed = design.replicate_seed(settings.seed, r)
+    params = settings.params
+    cohort, latent = design.simulate_cohort(seed, scenario, settings.n_persons, params)
+    rows, failures, best_arm = [], [], None
+    for g in groups:
+        try:
+            if g == "cox_mi":
+                rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity)
+            elif g == "iptw":
+                got, best_arm = estimands.run_iptw(cohort, seed, params, pop)
+                rows += got
+            elif g == "matched":
+                rows += estimands.run_matched(cohort, seed, params, pop)
+            elif g == "policy":
+                rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
+            elif g == "calibration":
+                rows += estimands.run_calibration(cohort, seed, params, pop)
+            elif g == "imaging":
+                rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal)
+        except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
+            failures.append({"scenario": scenario.name, "replicate": r, "group": g,
+                             "error": f"{type(err).__name__}: {str(err)[:300]}"})
+    for row in rows:
+        row.update(scenario=scenario.name, replicate=r)
+    return {"rows": rows, "failures": failures, "cpu_s": time.process_time() - cpu,
+            "wall_s": time.perf_counter() - wall, "n_cohort": len(cohort)}
+
+
+def run(settings: Settings, log=sys.stderr) -> dict:
+    """Run the study; with ``settings.max_minutes``, no new batch of tasks starts after that
+    many minutes (the summary then covers the replicates done: ``n_rep`` per estimand). Returns ``table`` (replicate table), ``summary`` (performance measures),
+    ``failures``, ``runtime`` (wall and CPU seconds, load average) and ``truths`` (scalars)."""
+    start = time.perf_counter()
+    print(f"simulation: population truths ({settings.truth_n_persons} persons per scenario) ...", file=log, flush=True)
+    pops = population_truths(settings)
+    tasks = []
+    for r in range(settings.replicates):
+        for sc in settings.scenarios:
+            groups = settings.groups(sc)
+            if groups:
+                tasks.append((sc, r, settings, groups, pops.get(sc.name)))
+    results, batch = [], max(1, 2 * settings.workers)
+    print(f"simulation: {len(tasks)} tasks ({settings.replicates} replicates x scenarios) on "
+          f"{settings.workers} workers", file=log, flush=True)
+    for i in range(0, len(tasks), batch):
+        if settings.max_minutes is not None and time.perf_counter() - start > 60 * settings.max_minutes:
+            print(f"simulation: time budget of {settings.max_minutes} min reached: stopping after "
+                  f"{len(results)} of {len(tasks)} tasks", file=log, flush=True)
+            break
+        results += run_tasks(run_replicate, tasks[i:i + batch], n_jobs=settings.workers)
+        done = len(results)
+        elapsed = time.perf_counter() - start
+        print(f"simulation: {done}/{len(tasks)} tasks, {elapsed:.0f} s elapsed, "
+              f"about {elapsed / done * (len(tasks) - done):.0f} s to go", file=log, flush=True)
+    table = pd.DataFrame([row for res in results for row in res["rows"]])
+    cols = ["scenario", "replicate", *estimands.ROW_FIELDS]
+    table = table[cols] if len(table) else pd.DataFrame(columns=cols)
+    failures = pd.DataFrame([f for res in results for f in res["failures"]],
+                            columns=["scenario", "replicate", "group", "error"])
+    runtime = {"wall_s": time.perf_counter() - start, "task_cpu_s": sum(r["cpu_s"] for r in results),
+               "task_wall_s": sum(r["wall_s"] for r in results), "workers": settings.workers,
+               "load_average_1_5_15": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+               "mean_cohort_size": sum(r["n_cohort"] for r in results) / max(len(results), 1),
+               "tasks_done": len(results), "tasks_planned": len(tasks)}
+    truths = {name: {k: v for k, v in p.items() if k != "population"} for name, p in pops.items()}
+    return {"table": table, "summary": summarise(table) if len(table) else pd.DataFrame(),
+            "failures": failures, "runtime": runtime, "truths": truths}

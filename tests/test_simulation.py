@@ -1,0 +1,168 @@
+"""The simulation study's machinery (pmed.simulation): performance formulas on tiny tables with
+hand-computed answers, seeds, scenario parsing, and a 2-replicate run whose report must equal a
+hand computation from its own replicate table. No coverage figure of any draw is asserted."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pmed import config
+from pmed.radiomics_model import RADIOMIC_NAME
+from pmed.simulation import design, estimands, performance, study
+from pmed.simulation.report import read_run, write_outputs
+
+
+def _table(est, true, se, lo, hi, reject, kind="wald") -> pd.DataFrame:
+    n = len(est)
+    return pd.DataFrame({"scenario": "s", "replicate": range(n), "group": "g", "estimand": "e", "estimate": est,
+                         "se": se, "ci_low": lo, "ci_high": hi, "true": true, "reject": reject,
+                         "null_true": False, "ci_kind": kind})
+
+
+def test_measures_equal_hand_computation():
+    """R = 4, truth 2: errors -1, 0, 1, 4; SEs 1, 1, 2, 2; CIs covering 2 in 2 of 4."""
+    t = _table([1.0, 2.0, 3.0, 6.0], 2.0, [1.0, 1.0, 2.0, 2.0], [0.0, 1.5, 2.5, 5.0], [3.0, 2.5, 3.5, 7.0],
+               [False, True, True, True])
+    m = performance.measures(t)
+    assert m["n_rep"] == 4
+    assert m["bias"] == pytest.approx(1.0)
+    assert m["emp_se"] == pytest.approx(np.sqrt(14 / 3))               # SD of the errors
+    assert m["bias_mcse"] == pytest.approx(np.sqrt(14 / 3) / 2)        # / sqrt(R)
+    assert m["emp_se_mcse"] == pytest.approx(np.sqrt(14 / 3) / np.sqrt(6))  # / sqrt(2 (R - 1))
+    assert m["model_se"] == pytest.approx(np.sqrt(2.5))                # sqrt(mean(1, 1, 4, 4))
+    assert m["model_se_mcse"] == pytest.approx(np.sqrt(3 / 40))        # Var(s^2) = 3; / (4 R 2.5)
+    assert m["rel_error_se_pct"] == pytest.approx(100 * (np.sqrt(2.5) / np.sqrt(14 / 3) - 1))
+    ratio = np.sqrt(2.5) / np.sqrt(14 / 3)
+    assert m["rel_error_se_mcse"] == pytest.approx(100 * ratio * np.sqrt(3 / (4 * 4 * 2.5**2) + 1 / 6))
+    assert m["coverage"] == 0.5 and m["coverage_mcse"] == pytest.approx(0.25)
+    assert m["coverage_flag"]                                          # 0.5 outside 0.95 +- 0.218
+    assert m["reject_rate"] == 0.75 and m["reject_mcse"] == pytest.approx(np.sqrt(0.75 * 0.25 / 4))
+
+
+def test_measures_with_replicate_specific_truth_and_tests():
+    """Data-adaptive truth: errors +-0.5 around varying truths -> bias 0, EmpSE = SD(errors);
+    tests: rejection rate only."""
+    true = np.array([1.0, 2.0, 3.0, 4.0])
+    est = true + np.array([0.5, -0.5, 0.5, -0.5])
+    m = performance.measures(_table(est, true, 0.5, est - 1, est + 1, False))
+    assert m["truth_varies"] and m["bias"] == pytest.approx(0.0)
+    assert m["emp_se"] == pytest.approx(np.sqrt(1 / 3))
+    assert m["coverage"] == 1.0 and not m["coverage_flag"]  # 1.0 inside 0.95 +- 0.218 (R = 4)
+    tests = performance.measures(_table([0.01, 0.2, 0.03, 0.5], np.nan, np.nan, np.nan, np.nan,
+                                        [True, False, True, False], kind="test"))
+    assert np.isnan(tests["coverage"]) and np.isnan(tests["bias"]) and tests["reject_rate"] == 0.5
+
+
+def test_coverage_band():
+    lo, hi = performance.coverage_band(100)
+    assert (lo, hi) == pytest.approx((0.95 - 2 * np.sqrt(0.0475 / 100), 0.95 + 2 * np.sqrt(0.0475 / 100)))
+
+
+def test_replicate_seeds_are_spawned_and_do_not_depend_on_r():
+    spawned = np.random.SeedSequence(5).spawn(7)
+    seeds = [design.replicate_seed(5, r) for r in range(7)]
+    assert seeds == [int(s.generate_state(1, dtype=np.uint32)[0]) >> 1 for s in spawned]
+    assert len(set(seeds)) == 7 and max(seeds) < 2**31
+    assert design.replicate_seed(6, 0) != seeds[0]
+
+
+def test_scenarios_are_validated():
+    assert design.parse_scenarios({"a": {"heterogeneity": False, "image_signal": True, "estimands": ["iptw"]}}) == [
+        design.Scenario("a", False, True, ("iptw",))]
+    with pytest.raises(ValueError, match=r"scenarios\.a\.estimands"):
+        design.parse_scenarios({"a": {"heterogeneity": True, "image_signal": True, "estimands": ["nope"]}})
+    with pytest.raises(ValueError, match=r"scenarios\.a\.image_signal"):
+        design.parse_scenarios({"a": {"heterogeneity": True, "estimands": ["iptw"]}})
+
+
+def test_pseudo_radiomics_named_seeded_and_tied_to_the_traits():
+    rng = np.random.default_rng(0)
+    lat = pd.DataFrame({"log_tumour_volume_ml": rng.normal(2.5, 0.9, 300), "heterogeneity": rng.beta(2, 3, 300),
+                        "irregularity": rng.beta(2, 2, 300)})
+    a = estimands.pseudo_radiomics(lat, np.random.default_rng(1))
+    pd.testing.assert_frame_equal(a, estimands.pseudo_radiomics(lat, np.random.default_rng(1)))
+    assert all(RADIOMIC_NAME.match(c) for c in a.columns)
+    assert np.corrcoef(np.log(a["original_shape_MeshVolume"]), lat["log_tumour_volume_ml"])[0, 1] > 0.95
+    assert abs(np.corrcoef(a["original_glrlm_Noise0"], lat["heterogeneity"])[0, 1]) < 0.2
+
+
+def _small_params() -> dict:
+    """params.yaml with the stage settings cut so that two replicates run in well under 2 min."""
+    p = copy.deepcopy(config.load_params())
+    p["survival"].update(n_imputations=2, mice_max_iter=2)
+    p["treatment"].update(n_imputations=2, mice_max_iter=2, n_bootstrap=10)
+    p["treatment"]["recommend"].update(n_repeats=1, n_folds=3, n_bootstrap=50)
+    p["outcomes"].update(cv_folds=3, n_bootstrap=10, gb_n_estimators=20, permutation_repeats=1)
+    p["simulation"].update(replicates=2, n_persons=1000, truth_n_persons=20000, workers=1, scenarios={
+        "small": {"heterogeneity": True, "image_signal": True,
+                  "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration"]}})
+    return p
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    settings = study.Settings.from_params(_small_params())
+    result = study.run(settings)
+    out = tmp_path_factory.mktemp("sim")
+    paths = write_outputs(result, out, {"replicates": 2})
+    return settings, result, paths
+
+
+def test_study_report_equals_hand_computation_from_replicate_table(small_run):
+    settings, result, paths = small_run
+    assert result["failures"].empty, result["failures"].to_dict("records")
+    table = pd.read_csv(paths["replicates"])
+    assert sorted(table["replicate"].unique()) == [0, 1]
+    perf = pd.read_csv(paths["performance"])
+    metrics = json.loads(paths["metrics"].read_text())
+    page = paths["report"].read_text()
+    for est in ("log-HR arm_io", "S(365) difference io", "calibration slope cox", "value of issued recommendations"):
+        rows = table[table["estimand"] == est]
+        cover = float(((rows["ci_low"] <= rows["true"]) & (rows["true"] <= rows["ci_high"])).mean())
+        bias = float((rows["estimate"] - rows["true"]).mean())
+        got = perf.set_index("estimand").loc[est]
+        assert got["coverage"] == pytest.approx(cover) and got["bias"] == pytest.approx(bias)
+        m = next(r for r in metrics["performance"] if r["estimand"] == est)
+        # metrics.json holds 6 significant digits (pmed.report.json_ready)
+        assert m["coverage"] == pytest.approx(cover, rel=1e-5) and m["bias"] == pytest.approx(bias, rel=1e-5)
+        assert f"{bias:.4g}" in page
+    assert metrics["design"] == {"replicates": 2}
+    again, text = read_run(paths["replicates"].parent)  # --from-run: the same summary from the files
+    assert text == {"replicates": 2}
+    pd.testing.assert_frame_equal(again["summary"], perf, check_dtype=False, rtol=1e-9)
+
+
+def test_replicate_does_not_depend_on_workers_or_r(small_run):
+    """Replicate 1 run alone equals replicate 1 of the 2-replicate run (worker processes: pmed.parallel,
+    whose results do not depend on n_jobs, tests/test_parallel.py)."""
+    settings, result, _ = small_run
+    pops = study.population_truths(settings)
+    sc = settings.scenarios[0]
+    alone = pd.DataFrame(study.run_replicate((sc, 1, settings, settings.groups(sc), pops[sc.name]))["rows"])
+    ran = result["table"][result["table"]["replicate"] == 1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone[ran.columns], ran, check_dtype=False)
+
+
+def test_bad_settings_name_the_key():
+    p = _small_params()
+    p["simulation"]["replicates"] = 0
+    with pytest.raises(ValueError, match="simulation.replicates"):
+        study.Settings.from_params(p)
+    with pytest.raises(ValueError, match="estimands"):
+        study.Settings.from_params(_small_params(), estimands=("cox_mi", "bogus"))
+
+
+def test_params_schema_knows_the_simulation_section():
+    from pmed import params_schema
+
+    assert params_schema.SIM_ESTIMANDS == design.ESTIMANDS
+    p = copy.deepcopy(config.load_params())
+    p["simulation"]["replicates"] = 0
+    p["simulation"]["scenarios"]["default"]["estimands"] = ["bogus"]
+    problems = "\n".join(params_schema.check(p))
+    assert "simulation.replicates" in problems and "simulation.scenarios.default.estimands" in problems
