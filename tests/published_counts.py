@@ -20,10 +20,9 @@ NOT_PERSONS = {"n_represented",  # features an imaging-signature feature stands 
                "n_inside", "n_terms", "terms_inside", "terms_total", "points_inside",
                "points_total"}  # model terms / curve points inside a CI (demo truth check)
 SUPPRESSED = re.compile(r"^(<\d+|suppressed)$")
-NUM = re.compile(r"^-?\d+$")
 # printed text: "<count> persons", "persons: <count>", ...
 NOUNS = r"(persons|patients|deaths|events|responders|scans|images|excluded|censored)"
-COUNT_BEFORE = re.compile(rf"(?<![\w.<-])(\d+) (?:early )?{NOUNS}\b")
+COUNT_BEFORE = re.compile(rf"(?<![\w.<^-])(\d+) (?:early )?{NOUNS}\b")
 COUNT_AFTER = re.compile(rf"\b{NOUNS}:? (\d+)\b(?![.\d])", re.IGNORECASE)
 
 
@@ -122,11 +121,14 @@ def html_tables(path: Path) -> list[list[list[str]]]:
 
 
 def html_text(path: Path) -> list[str]:
-    """Printed text (<pre> blocks) of an HTML report, line by line."""
+    """Printed text (<pre> blocks) of an HTML report, line by line; the params.yaml echo of
+    index.html (settings, not data) left out."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
-    return [line for pre in soup.find_all("pre") for line in pre.get_text().splitlines()]
+    blocks = [pre.get_text() for pre in soup.find_all("pre")]
+    return [line for text in blocks if "min_cell_size:" not in text
+            for line in text.splitlines()]
 
 
 def table_findings(name: str, rows: list[list[str]], k: int) -> list[str]:

@@ -163,3 +163,21 @@ def test_flow_and_table1_hide_the_same_group_sizes():
                        ("immunotherapy", "immunotherapy")]:
         assert str(released[group]["persons"]) == n_row[col], group
     assert "total" in hide  # 4 excluded of 25: the total would give the exclusion back
+
+
+def test_competing_status_table_hides_small_sums_and_shared_sizes():
+    """84 persons: 75 competing deaths shown beside 'events <11' and 'censored <11' gave
+    events + censored = 9 in total; the totals of rows and columns now come first in each
+    relation, so a small sum of hidden cells is protected too."""
+    from pmed import competing
+
+    status = np.array([1] * 4 + [2] * 75 + [0] * 5)
+    group = np.array(["a"] * 40 + ["b"] * 44)
+    table = competing.status_table(status, group, K)
+    total = table.loc["total"]
+    shown = [int(v) for v in total[["events", "competing", "censored"]] if str(v).isdigit()]
+    if str(total["persons"]).isdigit():  # persons minus the shown parts is not small
+        rest = int(total["persons"]) - sum(shown)
+        assert rest == 0 and len(shown) == 3 or rest >= K
+    hidden = competing.status_table(status, group, K, hide={"a"})
+    assert hidden.loc["a", "persons"] == privacy.SECONDARY

@@ -199,15 +199,6 @@ def test_tiny_cohort_every_stage_succeeds_or_names_its_error(tiny_run):
                 f"[pmed] ERROR: stage {stage!r} failed ("), f"{stage}: exit {code} unnamed"
 
 
-# Leaks found by this test in files other helpers own, reported to them in STATUS.md: checked
-# by a strict xfail, so the marker must go once the owner's fix lands (XPASS fails).
-OPEN_LEAKS = {
-    "05_imaging_features": "helper dicom: 'Persons with baseline and follow-up scans: 13' "
-                           "beside 'PR: <11, SD: 12, PD: 0' gives PR = 1; 'Cohort persons: 21' "
-                           "beside 'followup scans: 13' gives 8 without a follow-up scan",
-}
-
-
 def tiny_findings(ws: Path) -> list[str]:
     import published_counts as pcounts
 
@@ -221,13 +212,5 @@ def tiny_findings(ws: Path) -> list[str]:
 
 def test_tiny_cohort_publishes_no_small_count(tiny_run):
     ws, _ = tiny_run
-    found = [f for f in tiny_findings(ws) if not f.startswith(tuple(OPEN_LEAKS))]
+    found = tiny_findings(ws)
     assert found == [], "small counts published:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("report", sorted(OPEN_LEAKS))
-@pytest.mark.xfail(strict=True, reason="open leak reported to its owner (OPEN_LEAKS)")
-def test_tiny_cohort_open_leaks(tiny_run, report):
-    ws, _ = tiny_run
-    found = [f for f in tiny_findings(ws) if f.startswith(report)]
-    assert found == [], f"{OPEN_LEAKS[report]}:\n" + "\n".join(found)

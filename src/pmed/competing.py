@@ -201,13 +201,15 @@ def cif_table(curves: Mapping[str, pd.DataFrame], times: Sequence[float], min_ce
     return pd.concat(rows, ignore_index=True)
 
 
-def status_table(status, group, min_cell: int) -> pd.DataFrame:
+def status_table(status, group, min_cell: int, hide=()) -> pd.DataFrame:
     """Events, competing events, censored and persons per group and in total, as report text.
 
     Rows: the group labels (sorted) and ``"total"``; columns ``events``, ``competing``,
     ``censored``, ``persons``. Counts pass :func:`pmed.privacy.release_counts` with every row
     (persons = events + competing + censored) and every column (total = sum of the groups)
-    as a published relation, so no small count can be derived from the others.
+    as a published relation, so no small count, nor a small sum of hidden ones, can be
+    derived from the others. ``hide``: labels (``"total"`` included) whose persons count
+    another table hides (:func:`pmed.cohort.summary.hidden_group_sizes`).
     """
     s = np.asarray(status)
     g = pd.Series(np.asarray(group)).astype(str).to_numpy()
@@ -218,8 +220,11 @@ def status_table(status, group, min_cell: int) -> pd.DataFrame:
     counts = np.array([[np.sum(s[sel] == 1), np.sum(s[sel] == 2), np.sum(s[sel] == 0), np.sum(sel)]
                        for sel in [g == lab for lab in labels[:-1]] + [np.ones(g.size, bool)]], dtype=float)
     idx = np.arange(counts.size).reshape(counts.shape)
-    lines = [list(row) for row in idx] + [list(col) for col in idx.T]
-    text = release_counts(counts.ravel(), lines, min_cell)
+    # each relation with its total first: persons of a row, the "total" row of a column
+    lines = [[row[-1], *row[:-1]] for row in idx] + [[col[-1], *col[:-1]] for col in idx.T]
+    force = np.zeros(counts.shape, bool)
+    force[[i for i, lab in enumerate(labels) if lab in hide], -1] = True
+    text = release_counts(counts.ravel(), lines, min_cell, force=force.ravel())
     return pd.DataFrame(np.array(text, dtype=object).reshape(counts.shape), index=labels, columns=cols)
 
 
