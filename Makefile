@@ -12,11 +12,11 @@ DEMO_SRC := $(wildcard src/pmed/demo/*.py)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help venv data repro test unit nbval lint lab lock nbval-refresh clean-ci hooks \
-	repro-check system-deps browser-check simulation FORCE
+	repro-check privacy-check system-deps browser-check engines-check simulation FORCE
 
 help:
 	@echo "make repro   create .venv, make the demo data if data/raw is absent, run dvc repro"
-	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check + browser-check"
+	@echo "make test    Debian test packages if missing + unit tests + nbval on every notebook (small CI data in $(CI_WS)/) + repro-check + browser-check + privacy-check"
 	@echo "make lab     JupyterLab with the project's kernel 'Python 3.11 (pmed)'"
 	@echo "make lock    re-resolve requirements.in into requirements.lock + environment.yml"
 	@echo "make nbval-refresh  store the new outputs of the checked notebook cells"
@@ -47,7 +47,20 @@ repro: data
 	$(BIN)/dvc repro
 	@$(BIN)/dvc status
 
-test: system-deps unit nbval repro-check browser-check
+test: system-deps unit engines-check nbval repro-check browser-check privacy-check
+
+# The cohort stage on PostgreSQL (Debian's server, started by the test as user postgres) and on
+# a local Spark (pyspark: the optional extra `spark` of pyproject.toml, installed here).
+SPARK_STAMP := $(VENV)/.pmed-spark
+$(SPARK_STAMP): pyproject.toml | venv
+	@echo "==> installing the optional extra [spark] into $(VENV)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $$($(BIN)/python -c \
+		"import tomllib; print(' '.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['spark']))")
+	@touch $@
+
+engines-check: venv system-deps $(SPARK_STAMP)
+	@echo "==> cohort engines: PostgreSQL and Spark give DuckDB's cohort (slow)"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_engines.py
 
 # Debian packages some tests need (.ci/apt-packages.txt): installed if missing (as root).
 system-deps:
@@ -78,6 +91,11 @@ REPRO_CHECK_TMP := build/repro-check
 browser-check: venv
 	@echo "==> browser: index.html and every stage report of repro-check's CI-size run in headless Chromium"
 	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_browser.py
+
+privacy-check: venv
+	@echo "==> privacy: identifiers planted in every OMOP free-text column and DICOM patient tag of"
+	@echo "    the CI demo never reach an output; a ~20-person cohort publishes no small count"
+	$(BIN)/python -m pytest -p no:cacheprovider -m slow -v tests/test_privacy_pipeline.py
 
 $(CI_WS)/data/raw/truth/ground_truth.json: $(DEMO_SRC) $(DEMO_STAMP) | venv
 	@echo "==> generating the CI-size demo data in $(CI_WS)/data/raw"

@@ -211,3 +211,33 @@ def test_bad_input_is_named(tmp_path, column, value, message):
 def test_missing_column_is_named(tmp_path):
     with pytest.raises(ValueError, match="patient_mrn"):
         ct.write_imaging_study(tmp_path, _scans().drop(columns="patient_mrn"), seed=SEED)
+
+
+def test_mask_formats_change_only_the_mask_file(written, tmp_path):
+    """With SEG/RTSTRUCT shares the CT files are byte-identical and each mask, read through
+    its own route, is the NIfTI mask voxel for voxel."""
+    from pmed.imaging.masks import read_roi_mask
+
+    raw, series = written
+    scans = _scans()
+    mixed = ct.write_imaging_study(tmp_path, scans, seed=SEED, mask_formats={"seg": 0.5, "rtstruct": 0.5})
+    kinds = [ct.mask_format(r, SEED, (0.5, 0.5)) for r in scans.to_dict("records")]
+    for row, other, kind in zip(series.itertuples(), mixed.itertuples(), kinds, strict=True):
+        assert other.mask_path == f"imaging/masks/{row.image_series_uid}{ct.MASK_FORMATS[kind]}"
+        for f in sorted((raw / row.local_path).iterdir()):
+            assert (tmp_path / other.local_path / f.name).read_bytes() == f.read_bytes()
+        image = read_dicom_series(raw / row.local_path)
+        nifti = sitk.GetArrayFromImage(read_roi_mask(raw / row.mask_path, image, "ct"))
+        dicom = sitk.GetArrayFromImage(read_roi_mask(tmp_path / other.mask_path, image, "ct"))
+        npt.assert_array_equal(dicom, nifti)
+
+
+def test_mask_format_draw_and_errors():
+    """The per-series draw follows the shares over many series; bad shares are named."""
+    rows = [{"person_id": i, "timepoint": "baseline", "scan_date": dt.date(2021, 1, 1)} for i in range(4000)]
+    kinds = pd.Series([ct.mask_format(r, SEED, (0.25, 0.25)) for r in rows]).value_counts(normalize=True)
+    npt.assert_allclose(kinds[["seg", "rtstruct", "nifti"]], [0.25, 0.25, 0.5], atol=0.03)
+    with pytest.raises(ValueError, match=r"demo.mask_formats: unknown format\(s\) \['png'\]"):
+        ct.write_imaging_study(Path("/nonexistent"), _scans(), SEED, mask_formats={"png": 0.1})
+    with pytest.raises(ValueError, match="demo.mask_formats: shares must be >= 0 and sum to <= 1"):
+        ct.write_imaging_study(Path("/nonexistent"), _scans(), SEED, mask_formats={"seg": 0.8, "rtstruct": 0.3})

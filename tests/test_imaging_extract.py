@@ -17,6 +17,7 @@ from pmed.imaging import extract, stage
 from pmed.imaging.io import ImagingError
 
 SEED = 11
+COMMON = {"seed": SEED, "min_cell_size": 1}
 T0 = dt.date(2022, 3, 1)
 IMAGING = {
     "mask_path_template": "imaging/masks/{image_series_uid}.nii.gz",
@@ -89,7 +90,7 @@ def workspace(tmp_path_factory) -> Path:
 def result(workspace):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PMED_WORKSPACE", str(workspace))
-        res = stage.run_stage({"seed": SEED}, IMAGING)
+        res = stage.run_stage(COMMON, IMAGING)
         stage.write_outputs(res)
     return res
 
@@ -99,6 +100,39 @@ def test_scan_selection(result):
     assert sel.to_dict() == {(1, "baseline"): -10, (1, "followup"): 60, (2, "baseline"): -30,
                              (2, "followup"): 70, (3, "baseline"): -5, (5, "baseline"): -3,
                              (6, "baseline"): -1}
+
+
+def test_series_selection_report(result, workspace):
+    """7 series of cohort persons lie in the windows (person 4's is too early); a rule on the
+    series description then rejects the two follow-up series before extraction."""
+    report = dict(zip(result.series_selection["step"], result.series_selection["n"], strict=True))
+    assert (report["considered"], report["chosen"]) == ("7", "7")
+    settings = copy.deepcopy(IMAGING)
+    settings["series_selection"] = {"description_pattern": "baseline"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PMED_WORKSPACE", str(workspace))
+        res = stage.run_stage(COMMON, settings)
+    report = dict(zip(res.series_selection["step"], res.series_selection["n"], strict=True))
+    assert (report["considered"], report["chosen"], report["rejected: series description"]) == ("7", "5", "2")
+    assert set(res.scans["timepoint"]) == {"baseline"}
+
+
+def test_micdm_rows_hold_every_feature_value(result, workspace):
+    """One image_feature + measurement row per non-missing value of every analysed scan,
+    written next to the parquet, and the values come back by joining them."""
+    names = [*extract.MEASURE_COLUMNS[:2], *result.feature_names]
+    wide = result.measured.set_index("image_occurrence_id")[names]
+    assert len(result.image_feature) == int(wide.notna().sum().sum())
+    joined = result.image_feature.merge(
+        result.feature_measurement, left_on="image_feature_event_id", right_on="measurement_id")
+    back = joined.pivot(index="image_occurrence_id", columns="measurement_source_value",
+                        values="value_as_number")
+    expected = wide.rename(columns=lambda c: c.removeprefix("original_"))
+    pd.testing.assert_frame_equal(back[expected.columns], expected, check_names=False)
+    processed = workspace / "data" / "processed"
+    stored = pd.read_parquet(processed / "omop_image_feature.parquet")
+    pd.testing.assert_frame_equal(stored, result.image_feature, check_dtype=False)
+    assert (processed / "omop_image_feature_measurement.parquet").is_file()
 
 
 def test_corrupt_series_is_excluded_with_its_name(result):
@@ -114,7 +148,7 @@ def test_on_error_raise_names_the_file(workspace):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PMED_WORKSPACE", str(workspace))
         with pytest.raises(ImagingError, match="0020.dcm"):
-            stage.run_stage({"seed": SEED}, settings)
+            stage.run_stage(COMMON, settings)
 
 
 def test_mask_volume_matches_truth(result):

@@ -293,3 +293,24 @@ def test_series_identity_in_metadata(series):
     assert image.GetMetaData(META_KEYS["modality"]) == "CT"
     assert image.GetMetaData(META_KEYS["series_uid"]) == first.SeriesInstanceUID
     assert image.GetMetaData(META_KEYS["frame_of_reference_uid"]) == first.FrameOfReferenceUID
+
+
+def test_mr_series_is_read_with_its_modality(series, tmp_path):
+    """An MR Image Storage series (no rescale: arbitrary units) is read with its geometry
+    and modality "MR" in the metadata; its values are the stored ones."""
+    folder = _copy(series[0], tmp_path)
+
+    def to_mr(ds, k):
+        ds.SOPClassUID = MR_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        ds.Modality = "MR"
+        for key in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+            del ds[key]
+
+    _edit(folder, to_mr)
+    image = read_dicom_series(folder)
+    ct_image = read_dicom_series(series[0])
+    assert image.GetMetaData(META_KEYS["modality"]) == "MR"
+    npt.assert_allclose(image.GetOrigin(), ct_image.GetOrigin())
+    npt.assert_allclose(image.GetSpacing(), ct_image.GetSpacing())
+    npt.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(ct_image) + 1024)

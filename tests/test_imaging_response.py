@@ -53,3 +53,20 @@ def test_delta_table():
     assert out["delta_feat"].tolist() == [2.0, -1.0]
     with pytest.raises(KeyError, match="missing columns"):
         delta_table(feats.drop(columns="volume_ml"), ["feat"])
+
+
+def test_released_response_counts_protect_small_cells():
+    """A small PR count in one arm is hidden together with a complement in its column, so
+    it cannot be recovered from the PR total; with min_cell 1 every count is shown."""
+    from pmed.imaging.response import released_response_counts
+
+    arms = {**{i: "chemo" for i in range(40)}, **{i: "io" for i in range(40, 80)}}
+    labels = ["PR"] * 3 + ["SD"] * 20 + ["PD"] * 17 + ["PR"] * 15 + ["SD"] * 15 + ["PD"] * 10
+    resp = pd.DataFrame({"person_id": range(80), "response": labels})
+    summary, table = released_response_counts(resp, pd.Series(arms), 100, min_cell=1)
+    assert summary == {"cohort": "100", "with_both": "80", "PR": "18", "SD": "35", "PD": "27"}
+    assert table.loc["chemo"].tolist() == ["3", "20", "17"]
+    summary, table = released_response_counts(resp, pd.Series(arms), 100, min_cell=11)
+    assert table.loc["chemo", "PR"] == "<11"
+    pr_column = [table.loc["io", "PR"], summary["PR"]]
+    assert not all(v.isdigit() for v in pr_column)  # 3 = 18 - 15 is not derivable

@@ -40,9 +40,9 @@ CASES = [
     # (regex of the line, replacement, exact first line after "<file>: ")
     (r"max_age_years: null", "max_age_yeras: 90",
      "cohort.max_age_yeras: unknown key (did you mean 'max_age_years'?)"),
-    (r"n_bootstrap: 100 (?=.*every metric)", 'n_bootstrap: "100" ',
+    (r"n_bootstrap: 1000 (?=.*every 95%)", 'n_bootstrap: "100" ',
      "outcomes.n_bootstrap: expected an integer >= 1, got a string"),
-    (r"n_bootstrap: 100 (?=.*every metric)", "n_bootstrap: -5 ",
+    (r"n_bootstrap: 1000 (?=.*every 95%)", "n_bootstrap: -5 ",
      "outcomes.n_bootstrap: expected an integer >= 1, got -5"),
     (r"cv_folds: 5 ", "cv_folds: true ",
      "outcomes.cv_folds: expected an integer >= 2, got a boolean"),
@@ -104,6 +104,23 @@ CASES = [
     (r"landmark_days: 112 ", "landmark_days: 60 ",
      "imaging_analysis.landmark_days: expected >= imaging_features.followup_window_days end "
      "(112): no follow-up scan after the landmark, got 60"),
+    (r"    copd: copd", "    copd: copd\n      ecog: copd",
+     "cohort.covariates: expected distinct output columns, got 'ecog' twice (covariates "
+     "conditions, numeric and categorical levels name cohort columns)"),
+    (r"effect_modifiers: \[pdl1_pct, driver_positive\]", "effect_modifiers: [pdl1_pct, pdl1_pct]",
+     "treatment.recommend.effect_modifiers[1]: expected distinct terms, got 'pdl1_pct' twice"),
+    (r"other_cancer: \[4112853, 200962\]", "other_cancer: concept_sets/other_cancer.json",
+     "cohort.concept_sets.other_cancer: expected an ATLAS concept-set JSON file (relative to the "
+     "project root), got 'concept_sets/other_cancer.json': no such file"),
+    (r"seed: 20261127", "seed: 4294967296",
+     "common.seed: expected an integer in [0, 2^31), got 4294967296"),
+    (r"weight_truncation_quantile: 0.99", "weight_truncation_quantile: 1.0",
+     "treatment.weight_truncation_quantile: expected a quantile in (0.5, 1) or null, got 1.0"),
+    (r"  max_persons: 2500 .*", "",
+     "treatment.monitoring.max_persons: required key is missing"),
+    (r"^      io: \{all_of", "      Io: {all_of",
+     "cohort.treatment_strategies.arms.Io: expected a lower-case name (letters, digits, _), "
+     "got 'Io' (as a key)"),
     (r"^common:", "commn:",
      "commn: unknown key (did you mean 'common'?)"),
 ]
@@ -116,7 +133,7 @@ def test_a_bad_key_is_named_on_the_first_line(tmp_path, old, new, expected):
 
 
 def test_every_problem_gets_its_own_line(tmp_path):
-    first = edited(tmp_path, r"n_bootstrap: 100 (?=.*every metric)", 'n_bootstrap: "100" ')
+    first = edited(tmp_path, r"n_bootstrap: 1000 (?=.*every 95%)", 'n_bootstrap: "100" ')
     path = edited(tmp_path, r"min_cell_size: 11", "min_cell_size: -1", first.read_text())
     assert problems(path) == [
         f"{path}: common.min_cell_size: expected an integer >= 1, got -1",
@@ -190,3 +207,39 @@ def test_the_schema_columns_are_the_cohort_contract():
     model = params_schema.Params.model_validate(params)
     produced = contract.columns(definition.parse_definition(params["cohort"]))
     assert model.cohort.columns() == set(produced)
+
+
+def test_dvc_exp_run_set_param_is_checked(tmp_path):
+    """`dvc exp run -S key=value` writes the value into params.yaml (dvc.utils.hydra), which
+    every stage then loads: a wrong type or a misspelt new key is named like any other."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text(TEXT)
+    apply_overrides(path, ["outcomes.n_bootstrap=50"])
+    assert config.load_params(path)["outcomes"]["n_bootstrap"] == 50
+    apply_overrides(path, ["outcomes.n_bootstrap=fifty"])
+    assert problems(path) == [
+        f"{path}: outcomes.n_bootstrap: expected an integer >= 1, got a string"]
+    apply_overrides(path, ["outcomes.n_bootstrap=50", "+outcomes.n_bootsrap=50"])
+    assert problems(path) == [
+        f"{path}: outcomes.n_bootsrap: unknown key (did you mean 'n_bootstrap'?)"]
+
+
+@pytest.mark.parametrize("command", [["pmed.demo", "--size", "ci", "--out"],
+                                     ["pmed.cohort", "--sql", "duckdb"]])
+def test_command_lines_print_the_problem_alone(tmp_path, command):
+    """`python -m pmed.demo` / `python -m pmed.cohort` with a bad key: the message, no
+    traceback, nothing written."""
+    import os
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("demo:\n  chunk_size: 0\n")
+    out = tmp_path / "raw"
+    args = [*command, str(out)] if command[-1] == "--out" else command
+    run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                         env={**os.environ, "PMED_PARAMS_OVERLAY": str(overlay)})
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"{overlay}: demo.chunk_size: expected an integer >= 1, got 0"]
+    assert not out.exists() and run.stdout == ""

@@ -20,13 +20,15 @@ def test_suppress_counts_integer_columns_by_default():
     assert out["n"].tolist() == ["<11", "40"] and out["pct"].tolist() == [0.1, 0.9]
 
 
-def _write_dicom(path, name, mrn):
+def _write_dicom(path, name, mrn, **tags):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
     meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[name])
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.PatientName, ds.PatientID = name, mrn
+    for tag, value in tags.items():
+        setattr(ds, tag, value)
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -38,9 +40,11 @@ def test_audit_finds_planted_identifiers(tmp_path):
         omop / "person.parquet")
     pd.DataFrame({"image_study_uid": ["1.2.3.4"], "image_series_uid": ["1.2.3.5"],
                   "local_path": ["imaging/s1"]}).to_csv(omop / "image_occurrence.csv", index=False)
-    _write_dicom(raw / "imaging" / "s1" / "0001.dcm", "DOE^JANE", "PID777")
+    _write_dicom(raw / "imaging" / "s1" / "0001.dcm", "DOE^JANE", "PID777",
+                 AccessionNumber="ACC4242", OtherPatientIDs=["OLD0001", "OLD0002"])
     ids = privacy.raw_identifiers(omop, raw)
-    assert {"MRN0001", "1.2.3.4", "1.2.3.5", "DOE^JANE", "PID777"} <= ids
+    assert {"MRN0001", "1.2.3.4", "1.2.3.5", "DOE^JANE", "PID777", "ACC4242", "OLD0001",
+            "OLD0002"} <= ids
     clean, leaky = tmp_path / "clean.html", tmp_path / "leaky.html"
     clean.write_text("<p>n = 42, HR 0.71 (0.65-0.78), MRN00012</p>")
     leaky.write_text("<td>DOE^JANE</td><td>x</td>")

@@ -131,3 +131,35 @@ def test_release_nested_hides_small_implicit_exclusions():
     assert parts == {"PR": "12", "SD": "<11"}
     counts, parts = privacy.release_nested({"a": 100, "b": 60}, {"x": 30, "y": 30}, K)
     assert counts == {"a": "100", "b": "60"} and parts == {"x": "30", "y": "30"}
+
+
+def test_forced_cell_is_protected_like_a_small_one():
+    # a group size hidden in another table (force) needs a complement here as well
+    hidden = privacy.complementary_suppression([50, 30, 20], [[0, 1, 2]], K,
+                                               force=[False, True, False])
+    assert hidden.tolist() == [False, True, True]
+    assert privacy.release_counts([50, 30, 20], [[0, 1, 2]], K, force=[False, True, False]) \
+        == ["50", privacy.SECONDARY, privacy.SECONDARY]
+
+
+def test_flow_and_table1_hide_the_same_group_sizes():
+    """A 21-person cohort: the flow/arm table and Table 1 share the group sizes, so a size
+    one hides the other must not print (Table 1 printed the total 21 the flow hid, and
+    chemo_io 13 beside a Table 1 column hiding its size)."""
+    from test_cohort_report import small_cohort
+
+    from pmed.cohort.summary import hidden_group_sizes, release_cohort_counts
+    from pmed.cohort.table1 import make_table1
+
+    df = small_cohort().iloc[70:91].reset_index(drop=True)  # chemotherapy 10, immunotherapy 11
+    df["event"] = np.int8([1, 0] * 10 + [1])
+    attrition = pd.DataFrame({"criterion": ["all", "a"], "remaining": [25, 21],
+                              "excluded": [0, 4]})
+    hide = hidden_group_sizes(df, attrition, K)
+    _, released = release_cohort_counts(df, attrition, K, hide)
+    table = make_table1(df, K, hide=hide)
+    n_row = table.loc[next(i for i in table.index if i[0] == "n")]
+    for group, col in [("total", "Overall"), ("chemotherapy", "chemotherapy"),
+                       ("immunotherapy", "immunotherapy")]:
+        assert str(released[group]["persons"]) == n_row[col], group
+    assert "total" in hide  # 4 excluded of 25: the total would give the exclusion back

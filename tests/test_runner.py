@@ -59,21 +59,28 @@ def test_ci_overlay_matches_params_yaml(monkeypatch):
     assert params["survival"]["covariates"] == config.load_params(config.PARAMS_FILE)["survival"]["covariates"]
 
 
-def test_a_bad_param_stops_the_runner_before_the_kernel(tmp_path):
+@pytest.mark.parametrize("stage,overlay_text,expected", [
+    ("outcomes", 'outcomes:\n  n_bootstrap: "100"\n',
+     "outcomes.n_bootstrap: expected an integer >= 1, got a string"),
+    # a radiomics setting goes to the worker processes: checked here, never a BrokenProcessPool
+    ("imaging_features", "imaging_features:\n  radiomics:\n    interpolator: sitkLinar\n",
+     "imaging_features.radiomics.interpolator: expected one of sitkNearestNeighbor, sitkLinear, "
+     "sitkBSpline, got 'sitkLinar'"),
+])
+def test_a_bad_param_stops_the_runner_before_the_kernel(tmp_path, stage, overlay_text, expected):
     """`python -m pmed.runner` with a bad key (here from an overlay, as `make nbval` passes
     tests/params_ci.yaml): the schema message is the first line of stderr, nothing written."""
     import subprocess
     import sys
 
     overlay, ws = tmp_path / "overlay.yaml", tmp_path / "ws"
-    overlay.write_text('outcomes:\n  n_bootstrap: "100"\n')
+    overlay.write_text(overlay_text)
     ws.mkdir()
-    run = subprocess.run([sys.executable, "-m", "pmed.runner", "outcomes"], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "pmed.runner", stage], capture_output=True,
                          text=True, env={**os.environ, "PMED_WORKSPACE": str(ws),
                                          "PMED_PARAMS_OVERLAY": str(overlay)})
     assert run.returncode == 1
-    assert run.stderr.splitlines()[0] == (
-        f"{overlay}: outcomes.n_bootstrap: expected an integer >= 1, got a string")
+    assert run.stderr.splitlines()[0] == f"{overlay}: {expected}"
     assert run.stdout == "" and list(ws.iterdir()) == []
 
 

@@ -25,6 +25,7 @@ from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 
 from pmed.parallel import resamples, run_tasks
+from pmed.survival import require_events
 
 Z95 = 1.959963984540054
 
@@ -92,6 +93,8 @@ def fit_propensity(X: pd.DataFrame, treated: np.ndarray) -> np.ndarray:
     Xv = np.asarray(X, dtype=float)
     if np.isnan(Xv).any():
         raise ValueError("fit_propensity: X has missing values; build it with design_matrix()")
+    require_events("propensity model (the smaller of treated and untreated)",
+                   min(t.sum(), t.size - t.sum()), Xv.shape[1], what="persons")
     mu, sd = Xv.mean(0), Xv.std(0)
     sd[sd == 0] = 1.0
     model = LogisticRegression(C=np.inf, max_iter=5000)
@@ -414,6 +417,7 @@ def weighted_cox(
     groups = np.arange(len(data)) if cluster is None else np.asarray(cluster)
     keep = w > 0
     data, w, groups = data[keep], w[keep], groups[keep]
+    require_events("weighted Cox model", data[event_col].sum(), len(covariates))
     cph = CoxPHFitter()
     with warnings.catch_warnings():  # non-integer weights: lifelines warns that its SE is naive
         warnings.simplefilter("ignore", StatisticalWarning)

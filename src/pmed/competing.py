@@ -33,7 +33,7 @@ from scipy import stats
 
 from pmed.plots import risk_table_figure, style_risk_table
 from pmed.privacy import format_count, release_counts, release_km
-from pmed.survival import cox_table, require_columns
+from pmed.survival import cox_table, require_columns, require_events
 
 #: lifelines' Newton-Raphson stops at a step below 1e-7 by default: coefficients then differ
 #: from R's coxph by up to ~1e-4; 1e-10 brings them within 1e-7 (tests/test_competing.py).
@@ -349,8 +349,8 @@ def fit_cause_specific(
     frame = df[[duration_col, *covariates, *strata]].astype(float)
     frame["_cs_event"] = (s == cause).astype(int)
     frame = frame.dropna()
-    if frame["_cs_event"].sum() == 0:
-        raise ValueError(f"fit_cause_specific: no event with {status_col} == {cause} in the complete-case data")
+    require_events(f"cause-specific Cox model ({status_col} == {cause})", frame["_cs_event"].sum(),
+                   len(covariates))
     cph = CoxPHFitter(alpha=alpha)
     cph.fit(frame, duration_col, "_cs_event", strata=list(strata) or None, fit_options=_FIT_OPTIONS)
     return cph
@@ -478,8 +478,8 @@ def fit_fine_gray(
         raise ValueError(f"fit_fine_gray: se must be 'cluster', 'row' or 'naive', got {se!r}")
     require_columns(df, [duration_col, status_col, *covariates] + ([id_col] if id_col else []), "fit_fine_gray")
     frame = df[[duration_col, status_col, *covariates] + ([id_col] if id_col else [])].dropna()
-    if frame.empty:
-        raise ValueError("fit_fine_gray: no complete-case rows")
+    require_events(f"Fine-Gray model ({status_col} == {cause})", (frame[status_col] == cause).sum(),
+                   len(covariates))
     frame = frame.astype({c: float for c in covariates})
     fg = finegray(frame, duration_col, status_col, cause, id_col)
     fit_cols = [*covariates, "fgstart", "fgstop", "fgstatus", "fgwt"]

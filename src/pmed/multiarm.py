@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from pmed.causal import Z95, standardized_mean_difference, weighted_cox, weighted_km
 from pmed.imputation import mice, nelson_aalen, rubin_pool
+from pmed.survival import require_events
 
 
 def arm_codes(treatment: Sequence, arms: Sequence[str], reference: str) -> np.ndarray:
@@ -77,6 +78,7 @@ def fit_multinomial_propensity(X: pd.DataFrame | np.ndarray, arm: np.ndarray, C:
         raise ValueError("fit_multinomial_propensity: X has missing values; impute first")
     arm = np.asarray(arm, dtype=int)
     k = arm.max() + 1
+    _require_arm_sizes(arm, Xv.shape[1])
     mu, sd = Xv.mean(0), Xv.std(0)
     sd[sd == 0] = 1.0
     model = LogisticRegression(C=C, max_iter=5000)
@@ -85,6 +87,15 @@ def fit_multinomial_propensity(X: pd.DataFrame | np.ndarray, arm: np.ndarray, C:
     out = np.zeros((len(arm), k))
     out[:, model.classes_] = model.predict_proba((Xv - mu) / sd)
     return out
+
+
+def _require_arm_sizes(arm: np.ndarray, n_covariates: int, labels: Sequence[str] | None = None) -> None:
+    """:class:`pmed.survival.TooFewEventsError` naming the smallest arm unless every arm has
+    enough persons for a multinomial propensity model of ``n_covariates`` covariates."""
+    counts = np.bincount(arm, minlength=len(labels) if labels is not None else 0)
+    a = int(np.argmin(counts))
+    name = labels[a] if labels is not None else f"code {a}"
+    require_events(f"propensity model (arm {name})", counts[a], n_covariates, what="persons")
 
 
 def generalized_iptw(
@@ -270,6 +281,8 @@ def mi_iptw(
     if missing:
         raise KeyError(f"mi_iptw: cohort lacks column(s) {missing}")
     arm = np.asarray(arm, dtype=int)
+    _require_arm_sizes(arm, len(covariates), labels)  # before the imputations (minutes)
+    require_events("IPTW Cox model (arms vs the reference)", df[event_col].sum(), len(labels) - 1)
     data = df[list(covariates)].apply(pd.to_numeric, errors="raise").astype(float).reset_index(drop=True)
     aux = pd.DataFrame({f"_arm{a}": (arm == a).astype(float) for a in range(1, len(labels))})
     time = df[time_col].to_numpy(float)

@@ -35,9 +35,12 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from pmed.config import ROOT
 
 # Values the code accepts, copied from the modules that use them (tests/test_params_schema.py
 # checks that the copies agree) so that checking params does not import SimpleITK/pyradiomics.
@@ -131,6 +134,7 @@ Bool = Annotated[bool, _expect("true or false")]
 Text = Annotated[str, Field(min_length=1), _expect("a non-empty string")]
 Name = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$"),
                  _expect("a lower-case name (letters, digits, _)")]
+Key = Annotated[str, Field(min_length=1), _expect("a name (non-empty string)")]
 Column = Annotated[str, Field(min_length=1), _expect("a column name (string)")]
 Names = Annotated[list[Column], Field(min_length=1), _expect("a non-empty list of column names")]
 OptNames = Annotated[list[Column], _expect("a list of column names")]
@@ -140,7 +144,8 @@ Times = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1),
                   _expect("a non-empty list of days (integers >= 0)")]
 Window = Annotated[list[int | None], Field(min_length=2, max_length=2),
                    _expect("a window [start_day, end_day] (integers or null)")]
-Range = Annotated[list[float], Field(min_length=2, max_length=2), _expect("a range [low, high] of numbers")]
+Range = Annotated[list[float], Field(min_length=2, max_length=2),
+                  _expect("a range [low, high] of numbers")]
 Thresholds = Annotated[list[float], Field(min_length=3, max_length=3),
                        _expect("[start, stop, step] (three numbers)")]
 
@@ -157,8 +162,8 @@ def _window_ok(window: tuple, where: str) -> None:
         raise fail(f"expected start <= end, got [{start}, {end}]", where)
 
 
-def _range_ok(low: float, high: float, where: str, strict: bool = True) -> None:
-    if low > high or (strict and low == high):
+def _range_ok(low: float, high: float, where: str) -> None:
+    if low >= high:
         raise fail(f"expected low < high, got [{low:g}, {high:g}]", where)
 
 
@@ -193,7 +198,8 @@ class Paths(Model):
 
 
 class Common(Model):
-    seed: NonNegInt
+    # stages add offsets (< 10,000) to it; scikit-learn seeds must stay below 2^32
+    seed: Annotated[int, Field(ge=0, lt=2**31), _expect("an integer in [0, 2^31)")]
     min_cell_size: Count
 
 
@@ -264,11 +270,25 @@ class Rates(Model):
     defects: Defects
 
 
+class MaskFormats(Model):
+    """Shares of demo tumour masks written as DICOM SEG / RTSTRUCT (the rest NIfTI)."""
+
+    seg: Share = 0.0
+    rtstruct: Share = 0.0
+
+    @model_validator(mode="after")
+    def _at_most_one(self):
+        if self.seg + self.rtstruct > 1:
+            raise fail(f"expected seg + rtstruct <= 1, got {self.seg + self.rtstruct:g}")
+        return self
+
+
 class Demo(Model):
     size: Text
     sizes: Annotated[dict[str, DemoSize], Field(min_length=1)]
     chunk_size: Count
     imaging_workers: Count
+    mask_formats: MaskFormats = MaskFormats()
     image_signal: Bool = True
     heterogeneity: Bool = True
     rates: Rates
@@ -297,8 +317,19 @@ class Protocol(Model):
     causal_contrast: ProtocolComponent
 
 
+SchemaName = Annotated[str | None, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"),
+                      _expect("a schema name (letters, digits, _; Spark: catalog.schema) or null")]
+
+
 class Source(Model):
     encoding: Annotated[str, _expect("a text encoding")] = "utf-8"
+    engine: Annotated[Literal["files", "duckdb", "postgres", "spark"],
+                      _expect("files, duckdb, postgres or spark")] = "files"
+    cdm_schema: SchemaName = None
+    vocabulary_schema: SchemaName = None
+    scratch_schema: SchemaName = None
+    database: Annotated[str | None, _expect("a DuckDB database file path or null")] = None
+    data_version: Annotated[str | None, _expect("a CDM release label or null")] = None
 
     @model_validator(mode="after")
     def _known(self):
@@ -306,11 +337,21 @@ class Source(Model):
             raise fail(f"expected utf-8, latin-1 (also for Windows-1252) or utf-16, got "
                        f"{self.encoding!r}", "encoding")
         codecs.lookup(self.encoding.strip().lower().replace("_", "-"))
+        if self.engine in ("postgres", "spark") and self.cdm_schema is None:
+            raise fail(f"expected a schema name with engine {self.engine}, got null", "cdm_schema")
+        if self.engine == "files":
+            for key in ("cdm_schema", "vocabulary_schema", "scratch_schema"):
+                if getattr(self, key) is not None:
+                    raise fail("expected null with engine files (database engines only), got "
+                               f"{getattr(self, key)!r}", key)
+        if (self.database is None) == (self.engine == "duckdb"):
+            raise fail("expected a DuckDB database file with engine duckdb and null otherwise, "
+                       f"got {self.database!r}", "database")
         return self
 
 
 class Exclusions(Model):
-    prior_concept_sets: list[Name] = []
+    prior_concept_sets: list[Key] = []
     window: Window = [None, -1]
 
     @model_validator(mode="after")
@@ -320,8 +361,8 @@ class Exclusions(Model):
 
 
 class Arm(Model):
-    all_of: Annotated[list[Name], Field(min_length=1)]
-    none_of: list[Name] = []
+    all_of: Annotated[list[Key], Field(min_length=1)]
+    none_of: list[Key] = []
     cohort_definition_id: Int
 
     @model_validator(mode="after")
@@ -378,7 +419,7 @@ class DeathOutcome(Model):
 class EventOutcome(Model):
     type: Literal["event"]
     table: Annotated[Literal[OUTCOME_TABLES], _expect(f"one of {', '.join(OUTCOME_TABLES)}")]
-    concept_set: Name | None = None
+    concept_set: Key | None = None
     visit_concept_ids: Ids | None = None
     blanking_days: Days = 0
     value_range: Annotated[list[float | None], Field(min_length=2, max_length=2),
@@ -402,7 +443,7 @@ class EventOutcome(Model):
 
 
 class NumericCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "measurement"
     window: Annotated[Literal["lab"] | Annotated[list[int | None], Field(min_length=2,
@@ -421,11 +462,11 @@ class NumericCovariate(Model):
 
 
 class CategoricalCovariate(Model):
-    concept_set: Name
+    concept_set: Key
     table: Annotated[Literal[VALUE_TABLES], _expect("measurement or observation")] = \
         "observation"
     window: Window
-    levels: Annotated[dict[Name, Ids], Field(min_length=1)]
+    levels: Annotated[dict[Key, Ids], Field(min_length=1)]
     reference: Ids
     anchor: Literal["t0", "index"] = "t0"
 
@@ -447,9 +488,9 @@ class CohortCovariates(Model):
     lab_window_days: Days
     condition_window: Window = [None, -1]
     condition_anchor: Literal["t0", "index"] = "t0"
-    conditions: dict[Name, Name]
-    numeric: dict[Name, NumericCovariate]
-    categorical: dict[Name, CategoricalCovariate] = {}
+    conditions: dict[Key, Key]
+    numeric: dict[Key, NumericCovariate]
+    categorical: dict[Key, CategoricalCovariate] = {}
 
     @model_validator(mode="after")
     def _ok(self):
@@ -465,9 +506,9 @@ ConceptSet = Annotated[list[ConceptId] | str,
 class Cohort(Model):
     protocol: Protocol
     source: Source = Source()
-    concept_sets: Annotated[dict[Name, ConceptSet], Field(min_length=1)]
+    concept_sets: Annotated[dict[Key, ConceptSet], Field(min_length=1)]
     include_descendants: Bool = True
-    target_concept_set: Name
+    target_concept_set: Key
     prior_observation_days: Days
     min_age_years: Annotated[float, Field(ge=0), _expect("an age in years (number >= 0)")]
     max_age_years: Annotated[float | None, Field(ge=0),
@@ -477,7 +518,7 @@ class Cohort(Model):
     exclusions: Exclusions = Exclusions()
     treatment_strategies: TreatmentStrategies
     follow_up: FollowUp
-    outcomes: dict[Name, dict]  # checked by _outcomes (death | event rules)
+    outcomes: dict[Name, dict]  # checked by _outcome_rules (death | event rules)
     covariates: CohortCovariates
 
     @model_validator(mode="after")
@@ -485,6 +526,17 @@ class Cohort(Model):
         for name, ids in self.concept_sets.items():
             if isinstance(ids, list) and not ids:
                 raise fail("expected a non-empty list of concept ids", f"concept_sets.{name}")
+            if isinstance(ids, str) and not (ROOT / ids).is_file():
+                raise fail(f"expected an ATLAS concept-set JSON file (relative to the project "
+                           f"root), got {ids!r}: no such file", f"concept_sets.{name}")
+        outputs = [*self.covariates.conditions, *self.covariates.numeric]
+        outputs += [c for cat in self.covariates.categorical.values() for c in cat.levels]
+        twice = sorted({c for c in outputs if outputs.count(c) > 1}
+                       | (set(outputs) & set(COHORT_BASE_COLUMNS)))
+        if twice:
+            raise fail(f"expected distinct output columns, got {twice[0]!r} twice (covariates "
+                       "conditions, numeric and categorical levels name cohort columns)",
+                       "covariates")
         if self.max_age_years is not None and self.max_age_years < self.min_age_years:
             raise fail(f"expected >= min_age_years ({self.min_age_years:g}), got "
                        f"{self.max_age_years:g}", "max_age_years")
@@ -506,41 +558,30 @@ class Cohort(Model):
         for kind in ("numeric", "categorical"):
             for col, cov in getattr(self.covariates, kind).items():
                 known(cov.concept_set, f"covariates.{kind}.{col}.concept_set")
+        for name, rule in self.outcomes.items():
+            known(rule.get("concept_set"), f"outcomes.{name}.concept_set")
         deaths = [n for n, o in self.outcomes.items() if o.get("type") == "death"]
         if len(deaths) != 1:
             raise fail(f"expected exactly one outcome of type death (the primary outcome), got "
                        f"{len(deaths)}", "outcomes")
         return self
 
-    @model_validator(mode="wrap")
+    @field_validator("outcomes")
     @classmethod
-    def _outcomes(cls, data: Any, handler):
-        """Each outcome validated as a death or an event rule, errors at its own key path."""
-        model = handler(data)
-        errors = []
-        for name, rule in model.outcomes.items():
-            kind = rule.get("type") if isinstance(rule, dict) else None
+    def _outcome_rules(cls, outcomes: dict) -> dict:
+        """Each outcome validated as a death or an event rule, the error at its own key path."""
+        for name, rule in outcomes.items():
+            kind = rule.get("type")
             if kind not in ("death", "event"):
-                errors.append(((f"outcomes.{name}.type"),
-                               f"expected 'death' or 'event', got {_shown(kind)}"))
-                continue
+                raise fail(f"expected 'death' or 'event', got {_shown(kind)}", f"{name}.type")
             rule_model = DeathOutcome if kind == "death" else EventOutcome
             try:
                 rule_model.model_validate(rule)
             except ValidationError as err:
-                for e in err.errors():
-                    errors.append((f"outcomes.{name}" + _path(e["loc"], e.get("ctx")),
-                                   _message(e, rule_model)))
-            else:
-                if kind == "event" and rule.get("concept_set") is not None \
-                        and rule["concept_set"] not in model.concept_sets:
-                    errors.append((f"outcomes.{name}.concept_set",
-                                   f"expected a concept set of cohort.concept_sets, got "
-                                   f"{rule['concept_set']!r}"))
-        if errors:
-            path, msg = errors[0]
-            raise fail(msg, path)
-        return model
+                e = err.errors()[0]
+                raise fail(_message(e, rule_model), name + _path(e["loc"], e.get("ctx"))) \
+                    from None
+        return outcomes
 
     def columns(self) -> set[str]:
         """The cohort.parquet columns this definition produces."""
@@ -565,7 +606,7 @@ Terms = Annotated[list[Annotated[str, Field(pattern=r"^[^:\s]+:[^:\s]+$")]],
 
 class Survival(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     n_imputations: Count
     mice_max_iter: Count
     km_times_days: Times
@@ -575,8 +616,8 @@ class Survival(Model):
     ph_cut_days: PosDays
     n_bootstrap: Count
     n_jobs: Count
-    competing_outcomes: OptNames = []
-    competing_covariates: OptNames = []
+    competing_outcomes: OptNames
+    competing_covariates: OptNames
 
     @model_validator(mode="after")
     def _ok(self):
@@ -587,7 +628,7 @@ class Survival(Model):
 # ----------------------------------------------------------------------------- outcomes
 class Outcomes(Model):
     covariates: Names
-    interactions: Terms = []
+    interactions: Terms
     horizon_days: PosDays
     brier_grid_points: Count
     cv_folds: Folds
@@ -606,11 +647,23 @@ class Outcomes(Model):
                                     _expect("an integer >= 1 or null")] = None
     mice_max_iter: Count
     km_times_days: Times
+    cv_repeats: Count
+    bootstrap_max_rows: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None
+    calibration_knots: Annotated[int, Field(ge=3, le=5), _expect("3, 4 or 5 (spline knots)")]
+    subgroup_age_edges: Annotated[list[float], Field(min_length=1),
+                                  _expect("a non-empty list of increasing ages in years")]
+    temporal_train_until_year: Int
+    riley_nagelkerke_r2: Probability
+    riley_shrinkage: Probability
 
     @model_validator(mode="after")
     def _ok(self):
         _grid_ok(self.dc_thresholds, "dc_thresholds")
         _days_ok(self.km_times_days, "km_times_days")
+        edges = self.subgroup_age_edges
+        if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
+            shown = ", ".join(f"{a:g}" for a in edges)
+            raise fail(f"expected strictly increasing ages, got [{shown}]", "subgroup_age_edges")
         return self
 
 
@@ -642,7 +695,7 @@ class Monitoring(Model):
     response_threshold_pct: PosFloat
     response_direction: Annotated[Literal["decrease", "increase"],
                                   _expect("decrease or increase")]
-    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")] = None
+    max_persons: Annotated[int | None, Field(ge=1), _expect("an integer >= 1 or null")]
 
     @model_validator(mode="after")
     def _ok(self):
@@ -656,8 +709,8 @@ class Monitoring(Model):
 class Treatment(Model):
     covariates: Names
     horizon_days: PosDays
-    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, le=1),
-                                          _expect("a quantile in (0.5, 1] or null")] = None
+    weight_truncation_quantile: Annotated[float | None, Field(gt=0.5, lt=1),
+                                          _expect("a quantile in (0.5, 1) or null")]
     smd_threshold: PosFloat
     n_imputations: Count
     mice_max_iter: Count
@@ -681,6 +734,7 @@ class Radiomics(Model):
     resegment_range_hu: Annotated[Annotated[list[float], Field(min_length=2, max_length=2)] | None,
                                   _expect("a range [low, high] in HU or null")]
     bin_width: PosFloat
+    bin_count: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None  # MR: bins instead of bin_width
     feature_classes: Annotated[list[Literal[FEATURE_CLASSES]], Field(min_length=1),
                                _expect(f"a non-empty list of {', '.join(FEATURE_CLASSES)}")]
     image_types: Annotated[dict[Literal[IMAGE_TYPES], dict[str, Any] | None], Field(min_length=1),
@@ -737,11 +791,37 @@ class DicomChecks(Model):
     tilt_tolerance_deg: NonNegFloat
 
 
+class SeriesSelection(Model):
+    """Rules a series must meet before extraction (imaging/selection.py SeriesRules)."""
+
+    modalities: Annotated[list[Text], _expect("a list of DICOM Modality values")] = ["CT"]
+    body_parts: Annotated[list[Text], _expect("a list of BodyPartExamined values")] = []
+    slice_thickness_mm: Annotated[list[NonNegFloat] | None, Field(min_length=2, max_length=2),
+                                  _expect("[min, max] in mm or null")] = None
+    description_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    kernel_pattern: Annotated[str | None, _expect("a regular expression or null")] = None
+    baseline_choice: Annotated[Literal["latest", "earliest"], _expect("latest or earliest")] = "latest"
+
+    @model_validator(mode="after")
+    def _ok(self):
+        if self.slice_thickness_mm is not None and self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
+            raise fail(f"expected [min, max] with min <= max, got {self.slice_thickness_mm}",
+                       "slice_thickness_mm")
+        for key in ("description_pattern", "kernel_pattern"):
+            pattern = getattr(self, key)
+            try:
+                re.compile(pattern or "")
+            except re.error as err:
+                raise fail(f"expected a regular expression, got {pattern!r} ({err})", key) from None
+        return self
+
+
 class ImagingFeatures(Model):
     mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
                                   _expect("a path template or a non-empty list of them")]
     masks: Masks
     dicom: DicomChecks
+    series_selection: SeriesSelection = SeriesSelection()
     on_error: Annotated[Literal["exclude", "raise"], _expect("exclude or raise")]
     workers: Annotated[int, Field(ge=0), _expect("an integer >= 0 (0 = all CPU cores)")]
     progress: Bool = True
@@ -860,9 +940,11 @@ class Params(Model):
         }
         for where, terms in uses.items():
             for i, term in enumerate(terms):
+                if term in terms[:i]:
+                    raise fail(f"expected distinct terms, got {term!r} twice", f"{where}[{i}]")
                 unknown = [c for c in term.split(":") if c not in cols]
                 if unknown:
-                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1)
+                    hint = difflib.get_close_matches(unknown[0], sorted(cols), 1, cutoff=0.8)
                     also = f" (did you mean {hint[0]!r}?)" if hint else ""
                     raise fail(f"expected a column of the cohort (from the cohort section), got "
                                f"{unknown[0]!r}{also}", f"{where}[{i}]")
@@ -923,7 +1005,7 @@ def _fields_at(loc: tuple, root: Any = None) -> list[str] | None:
 def _hint(err: dict, root: Any = None) -> str | None:
     """The known key closest to an unknown one, if any is close."""
     known = _fields_at(tuple(err["loc"][:-1]), root) or []
-    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1)
+    hint = difflib.get_close_matches(str(err["loc"][-1]), known, 1, cutoff=0.8)
     return hint[0] if hint else None
 
 
@@ -957,12 +1039,19 @@ def _message(err: dict, root: Any = None) -> str:
     return f"{err['msg']}, got {_shown(value)}"
 
 
+def _located(prefix: tuple, err: dict) -> tuple[str, str]:
+    """(key path, message) of one error; a bad mapping key is named as the key itself."""
+    loc, msg = prefix + tuple(err["loc"]), _message(err)
+    if loc and loc[-1] == "[key]":  # pydantic's marker for an invalid key of a dict
+        loc, msg = loc[:-1], f"{msg} (as a key)"
+    return _path(loc, err.get("ctx")).lstrip("."), msg
+
+
 def _errors(err: ValidationError, prefix: tuple = ()) -> list[tuple[str, str]]:
     """(key path, message) per error; a misspelt required key is one problem (the unknown
     key with its 'did you mean'), not two."""
     errors = err.errors()
-    found = [(_path(prefix + tuple(e["loc"]), e.get("ctx")).lstrip("."), _message(e))
-             for e in errors]
+    found = [_located(prefix, e) for e in errors]
     for i, e in enumerate(errors):
         meant = _hint(e) if e["type"] == "extra_forbidden" else None
         if meant is None:

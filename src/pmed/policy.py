@@ -47,6 +47,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from pmed.causal import weighted_km
+from pmed.survival import require_events
 
 CENSORING_METHODS = ("aipcw", "km_ipcw")
 AVERAGE = "recommend by average effect"
@@ -215,6 +216,10 @@ def crossfit_scores(
     n = len(arm)
     mu, ps = np.empty((n, k)), np.empty((n, k))
     resid = np.empty(n)
+    for f in np.unique(folds):  # the per-arm outcome models of each fold's training rows
+        for a in range(k):
+            require_events(f"the outcome Cox model of arm {a} (training rows of fold {f})",
+                           event[(folds != f) & (arm == a)].sum())
     y, _ = horizon_status(time, event, horizon)
     # One BLAS/OpenMP thread: on the shared 2-core machine threaded BLAS made these small fits
     # several times slower (lbfgs of the propensity model took 3 of 10 s per repeat).
@@ -437,6 +442,8 @@ def run_repeats(
     time = np.asarray(time, dtype=float)
     event = np.asarray(event, dtype=int)
     n, k = len(arm), int(arm.max()) + 1
+    for a in range(k):  # the per-arm outcome models (checked per fold by crossfit_scores)
+        require_events(f"the outcome Cox model of arm {a}", event[arm == a].sum())
     M = modifiers.to_numpy(float)
     complete = ~np.isnan(M).any(axis=1)
     gamma = np.empty((n_repeats, n, k))

@@ -48,6 +48,9 @@ __all__ = [
     "predict_logistic",
     "odds_ratio_table",
     "fit_gbm",
+    "FittedModels",
+    "fit_models",
+    "predict_models",
     "cross_validated_predictions",
     "out_of_fold_metrics",
     "metric_table",
@@ -84,7 +87,7 @@ class ModelSettings:
     gb_learning_rate : float
         Shrinkage of gradient boosting.
     permutation_repeats : int
-        Shuffles per feature for permutation importance.
+        Shuffles per feature for permutation importance (0 = importance not computed: NaN).
     permutation_max_rows : int or None
         Held-out people (with known status) per fold on which permutation importance is
         computed: a seeded random subset of at most this many (None = all). Its cost is
@@ -229,25 +232,62 @@ def fit_gbm(X: pd.DataFrame, y, weights, settings: ModelSettings, seed: int) -> 
     return gbm.fit(X, y, sample_weight=weights)
 
 
+@dataclass
+class FittedModels:
+    """The three models fitted on one training set (:func:`fit_models`)."""
+
+    cox: object
+    logistic: object
+    gbm: HistGradientBoostingClassifier
+    settings: ModelSettings
+
+
+def fit_models(frame: pd.DataFrame, time_col: str, event_col: str, y, weights, settings: ModelSettings,
+               seed_gb: int) -> FittedModels:
+    """Penalised Cox, IPCW logistic and gradient boosting fitted on all rows of ``frame``.
+
+    ``frame`` holds ``time_col``, ``event_col`` and the ``settings.terms`` columns (no missing
+    values); ``y`` (shape (n,), NaN = censored before the horizon) and its IPCW ``weights``
+    are the binary models' outcome: rows with NaN ``y`` are left out of those two fits.
+    """
+    y = np.asarray(y, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    known = ~np.isnan(y)
+    X = frame[settings.terms].astype(float)
+    cox = sv.fit_cox(frame, time_col, event_col, settings.terms,
+                     penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
+    logit = fit_weighted_logistic(X[known], y[known], w[known])
+    gbm = fit_gbm(X[known][list(settings.features)], y[known], w[known], settings, seed_gb)
+    return FittedModels(cox=cox, logistic=logit, gbm=gbm, settings=settings)
+
+
+def predict_models(models: FittedModels, frame: pd.DataFrame, times: Sequence[float]) -> tuple[dict, np.ndarray]:
+    """Risk of death by the horizon ``times[-1]`` per model key, each shape (n,), and the Cox
+    survival S(t | x), shape (n, len(times)), for the rows of ``frame``."""
+    X = frame[models.settings.terms].astype(float)
+    surv = sv.predict_survival(models.cox, frame, times)
+    risk = {"cox": 1 - surv[:, -1], "logistic": predict_logistic(models.logistic, X),
+            "gbm": models.gbm.predict_proba(X[list(models.settings.features)])[:, 1]}
+    return risk, surv
+
+
 def _fit_fold(task, frame, X, y, w, known, times, settings, time_col, event_col, seed_gb):
     """Models of one fold fitted on its training rows; predictions and importance of its test rows."""
     i, train, test = task
-    terms, features = settings.terms, list(settings.features)
-    cox = sv.fit_cox(frame.iloc[train], time_col, event_col, terms,
-                     penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
-    cox_surv = sv.predict_survival(cox, frame.iloc[test], times)
-    fit_rows = train[known[train]]
-    logit = fit_weighted_logistic(X.iloc[fit_rows], y[fit_rows], w[fit_rows])
-    gbm = fit_gbm(X.iloc[fit_rows][features], y[fit_rows], w[fit_rows], settings, seed_gb)
+    features = list(settings.features)
+    models = fit_models(frame.iloc[train], time_col, event_col, y[train], w[train], settings, seed_gb)
+    risk, cox_surv = predict_models(models, frame.iloc[test], times)
     held = test[known[test]]
     if settings.permutation_max_rows is not None and held.size > settings.permutation_max_rows:
         rng = np.random.default_rng([seed_gb, i])
         held = np.sort(rng.choice(held, settings.permutation_max_rows, replace=False))
-    perm = permutation_importance(gbm, X.iloc[held][features], y[held], sample_weight=w[held],
-                                  scoring="roc_auc", n_repeats=settings.permutation_repeats,
-                                  random_state=seed_gb)
-    return (cox_surv, predict_logistic(logit, X.iloc[test]),
-            gbm.predict_proba(X.iloc[test][features])[:, 1], perm.importances_mean)
+    if settings.permutation_repeats > 0:
+        perm = permutation_importance(models.gbm, X.iloc[held][features], y[held], sample_weight=w[held],
+                                      scoring="roc_auc", n_repeats=settings.permutation_repeats,
+                                      random_state=seed_gb).importances_mean
+    else:
+        perm = np.full(len(features), np.nan)
+    return cox_surv, risk["logistic"], risk["gbm"], perm
 
 
 def cross_validated_predictions(
@@ -292,6 +332,7 @@ def cross_validated_predictions(
     """
     terms = settings.terms
     sv.require_columns(data, [time_col, event_col, *terms], "cross_validated_predictions data")
+    sv.require_events("the risk models (Cox, logistic, boosting)", data[event_col].sum(), len(terms))
     y = np.asarray(y, dtype=float)
     w = np.asarray(weights, dtype=float)
     n = len(data)

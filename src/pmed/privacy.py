@@ -55,7 +55,7 @@ SECONDARY = "suppressed"  # shown for a count hidden only so that a small one ca
 
 
 def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: int,
-                              cost=None) -> np.ndarray:
+                              cost=None, force=None) -> np.ndarray:
     """Cells to hide so that no small count can be derived from a published sum.
 
     Parameters
@@ -67,6 +67,8 @@ def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: 
     cost : (m,) preference for hiding each cell as a complement (lowest first; default the
         count). ``inf`` marks cells that cannot be hidden: counts not printed anywhere but
         derivable (e.g. survivors = persons - deaths); they are still protected when small.
+    force : (m,) bool, cells hidden whatever their count (hidden in another published table
+        that shares them, e.g. a group size), protected like primary cells.
 
     Returns
     -------
@@ -83,6 +85,8 @@ def complementary_suppression(values, lines: Iterable[Iterable[int]], min_cell: 
     unpublished = np.isnan(v)
     derived = ~unpublished & ~np.isfinite(c)  # not printed, but computable from its lines
     hidden = ~unpublished & ~derived & (v > 0) & (v < min_cell)
+    if force is not None:
+        hidden |= ~unpublished & ~derived & np.asarray(force, dtype=bool)
     lines = [list(line) for line in lines]
 
     def exposed(line: list[int]) -> bool:
@@ -147,14 +151,15 @@ def merge_small_steps(steps: pd.DataFrame, min_cell: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=steps.columns)
 
 
-def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int, cost=None) -> list[str]:
+def release_counts(values, lines: Iterable[Iterable[int]], min_cell: int, cost=None,
+                   force=None) -> list[str]:
     """Counts as report text after primary and complementary suppression.
 
     Small counts read ``"<k"``, cells hidden to protect them read :data:`SECONDARY`; see
-    :func:`complementary_suppression` for ``lines`` and ``cost``.
+    :func:`complementary_suppression` for ``lines``, ``cost`` and ``force``.
     """
     v = np.asarray(values, dtype=float)
-    hidden = complementary_suppression(v, lines, min_cell, cost)
+    hidden = complementary_suppression(v, lines, min_cell, cost, force)
     return [format_count(x, min_cell) if not h or is_small(x, min_cell) else SECONDARY
             for x, h in zip(v, hidden, strict=True)]
 
@@ -236,6 +241,8 @@ def release_km(curve: pd.DataFrame, min_cell: int) -> pd.DataFrame:
 
 # --- audit: no identifier of the raw extract in any report file -------------------------
 
+# DICOM tags naming the patient or the examination (a series' first file is read)
+DICOM_IDENTIFIERS = ["PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber"]
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.^_\-]*[A-Za-z0-9]")
 
 
@@ -243,10 +250,11 @@ def raw_identifiers(omop_dir: Path, raw_dir: Path) -> set[str]:
     """Direct identifiers held by the raw extract, as strings of >= 4 characters.
 
     person.person_source_value (e.g. MRNs), image_occurrence study/series UIDs, and the
-    DICOM PatientName / PatientID of the first file of every series listed there.
+    DICOM :data:`DICOM_IDENTIFIERS` of the first file of every series listed there.
     """
     import duckdb
     import pydicom
+    from pydicom.multival import MultiValue
 
     def column(table: str, col: str) -> list[str]:
         files = [p for p in (omop_dir / f"{table}.parquet", omop_dir / f"{table}.csv") if p.exists()]
@@ -263,9 +271,11 @@ def raw_identifiers(omop_dir: Path, raw_dir: Path) -> set[str]:
         first = next(iter(sorted((raw_dir / local).glob("*.dcm"))), None)
         if first is None:
             continue
-        ds = pydicom.dcmread(first, stop_before_pixels=True,
-                             specific_tags=["PatientName", "PatientID"])
-        found |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))}
+        ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=DICOM_IDENTIFIERS)
+        for tag in DICOM_IDENTIFIERS:
+            value = ds.get(tag)
+            found |= {str(v) for v in (value if isinstance(value, MultiValue) else [value])
+                      if v is not None}
     return {s for s in found if len(s) >= 4}
 
 

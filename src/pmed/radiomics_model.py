@@ -40,7 +40,7 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
 from pmed import metrics
-from pmed.survival import check_survival_data, fit_cox
+from pmed.survival import check_survival_data, fit_cox, require_events
 
 KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
 
@@ -638,6 +638,7 @@ def cross_validated_predictions(
     "high": (n_repeats, n) int8, 1 when the lp exceeds the training folds' median lp}.
     """
     time, event = _check_survival(time, event, len(df))
+    require_events("the imaging Cox models", event.sum(), max(len(m.clinical) for m in models.values()))
     n = len(df)
     out = {name: {k: np.full((n_repeats, n), np.nan) for k in ("lp", "risk", "high")} for name in models}
     for r in range(n_repeats):

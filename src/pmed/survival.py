@@ -10,6 +10,7 @@ scale by default (R ``survfit(..., conf.type = "log-log")``). The PH test is R `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ from scipy import stats
 from pmed.imputation import rubin_pool
 
 __all__ = [
+    "MIN_EVENTS",
+    "EVENTS_PER_PARAMETER",
+    "TooFewEventsError",
+    "require_events",
     "check_survival_data",
     "kaplan_meier",
     "median_survival",
@@ -47,6 +52,34 @@ __all__ = [
     "scaled_schoenfeld",
     "fit_ph_remedy",
 ]
+
+
+# The events rule of every model fit (survival, competing risks, treatment, prediction,
+# imaging): below it a fit fails with a linear-algebra or convergence error, or gives estimates
+# that do not exist (separation). Not a power rule (10 events per parameter is the usual advice
+# for stable coefficients); it only stops fits that cannot be trusted at all.
+MIN_EVENTS = 5  # events of the smallest fit
+EVENTS_PER_PARAMETER = 1  # and at least this many events per unpenalised coefficient
+
+
+class TooFewEventsError(ValueError):
+    """A model would be fitted on too few events: the cohort is too small or degenerate."""
+
+
+def require_events(model: str, n_events: int, n_parameters: int = 0, what: str = "events") -> None:
+    """:class:`TooFewEventsError` "too few events for <model>: k events, need >= m (rule)"
+    unless ``n_events`` >= max(:data:`MIN_EVENTS`, :data:`EVENTS_PER_PARAMETER` x
+    ``n_parameters``). Penalised fits pass ``n_parameters=0``; ``what`` names the counted
+    outcome (e.g. "persons" of an arm for a propensity model)."""
+    n_events = int(n_events)
+    need = max(MIN_EVENTS, math.ceil(EVENTS_PER_PARAMETER * n_parameters))
+    if n_events < need:
+        rule = f">= {MIN_EVENTS} {what}"
+        if n_parameters:
+            rule += (f" and >= {EVENTS_PER_PARAMETER} per parameter, {n_parameters} "
+                     f"parameter{'s' if n_parameters > 1 else ''}")
+        raise TooFewEventsError(f"too few {what} for {model}: {n_events} {what}, need >= {need} "
+                                f"({rule})")
 
 
 def check_survival_data(time, event, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +154,7 @@ def fit_cox(
     multiply imputed data.
     """
     frame = _model_frame(df, duration_col, event_col, covariates, strata).dropna()
-    if frame[event_col].sum() == 0:
-        raise ValueError("Cox model: no events in the (complete-case) data")
+    require_events("Cox model", frame[event_col].sum(), 0 if penalizer else len(covariates))
     cph = CoxPHFitter(penalizer=penalizer, l1_ratio=l1_ratio, alpha=alpha)
     cph.fit(frame, duration_col=duration_col, event_col=event_col, strata=list(strata) or None)
     return cph
@@ -288,6 +320,7 @@ def fit_ph_remedy(
     if unknown:
         raise KeyError(f"fit_ph_remedy: violators {unknown} are not model covariates")
     frame = _model_frame(df, duration_col, event_col, covariates).dropna()
+    require_events("Cox model (PH remedy)", frame[event_col].sum(), len(covariates) + len(violators))
     strata, timevarying, rows = [], [], []
     for v in violators:
         if frame[v].nunique() <= max_strata_levels:
@@ -751,6 +784,7 @@ def fit_cox_counting(
     """
     _check_ties(ties)
     data = _CoxData(df, stop_col, event_col, covariates, start_col, strata, "fit_cox_counting")
+    require_events("Cox model (fit_cox_counting)", data.event.sum(), len(data.covariates))
     p = len(data.covariates)
     beta = np.zeros(p)
     ll0, u0, i0 = data.derivatives(beta, ties)

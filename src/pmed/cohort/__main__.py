@@ -1,8 +1,10 @@
 """``python -m pmed.cohort --sql postgres|spark|duckdb``: print the extraction as one SQL script.
 
 The script reads params.yaml ``cohort:`` and runs on any database holding the OMOP CDM v5.4
-tables under their standard names (the cohort ends up in the temporary table ``cohort``).
-The stage itself runs through notebooks/01_cohort.ipynb.
+tables under their standard names, qualified by ``cohort.source.cdm_schema`` /
+``vocabulary_schema`` when set (the cohort ends up in the temporary table ``cohort``). The
+stage itself runs through notebooks/01_cohort.ipynb, on the engine of ``cohort.source``
+(:mod:`pmed.cohort.engine`).
 """
 
 from __future__ import annotations

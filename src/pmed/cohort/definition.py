@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from pmed.cohort import atlas, omop
+from pmed.cohort import atlas, engine, omop
 from pmed.cohort.errors import CohortError
 
 TABLES_WITH_VALUES = ("measurement", "observation")
@@ -171,6 +171,7 @@ class CohortDefinition:
     protocol: dict[str, dict[str, str]] = field(default_factory=dict)
     expressions: dict[str, atlas.ConceptSetExpression] = field(default_factory=dict)
     encoding: str = "utf-8"
+    source: engine.SourceSpec = field(default_factory=engine.SourceSpec)
 
     @property
     def concept_set_expressions(self) -> dict[str, atlas.ConceptSetExpression]:
@@ -410,6 +411,7 @@ def parse_definition(cohort: dict) -> CohortDefinition:
     if not isinstance(source, dict):
         raise CohortError("cohort definition: source must be a mapping (e.g. {encoding: utf-8})")
     encoding = omop.normalise_encoding(source.get("encoding", "utf-8"))
+    source_spec = engine.parse_source(source)
 
     target = _set_name(_need(cohort, "target_concept_set", ""), sets, "target_concept_set")
     excl = cohort.get("exclusions", {})
@@ -497,4 +499,5 @@ def parse_definition(cohort: dict) -> CohortDefinition:
         protocol=parse_protocol(_need(cohort, "protocol", "")),
         expressions=expressions,
         encoding=encoding,
+        source=source_spec,
     )

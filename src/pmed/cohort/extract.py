@@ -1,7 +1,8 @@
-"""Run the cohort definition over an OMOP CDM folder in DuckDB and write the outputs.
+"""Run the cohort definition over an OMOP CDM and write the outputs.
 
-:func:`extract_cohort` loads the definition's rule tables into an in-memory DuckDB whose
-views read the OMOP files, runs the data-quality checks and the ordered cohort queries of
+:func:`extract_cohort` opens the CDM through :mod:`pmed.cohort.engine` (DuckDB views over
+the OMOP files by default; a DuckDB database, PostgreSQL or Spark), loads the definition's
+rule tables there, runs the data-quality checks and the ordered cohort queries of
 :mod:`pmed.cohort.queries`, and returns the cohort, its attrition and the quality report.
 :func:`write_outputs` validates and writes them atomically (temp file, then rename).
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from pmed.cohort import contract, omop, quality, queries
+from pmed.cohort import contract, engine, omop, quality, queries
 from pmed.cohort.definition import CohortDefinition
 from pmed.cohort.errors import CohortError
 
@@ -37,26 +38,24 @@ class CohortResult:
     cohort_omop: pd.DataFrame
 
 
-def load_rule_tables(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> None:
+def load_rule_tables(con, d: CohortDefinition) -> None:
     """Create the definition's rule tables and expand them to concept ids (setup queries).
 
-    Also checks every concept id of the definition (sets, units, values) against ``concept``.
+    ``con``: an :class:`pmed.cohort.engine.Engine` or a DuckDB connection. Also checks every
+    concept id of the definition (sets, units, values) against ``concept``.
     """
+    eng = engine.as_engine(con)
     extra = {f"units of {c.column}": [u for u in c.units if u != 0] for c in d.numeric}
     extra |= {f"values of {c.name}": [v for ids in c.levels.values() for v in ids] + c.reference
               for c in d.categorical}
     for o in d.event_outcomes:
         extra |= {f"outcomes.{o.name}.{key}": [i for i in getattr(o, key) or [] if i != 0]
                   for key in ("visit_concept_ids", "unit_concept_ids", "value_concept_ids")}
-    omop.check_concepts(con, d.concept_sets | {k: v for k, v in extra.items() if v})
+    omop.check_concepts(eng, d.concept_sets | {k: v for k, v in extra.items() if v})
     for name, (columns, rows) in queries.rule_tables(d).items():
-        cols = ", ".join(f"{c} {t}" for c, t in columns)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({cols})")
-        if rows:
-            marks = ", ".join("?" for _ in columns)
-            con.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
+        eng.load_rows(name, columns, rows)
     for name, sql in queries.setup_queries(d).items():
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        eng.materialise(name, sql)
 
 
 # Columns the outcome queries read from tables that omop.connect does not open.
@@ -107,50 +106,89 @@ def exclusion_reasons(d: CohortDefinition) -> list[str]:
             for step in list(queries.ATTRITION_STEPS)[1:]]
 
 
-def extract_cohort(omop_dir: Path, d: CohortDefinition, memory_limit: str = "3GB",
-                   threads: int = 2, check_quality: bool = True) -> CohortResult:
-    """Build the analysis cohort from the OMOP CDM files in ``omop_dir``.
+def cdm_tables(d: CohortDefinition) -> dict[str, dict[str, str]]:
+    """Every OMOP table the definition reads: table -> required column -> type family."""
+    tables = {t: dict(cols) for t, cols in omop.REQUIRED_COLUMNS.items()}
+    for table in outcome_tables(d):
+        if table in tables:
+            continue
+        need = OUTCOME_TABLE_COLUMNS[table]
+        if table != "visit_occurrence" and any(o.visit_concept_ids and o.table == table
+                                               for o in d.event_outcomes):
+            need = [*need, "visit_occurrence_id"]
+        tables[table] = {c: "date" if c.endswith("_date") else "integer" for c in need}
+    return tables
+
+
+def open_cdm(omop_dir: Path | None, d: CohortDefinition, memory_limit: str = "3GB",
+             threads: int = 2, spark=None) -> engine.Engine:
+    """The CDM of ``d.source`` opened and checked: files validated (:mod:`pmed.cohort.omop`),
+    database tables checked for columns and types (:func:`pmed.cohort.engine.validate_cdm`)."""
+    eng = engine.open_engine(d.source, omop_dir, memory_limit=memory_limit, threads=threads,
+                             encoding=d.encoding, spark=spark)
+    try:
+        if d.source.engine == "files":
+            register_outcome_tables(eng.con, omop_dir, d)
+        else:
+            tables = cdm_tables(d)
+            tables |= {t: dict(c) for t, c in omop.OPTIONAL_TABLES.items() if eng.has_table(t)}
+            engine.validate_cdm(eng, tables)
+    except BaseException:
+        eng.close()
+        raise
+    return eng
+
+
+def extract_cohort(omop_dir: Path | None, d: CohortDefinition, memory_limit: str = "3GB",
+                   threads: int = 2, check_quality: bool = True, spark=None) -> CohortResult:
+    """Build the analysis cohort from the OMOP CDM of params ``cohort.source`` (``d.source``).
 
     Parameters
     ----------
-    omop_dir : folder of ``<table>.parquet|csv`` files (OMOP CDM v5.4).
+    omop_dir : folder of ``<table>.parquet|csv`` files (OMOP CDM v5.4), read by engine
+        ``files`` (the default); unused by the database engines.
     d : the validated definition (:func:`pmed.cohort.definition.parse_definition`).
     memory_limit, threads : DuckDB settings (larger intermediates spill to disk).
     check_quality : run the data-quality counts (False: empty quality table; benchmarks).
+    spark : SparkSession for engine ``spark`` (default: the active one, or one built from
+        Spark's own configuration).
+
+    Every step runs in the engine; only the cohort rows, the OMOP cohort table, the
+    attrition and the data-quality counts come back.
 
     Returns
     -------
     CohortResult
         Raises :class:`CohortError` on bad input, or when a criterion leaves nobody.
     """
-    con = omop.connect(Path(omop_dir), memory_limit=memory_limit, threads=threads,
-                       encoding=d.encoding)
+    eng = open_cdm(omop_dir, d, memory_limit=memory_limit, threads=threads, spark=spark)
+    where = omop_dir if d.source.engine == "files" else \
+        f"the {d.source.engine} CDM {eng.qualified('person').rsplit('.', 1)[0]}"
     step = "loading the definition's concept sets"
     try:
-        register_outcome_tables(con, omop_dir, d)
-        load_rule_tables(con, d)
+        load_rule_tables(eng, d)
         step = "the data-quality checks"
-        qc = quality.run_quality(con, d) if check_quality else pd.DataFrame()
+        qc = quality.run_quality(eng, d) if check_quality else pd.DataFrame()
         labels = attrition_labels(d)
         rows = []
         for name, sql in queries.cohort_queries(d).items():
             step = f"cohort query {name!r}"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+            eng.materialise(name, sql)
             if name in labels:
-                n = con.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0]
+                n = eng.count(name)
                 previous = rows[-1]["remaining"] if rows else n
                 rows.append({"criterion": labels[name], "remaining": n, "excluded": previous - n})
                 if n == 0:
                     raise CohortError(f"cohort: no person left after criterion "
                                       f"{labels[name]!r} (step {name!r}); expected >= 1")
-        frame = con.execute("SELECT * FROM cohort").df()
-        cohort_omop = con.execute("SELECT * FROM cohort_omop").df()
-    except duckdb.Error as err:
+        frame = eng.frame("SELECT * FROM cohort")
+        cohort_omop = eng.frame("SELECT * FROM cohort_omop")
+    except eng.errors() as err:
         # e.g. a CSV value that does not convert to the column's OMOP type
-        raise CohortError(f"cohort: {step} failed on the OMOP input in {omop_dir}: "
-                          f"{omop.describe_error(err)}") from None
+        raise CohortError(f"cohort: {step} failed on the OMOP input in {where}: "
+                          f"{eng.describe_error(err)}") from None
     finally:
-        con.close()
+        eng.close()
     cohort = contract.coerce(frame, d)
     contract.validate_cohort(cohort, d)
     attrition = pd.DataFrame(rows).astype({"remaining": "int64", "excluded": "int64"})

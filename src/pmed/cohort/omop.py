@@ -549,23 +549,32 @@ def connect(folder: Path, memory_limit: str = "3GB", threads: int = 2, encoding:
     return con
 
 
-def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    """True if view/table ``table`` exists in ``con`` (optional tables are registered if present)."""
+def has_table(con, table: str) -> bool:
+    """True if view/table ``table`` exists in ``con`` (a DuckDB connection or an
+    :class:`pmed.cohort.engine.Engine`; optional tables are registered if present)."""
+    if not isinstance(con, duckdb.DuckDBPyConnection):
+        return con.has_table(table)
     return bool(con.execute("SELECT COUNT(*) FROM duckdb_views() WHERE view_name = ? AND NOT "
                             "internal", [table]).fetchone()[0])
 
 
-def check_concepts(con: duckdb.DuckDBPyConnection, concept_sets: dict[str, list[int]]) -> None:
-    """CohortError naming the set and ids if any concept id of the definition is not in concept."""
+def check_concepts(con, concept_sets: dict[str, list[int]]) -> None:
+    """CohortError naming the set and ids if any concept id of the definition is not in concept.
+
+    ``con``: a DuckDB connection or an :class:`pmed.cohort.engine.Engine`; the ids are
+    loaded into a temporary table there, only the missing ones come back.
+    """
+    from pmed.cohort.engine import as_engine
+
+    eng = as_engine(con)
     rows = [(name, cid) for name, ids in concept_sets.items() for cid in ids]
-    con.execute("CREATE OR REPLACE TEMP TABLE checked_concepts "
-                "(codeset_name VARCHAR, concept_id BIGINT)")
-    con.executemany("INSERT INTO checked_concepts VALUES (?, ?)", rows)
-    missing = con.execute(
+    eng.load_rows("checked_concepts", [("codeset_name", "VARCHAR"), ("concept_id", "BIGINT")],
+                  rows)
+    missing = eng.rows(
         "SELECT codeset_name, concept_id FROM checked_concepts d "
         "WHERE NOT EXISTS (SELECT 1 FROM concept c WHERE c.concept_id = d.concept_id) "
         "ORDER BY codeset_name, concept_id"
-    ).fetchall()
+    )
     if missing:
         listed = ", ".join(f"{name}: {cid}" for name, cid in missing)
         raise CohortError(f"cohort definition: concept ids not in table 'concept' ({listed}); "

@@ -24,11 +24,11 @@ missing). Unit drops are reported per unit_concept_id with its concept name.
 
 from __future__ import annotations
 
-import duckdb
 import pandas as pd
 
 from pmed.cohort.contract import unit_of
 from pmed.cohort.definition import CohortDefinition
+from pmed.cohort.engine import Engine, as_engine
 from pmed.cohort.queries import birth_date
 
 # table -> (primary key, event date column) for the clinical tables checked.
@@ -185,50 +185,52 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
     return checks
 
 
-def content_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+def content_columns(eng: Engine) -> dict[str, list[str]]:
     """Each clinical table's columns but its row id, leaving out columns that are all null."""
     out = {}
     for table, (pk, _) in CLINICAL_TABLES.items():
-        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != pk]
-        counts = con.execute(non_null_columns_query(table, cols)).fetchone()
+        cols = [c for c, _ in eng.columns(table) if c != pk]
+        counts = eng.rows(non_null_columns_query(table, cols))[0]
         out[table] = [c for c, n in zip(cols, counts, strict=True) if n > 0] or cols
     return out
 
 
-def date_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Columns of the :data:`END_DATES` tables that are open in ``con``."""
-    open_tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
-    return {t: [r[0] for r in con.execute(f"DESCRIBE {t}").fetchall()]
-            for t in END_DATES if t in open_tables}
+def date_columns(eng: Engine) -> dict[str, list[str]]:
+    """Columns of the :data:`END_DATES` tables present in the CDM."""
+    return {t: cols for t in END_DATES if (cols := [c for c, _ in eng.columns(t)])}
 
 
-def concept_names(con: duckdb.DuckDBPyConnection, ids: list[int]) -> dict[int, str]:
+def concept_names(eng: Engine, ids: list[int]) -> dict[int, str]:
     """concept_id -> concept_name from ``concept`` (ids absent there are left out)."""
-    if not ids or "concept_name" not in {r[0] for r in con.execute("DESCRIBE concept").fetchall()}:
+    if not ids or "concept_name" not in {c for c, _ in eng.columns("concept")}:
         return {}
     listed = ", ".join(str(int(i)) for i in ids)
-    return {int(i): str(n) for i, n in con.execute(
-        f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({listed})").fetchall()}
+    return {int(i): str(n) for i, n in eng.rows(
+        f"SELECT concept_id, concept_name FROM concept WHERE concept_id IN ({listed})")}
 
 
-def run_quality(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> pd.DataFrame:
+def run_quality(con, d: CohortDefinition) -> pd.DataFrame:
     """Run every check; one row per check: :data:`QUALITY_COLUMNS` (count int64).
+
+    ``con``: an :class:`pmed.cohort.engine.Engine` or a DuckDB connection (engine files); the
+    checks run there and only their counts come back.
 
     Numeric covariates get an ``implausible`` row (all units) and one ``unknown_unit`` row
     per unit_concept_id without a factor (concept_id, concept_name set; a single row with
     count 0 and no concept when there is none); coded covariates a ``value_via_descendant``
     row when descendants are used.
     """
+    eng = as_engine(con)
     rows = []
 
     def add(check, table, column, rule, count, concept_id=None, concept_name=""):
         rows.append({"check": check, "table": table, "column": column, "concept_id": concept_id,
                      "concept_name": concept_name, "rule": rule, "count": int(count)})
 
-    for c in quality_queries(d, content_columns(con), date_columns(con)):
+    for c in quality_queries(d, content_columns(eng), date_columns(eng)):
         if c["check"] == "covariate_values":
-            found = con.execute(c["sql"]).fetchall()
-            names = concept_names(con, sorted({unit for _, unit, _, bad in found if bad}))
+            found = eng.rows(c["sql"])
+            names = concept_names(eng, sorted({unit for _, unit, _, bad in found if bad}))
             for cov in (x for x in d.numeric if x.table == c["table"]):
                 lo, hi = cov.plausible
                 mine = [r for r in found if r[0] == cov.column]
@@ -242,10 +244,10 @@ def run_quality(con: duckdb.DuckDBPyConnection, d: CohortDefinition) -> pd.DataF
                 if not units:
                     add("unknown_unit", cov.table, cov.column, RULE_UNIT, 0)
         elif c["check"] == "value_via_descendant":
-            found = dict(con.execute(c["sql"]).fetchall())
+            found = dict(eng.rows(c["sql"]))
             for cov in (x for x in d.categorical if x.table == c["table"]):
                 add("value_via_descendant", cov.table, cov.name, c["rule"], found.get(cov.name, 0))
         else:
-            add(c["check"], c["table"], c["column"], c["rule"], con.execute(c["sql"]).fetchone()[0])
+            add(c["check"], c["table"], c["column"], c["rule"], eng.rows(c["sql"])[0][0])
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS).astype({"concept_id": "Int64",
                                                                "count": "int64"})

@@ -161,8 +161,14 @@ def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     """The whole extraction as one SQL script for ``dialect`` (statements end with ``;``).
 
     Creates and fills the rule tables, then one temporary table per step; the cohort is
-    ``SELECT * FROM cohort`` at the end. The OMOP tables must exist under their CDM names.
+    ``SELECT * FROM cohort`` at the end. The OMOP tables are read under their CDM names,
+    qualified by params ``cohort.source.cdm_schema`` / ``vocabulary_schema`` when set.
     """
+    from pmed.cohort.engine import Engine
+
+    renderer = Engine(d.source)
+    renderer.dialect = dialect
+    render = renderer.render if d.source.cdm_schema else (lambda s: transpile(s, dialect))
     statements = []
     for name, (columns, rows) in rule_tables(d).items():
         cols = ", ".join(f"{c} {t}" for c, t in columns)
@@ -173,7 +179,7 @@ def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     for name, sql in {**setup_queries(d), **cohort_queries(d)}.items():
         statements.append(f"CREATE TEMPORARY TABLE {name} AS {sql}")
     statements.append("SELECT * FROM cohort")
-    return ";\n\n".join(transpile(s, dialect) for s in statements) + ";\n"
+    return ";\n\n".join(render(s) for s in statements) + ";\n"
 
 
 def birth_date(alias: str = "p") -> str:
@@ -230,12 +236,13 @@ def cohort_queries(d: CohortDefinition) -> dict[str, str]:
         + _codeset_filter("condition_concept_id", [d.target_concept_set])
         + " GROUP BY person_id"
     )
+    # three flat NOT EXISTS (a subquery correlated two levels deep fails on Spark 4.3)
     q["valid_dates"] = (
         "SELECT x.* FROM qualifying_dx AS x WHERE NOT EXISTS (SELECT 1 FROM person AS p "
-        f"WHERE p.person_id = x.person_id AND (x.index_date < {birth_date()} OR EXISTS "
-        "(SELECT 1 FROM death AS dt WHERE dt.person_id = p.person_id AND "
-        f"CAST(dt.death_date AS DATE) < {birth_date()}))) AND NOT EXISTS (SELECT 1 FROM "
-        "observation_period AS op WHERE op.person_id = x.person_id AND "
+        f"WHERE p.person_id = x.person_id AND x.index_date < {birth_date()}) AND NOT EXISTS "
+        "(SELECT 1 FROM death AS dt JOIN person AS p ON p.person_id = dt.person_id WHERE "
+        f"dt.person_id = x.person_id AND CAST(dt.death_date AS DATE) < {birth_date()}) "
+        "AND NOT EXISTS (SELECT 1 FROM observation_period AS op WHERE op.person_id = x.person_id AND "
         "CAST(op.observation_period_end_date AS DATE) < "
         "CAST(op.observation_period_start_date AS DATE))"
     )

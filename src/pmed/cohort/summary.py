@@ -30,8 +30,8 @@ def safe_count(n: int, min_cell: int) -> int | str:
     return f"<{min_cell}" if is_small(n, min_cell) else int(n)
 
 
-def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cell: int
-                          ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cell: int,
+                          hide=()) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
     """The attrition flow and persons/deaths per arm as report text, as one protected system.
 
     ``attrition``: columns criterion, remaining, excluded (+ optional step, reason). Small
@@ -39,8 +39,9 @@ def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cel
     then every published count (remaining, excluded, persons and deaths per arm and in total)
     and every count derivable from them (survivors per arm and in total) is protected
     together by complementary suppression, so no small count follows from any subtraction
-    across the flow and the arm table. Returns (flow with text counts, {arm: {persons,
-    events}} plus key ``"total"``).
+    across the flow and the arm table. ``hide``: group labels (``"total"`` = the cohort)
+    whose persons count is hidden whatever its size (see :func:`hidden_group_sizes`).
+    Returns (flow with text counts, {arm: {persons, events}} plus key ``"total"``).
     """
     flow = merge_small_steps(attrition, min_cell).reset_index(drop=True)
     arms = list(cohort["treatment"].value_counts().sort_index().index)
@@ -58,7 +59,10 @@ def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cel
               [i_tot_d + 1, *range(i_a, i_a + k)], [m - 1, i_tot_d, i_tot_d + 1]]
     lines += [[i_n + g, i_d + g, i_a + g] for g in range(k)]
     cost = [*values[:i_a], *([np.inf] * k), values[i_tot_d], np.inf]  # survivors: derived
-    text = [int(t) if t.isdigit() else t for t in release_counts(values, lines, min_cell, cost)]
+    force = np.zeros(len(values), dtype=bool)
+    force[[m - 1] * ("total" in hide) + [i_n + g for g, a in enumerate(arms) if a in hide]] = True
+    text = [int(t) if t.isdigit() else t
+            for t in release_counts(values, lines, min_cell, cost, force)]
     out = flow.copy()
     out["remaining"] = text[:m]
     out["excluded"] = [0 if exc[0] == 0 else format_count(exc[0], min_cell), *text[m:2 * m - 1]]
@@ -67,8 +71,35 @@ def release_cohort_counts(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cel
     return out, groups
 
 
+def hidden_group_sizes(cohort: pd.DataFrame, attrition: pd.DataFrame, min_cell: int
+                       ) -> frozenset[str]:
+    """Group labels (``"total"`` = the whole cohort) whose persons count no cohort table may
+    show: the union of the sizes hidden by the flow/arm system (:func:`release_cohort_counts`)
+    and by Table 1 (:func:`pmed.cohort.table1.make_table1`), grown until both agree.
+
+    The two tables share the group sizes: a size one of them hides and the other prints
+    would give back what the first protected (e.g. Table 1 printing the cohort total the
+    flow hid, so the total minus a shown arm reveals the small sum of the others).
+    """
+    from pmed.cohort.table1 import protect_counts, tableone_table
+
+    raw = tableone_table(cohort)
+    hide: frozenset[str] = frozenset()
+    while True:
+        _, released = release_cohort_counts(cohort, attrition, min_cell, hide)
+        table = protect_counts(raw, min_cell, hide)
+        n_row = table.loc[next(i for i in table.index if i[0] == "n")]
+        now = hide | {g for g, v in released.items() if not str(v["persons"]).isdigit()} \
+            | {"total" if c == "Overall" else c for c in n_row.index
+               if c not in ("Missing",) and not c.startswith("SMD") and n_row[c] != ""
+               and not str(n_row[c]).isdigit()}
+        if now == hide:
+            return hide
+        hide = frozenset(now)
+
+
 def cohort_metrics(cohort: pd.DataFrame, attrition: pd.DataFrame, steps: list[str],
-                   min_cell: int) -> dict:
+                   min_cell: int, hide=()) -> dict:
     """Metrics of the stage (reports/metrics/cohort.json): counts per step and arm, deaths,
     events and competing deaths of every other outcome (``<name>_status`` columns), median
     follow-up (days, reverse KM, with 95% CI).
@@ -77,7 +108,8 @@ def cohort_metrics(cohort: pd.DataFrame, attrition: pd.DataFrame, steps: list[st
     merged step names, arms); other outcomes publish events and competing deaths only (their
     censored counts are not published, so those two need no complement).
     """
-    flow, released = release_cohort_counts(cohort, attrition.assign(step=list(steps)), min_cell)
+    flow, released = release_cohort_counts(cohort, attrition.assign(step=list(steps)), min_cell,
+                                           hide)
     groups = {}
     for label, g in cohort.groupby("treatment"):
         groups[label] = {**released[label], "median_followup_days":

@@ -70,18 +70,9 @@ def table1_frame(cohort: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def make_table1(cohort: pd.DataFrame, min_cell: int, group: str = "treatment") -> pd.DataFrame:
-    """Table 1 (rows: variables/levels; columns: Missing, Overall, one per group, SMD).
-
-    Parameters
-    ----------
-    cohort : analysis cohort (contract columns).
-    min_cell : minimum cell size; smaller counts (group n, level counts, missing) show as "<k".
-
-    Returns
-    -------
-    pandas.DataFrame of strings, ready to display or save.
-    """
+def tableone_table(cohort: pd.DataFrame, group: str = "treatment") -> pd.DataFrame:
+    """Table 1 as tableone computes it (strings, unprotected): rows variables/levels,
+    columns Missing, Overall, one per group, SMD."""
     data = table1_frame(cohort)
     categorical = [*BINARY.values(), *DERIVED.values()]
     columns = [*CONTINUOUS.values(), *SKEWED.values(), *categorical]
@@ -92,8 +83,25 @@ def make_table1(cohort: pd.DataFrame, min_cell: int, group: str = "treatment") -
                       pval=False, overall=True, decimals=1, include_null=False)
     table = t1.tableone.copy()
     table.columns = [c[1] for c in table.columns]
-    table = table.astype(str).replace({"nan": ""})
-    return protect_counts(table, min_cell)
+    return table.astype(str).replace({"nan": ""})
+
+
+def make_table1(cohort: pd.DataFrame, min_cell: int, group: str = "treatment",
+                hide=()) -> pd.DataFrame:
+    """Table 1 (rows: variables/levels; columns: Missing, Overall, one per group, SMD).
+
+    Parameters
+    ----------
+    cohort : analysis cohort (contract columns).
+    min_cell : minimum cell size; smaller counts (group n, level counts, missing) show as "<k".
+    hide : group labels (``"total"`` = Overall) whose size is hidden whatever it is, because
+        another table of the report hides it (:func:`pmed.cohort.summary.hidden_group_sizes`).
+
+    Returns
+    -------
+    pandas.DataFrame of strings, ready to display or save.
+    """
+    return protect_counts(tableone_table(cohort, group), min_cell, hide)
 
 
 def _count_of(cell: str) -> float:
@@ -103,14 +111,15 @@ def _count_of(cell: str) -> float:
     return float(cell) if str(cell).strip().isdigit() else np.nan
 
 
-def protect_counts(table: pd.DataFrame, min_cell: int) -> pd.DataFrame:
+def protect_counts(table: pd.DataFrame, min_cell: int, hide=()) -> pd.DataFrame:
     """Table 1 strings with primary and complementary suppression of every count.
 
     ``table``: tableone's table (index (variable, level); columns Missing, Overall, the
     groups, SMD ...). Cells: group sizes (row ``n``), level counts per column, Missing
     (published for Overall; derivable per group as n - levels). Lines: each level and the
     missing counts across Overall and the groups, each variable's levels + missing within a
-    column, the group sizes. See :func:`pmed.privacy.complementary_suppression`.
+    column, the group sizes. ``hide``: group labels (``"total"`` = Overall) whose size is
+    hidden whatever it is. See :func:`pmed.privacy.complementary_suppression`.
     """
     out = table.copy()
     groups = [c for c in table.columns if c not in ("Missing", "Overall") and not c.startswith("SMD")]
@@ -143,7 +152,9 @@ def protect_counts(table: pd.DataFrame, min_cell: int) -> pd.DataFrame:
         lines.append(miss_idx)
         for r in rows:
             lines.append([cells[(r, c)] for c in cols])
-    hidden = complementary_suppression(values, lines, min_cell, cost)
+    force = np.zeros(len(values), dtype=bool)
+    force[[n_idx[j] for j, c in enumerate(cols) if ("total" if c == "Overall" else c) in hide]] = True
+    hidden = complementary_suppression(values, lines, min_cell, cost, force)
     hidden_n = {c for j, c in enumerate(cols) if hidden[n_idx[j]]}
     small_n = {c for j, c in enumerate(cols) if is_small(values[n_idx[j]], min_cell)}
     for key, k in cells.items():

@@ -12,7 +12,9 @@ lung tumour whose
 - texture is 40 HU plus a smooth Gaussian random field of SD ``80 * heterogeneity`` HU,
 
 is placed in the right lung. The mask is the tumour, written as NIfTI with exactly the
-geometry SimpleITK reads from the DICOM series.
+geometry SimpleITK reads from the DICOM series, or (``mask_formats``) as a DICOM SEG or
+RTSTRUCT referencing the series (:mod:`pmed.demo.ct_masks`), chosen per series by a random
+stream of its own, so the format never changes a voxel of the CT or another random draw.
 
 Geometry (LPS patient coordinates, head-first supine): 96 x 96 pixels of 2.0 mm, 40 axial
 slices of 2.5 mm (FOV 192 x 192 x 100 mm), ImageOrientationPatient 1\\0\\0\\0\\1\\0.
@@ -68,12 +70,15 @@ SERIES_COLUMNS = [
     "local_path", "mask_path", "longest_diameter_mm",
 ]
 _TIMEPOINT_CODE = {"baseline": 0, "followup": 1}
+MASK_FORMATS = {"nifti": ".nii.gz", "seg": ".seg.dcm", "rtstruct": ".rtstruct.dcm"}
+_MASK_STREAM = 7  # last entry of the seed sequence of the per-series mask-format draw
 
 
 def write_imaging_study(
-    raw_dir: Path, scans: pd.DataFrame, seed: int, workers: int = 1
+    raw_dir: Path, scans: pd.DataFrame, seed: int, workers: int = 1,
+    mask_formats: dict[str, float] | None = None,
 ) -> pd.DataFrame:
-    """Write one DICOM CT series and one NIfTI tumour mask per row of ``scans``.
+    """Write one DICOM CT series and one tumour mask per row of ``scans``.
 
     Parameters
     ----------
@@ -89,6 +94,10 @@ def write_imaging_study(
         Master seed; with the row it fixes every voxel, UID and byte of the output.
     workers : int, default 1
         Processes writing series in parallel.
+    mask_formats : dict, optional
+        Share of series whose mask is written as ``seg`` (DICOM SEG) or ``rtstruct`` (DICOM
+        RTSTRUCT), e.g. ``{"seg": 0.25, "rtstruct": 0.25}``; the rest are NIfTI (all when
+        None). Masks go to ``raw_dir/imaging/masks/<series_uid><suffix>`` (``MASK_FORMATS``).
 
     Returns
     -------
@@ -97,9 +106,10 @@ def write_imaging_study(
         longest_diameter_mm is the true longest axial diameter of the mask (mm).
     """
     _check_scans(scans)
+    shares = _check_mask_formats(mask_formats)
     raw_dir = Path(raw_dir)
     (raw_dir / "imaging" / "masks").mkdir(parents=True, exist_ok=True)
-    tasks = [(raw_dir, row, int(seed)) for row in scans[SCAN_COLUMNS].to_dict("records")]
+    tasks = [(raw_dir, row, int(seed), shares) for row in scans[SCAN_COLUMNS].to_dict("records")]
     if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_write_one, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
@@ -129,6 +139,28 @@ def _check_scans(scans: pd.DataFrame) -> None:
                              f"e.g. {bad.iloc[0]:.4g} (row {bad.index[0]})")
     if scans.duplicated(["person_id", "scan_date", "timepoint"]).any():
         raise ValueError("scans: (person_id, scan_date, timepoint) must be unique")
+
+
+def _check_mask_formats(mask_formats: dict | None) -> tuple[float, float]:
+    """(seg share, rtstruct share) after checking keys and range; ValueError naming them."""
+    shares = dict(mask_formats or {})
+    unknown = sorted(set(shares) - {"seg", "rtstruct"})
+    if unknown:
+        raise ValueError(f"demo.mask_formats: unknown format(s) {unknown}; expected seg, rtstruct")
+    seg, rt = float(shares.get("seg", 0.0)), float(shares.get("rtstruct", 0.0))
+    if seg < 0 or rt < 0 or seg + rt > 1:
+        raise ValueError(f"demo.mask_formats: shares must be >= 0 and sum to <= 1, got {shares}")
+    return seg, rt
+
+
+def mask_format(row: dict, seed: int, shares: tuple[float, float]) -> str:
+    """"seg", "rtstruct" or "nifti" for one series: a uniform draw from the series' own
+    stream (seed, person, timepoint, date, ``_MASK_STREAM``) against the shares."""
+    u = np.random.default_rng(
+        [seed, int(row["person_id"]), _TIMEPOINT_CODE[row["timepoint"]],
+         _as_date(row["scan_date"]).toordinal(), _MASK_STREAM]
+    ).random()
+    return "seg" if u < shares[0] else "rtstruct" if u < shares[0] + shares[1] else "nifti"
 
 
 def _as_date(value) -> dt.date:
@@ -260,17 +292,25 @@ def _render(row: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return hu, mask
 
 
-def _write_one(task: tuple[Path, dict, int]) -> dict:
-    """Write the DICOM series and NIfTI mask of one scan; return its SERIES_COLUMNS row."""
-    raw_dir, row, seed = task
+def _write_one(task: tuple[Path, dict, int, tuple[float, float]]) -> dict:
+    """Write the DICOM series and the mask of one scan; return its SERIES_COLUMNS row."""
+    from pmed.demo import ct_masks  # imports this module
+
+    raw_dir, row, seed, shares = task
     hu, mask = _render(row, seed)
     study_uid = _uid(seed, row, "study")
     series_uid = _uid(seed, row, "series")
     series_dir = raw_dir / "imaging" / series_uid
     series_dir.mkdir(parents=True, exist_ok=True)
     _write_dicom_series(series_dir, hu, row, seed, study_uid, series_uid)
-    mask_rel = Path("imaging") / "masks" / f"{series_uid}.nii.gz"
-    _write_mask(raw_dir / mask_rel, mask)
+    kind = mask_format(row, seed, shares)
+    mask_rel = Path("imaging") / "masks" / f"{series_uid}{MASK_FORMATS[kind]}"
+    if kind == "seg":
+        ct_masks.write_seg(raw_dir / mask_rel, mask, row, seed)
+    elif kind == "rtstruct":
+        ct_masks.write_rtstruct(raw_dir / mask_rel, mask, row, seed)
+    else:
+        _write_mask(raw_dir / mask_rel, mask)
     return {
         "person_id": int(row["person_id"]),
         "scan_date": _as_date(row["scan_date"]),

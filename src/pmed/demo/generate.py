@@ -164,7 +164,8 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
 
     tumours = None
     if scans is not None:
-        tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers)
+        tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers,
+                                 demo_params.get("mask_formats"))
     writers.close()
 
     gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal,
@@ -356,8 +357,9 @@ def _ct_procedures(lat: pd.DataFrame, rng: np.random.Generator, scans: pd.DataFr
     return pd.concat(parts, ignore_index=True)
 
 
-def _write_imaging(out_dir, scans, seed, workers, ids, writers) -> pd.DataFrame:
-    """Render the CTs with :mod:`pmed.demo.ct` and write ``image_occurrence``."""
+def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=None) -> pd.DataFrame:
+    """Render the CTs with :mod:`pmed.demo.ct` and write ``image_occurrence``
+    (``mask_formats``: params ``demo.mask_formats``, shares of SEG / RTSTRUCT masks)."""
     try:
         from pmed.demo import ct
     except ImportError as err:  # pragma: no cover - ct.py is written by the imaging engineer
@@ -374,7 +376,8 @@ def _write_imaging(out_dir, scans, seed, workers, ids, writers) -> pd.DataFrame:
         "patient_mrn": mrns,
         "birth_date": scans["birth_date"].to_numpy(),
     })
-    series = ct.write_imaging_study(out_dir, request, seed + IMAGING_SEED_OFFSET, workers=workers)
+    series = ct.write_imaging_study(out_dir, request, seed + IMAGING_SEED_OFFSET, workers=workers,
+                                    mask_formats=mask_formats)
     series["day"] = [model.epoch_day(pd.Timestamp(d).date()) for d in series["scan_date"]]
     img = scans.merge(series.drop(columns=["scan_date"]), on=["person_id", "day", "timepoint"], how="inner",
                       validate="one_to_one")

@@ -57,7 +57,8 @@ def n_workers(requested: int) -> int:
 
 
 def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
-    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs."""
+    """OMOP ``image_occurrence`` (Parquet or CSV) with the columns the stage needs (and
+    anatomic_site_concept_id when present)."""
     path = find_table_file(Path(omop_dir), "image_occurrence")
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     needed = ["image_occurrence_id", "person_id", "image_occurrence_date", "image_series_uid",
@@ -65,7 +66,8 @@ def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise KeyError(f"OMOP image_occurrence ({path}): missing columns {missing}")
-    table = table[needed].copy()
+    optional = [c for c in ("anatomic_site_concept_id",) if c in table.columns]
+    table = table[needed + optional].copy()
     table["image_occurrence_date"] = pd.to_datetime(table["image_occurrence_date"])
     return table
 
@@ -73,12 +75,13 @@ def load_image_occurrence(omop_dir: Path) -> pd.DataFrame:
 def select_scans(
     image_occurrence: pd.DataFrame, cohort: pd.DataFrame, mask_path_template: str | list[str],
     baseline_window_days: int, followup_window_days: tuple[int, int],
-    raw_dir: Path | None = None,
+    raw_dir: Path | None = None, baseline_choice: str = "latest",
 ) -> pd.DataFrame:
     """The baseline and follow-up scan of each cohort person (``SCAN_COLUMNS``).
 
-    Baseline: the last scan with t0 - ``baseline_window_days`` <= date <= t0 (t0 = cohort
-    t0_date, start of first-line treatment). Follow-up: the first scan with
+    Baseline: the last (``baseline_choice`` "latest") or first ("earliest") scan with
+    t0 - ``baseline_window_days`` <= date <= t0 (t0 = cohort t0_date, start of first-line
+    treatment). Follow-up: the first scan with
     ``followup_window_days[0]`` <= date - t0 <= ``followup_window_days[1]`` days. Ties on
     the date keep the lowest image_occurrence_id. Persons not in the cohort are dropped.
     ``mask_path`` is ``mask_path_template`` formatted with the image_occurrence row; a
@@ -95,7 +98,8 @@ def select_scans(
     scans["days_from_t0"] = (scans["image_occurrence_date"] - pd.to_datetime(scans["t0_date"])).dt.days
     order = ["person_id", "image_occurrence_date", "image_occurrence_id"]
     base = scans[scans["days_from_t0"].between(-int(baseline_window_days), 0)]
-    base = base.sort_values(order, ascending=[True, False, True]).drop_duplicates("person_id")
+    latest = {"latest": True, "earliest": False}[baseline_choice]
+    base = base.sort_values(order, ascending=[True, not latest, True]).drop_duplicates("person_id")
     follow = scans[scans["days_from_t0"].between(lo, hi)]
     follow = follow.sort_values(order).drop_duplicates("person_id")
     out = pd.concat([base.assign(timepoint="baseline"), follow.assign(timepoint="followup")])

@@ -170,7 +170,9 @@ def pyradiomics_settings(settings: Mapping) -> dict:
     """pyradiomics extractor settings from the params.yaml ``imaging_features.radiomics``.
 
     Keys read: ``resampled_spacing_mm`` ([x, y, z] or null), ``interpolator``,
-    ``resegment_range_hu`` ([low, high] or null), ``bin_width`` (grey levels; HU for CT).
+    ``resegment_range_hu`` ([low, high] or null), ``bin_width`` (grey levels; HU for CT),
+    optional ``bin_count`` (a fixed number of bins instead of the bin width: for images
+    without a physical unit, e.g. z-scored MR, :mod:`pmed.imaging.preprocess`).
     Resampling is done by :func:`resample_to_grid` before pyradiomics (whose own grid
     depends on where the image starts), so no ``resampledPixelSpacing`` is passed.
     """
@@ -186,6 +188,9 @@ def pyradiomics_settings(settings: Mapping) -> dict:
         "label": 1,
         "additionalInfo": False,  # diagnostics (image hashes etc.) take longer than features
     }
+    if settings.get("bin_count") is not None:
+        out["binCount"] = int(settings["bin_count"])
+        del out["binWidth"]
     if settings["resegment_range_hu"] is not None:
         low, high = (float(v) for v in settings["resegment_range_hu"])
         out["resegmentRange"] = [low, high]

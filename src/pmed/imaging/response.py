@@ -126,3 +126,42 @@ def delta_table(
     for name in key_features:
         out[f"delta_{name}"] = (f[name] - b[name]).to_numpy()
     return out
+
+
+CATEGORIES = ("PR", "SD", "PD")
+
+
+def released_response_counts(
+    response: pd.DataFrame, arm_of: pd.Series, n_cohort: int, min_cell: int,
+) -> tuple[dict[str, str], pd.DataFrame]:
+    """Report text for the response counts, protected together against small counts.
+
+    ``response``: :func:`delta_table` output (person_id, response); ``arm_of``: treatment
+    arm per person_id; ``n_cohort``: cohort size. Published: the cohort, the persons with
+    both scans, the PR/SD/PD totals and the arm x category table. A reader also knows the
+    persons without both scans (cohort minus with both: derived, never hidden as a
+    complement) and that each category total is the sum of its column, so small counts
+    are hidden with complements (:func:`pmed.privacy.release_counts`) on all of these
+    relations at once. Returns ({"cohort", "with_both", "PR", "SD", "PD"}: text) and the
+    arm x category table as text.
+    """
+    from pmed.privacy import release_counts
+
+    arms = sorted(arm_of.dropna().unique())
+    table = (response.assign(arm=response["person_id"].map(arm_of))
+             .groupby(["arm", "response"]).size().unstack(fill_value=0)
+             .reindex(index=arms, columns=list(CATEGORIES), fill_value=0))
+    totals = [int((response["response"] == c).sum()) for c in CATEGORIES]
+    n_both = len(response)
+    cells = table.to_numpy().ravel().tolist()  # arm-major
+    values = [n_cohort, n_both, *totals, n_cohort - n_both, *cells]
+    first_cell = 6
+    lines = [[0, 1, 5], [1, 2, 3, 4]]
+    lines += [[2 + j, *(first_cell + a * 3 + j for a in range(len(arms)))] for j in range(3)]
+    cost = [float(v) for v in values]
+    cost[5] = np.inf
+    text = release_counts(values, lines, min_cell, cost)
+    summary = dict(zip(["cohort", "with_both", *CATEGORIES], text[:5], strict=True))
+    shown = pd.DataFrame(np.array(text[first_cell:], dtype=object).reshape(len(arms), 3),
+                         index=pd.Index(arms, name="treatment"), columns=list(CATEGORIES))
+    return summary, shown

@@ -14,6 +14,11 @@ Outputs (``config.path("processed")`` unless noted)
 - image_feature_catalog.csv: per feature its IBSI tag, IBSI-verified flag, ICC and stable.
 - feature_stability.csv: feature, icc, stable, n_images, n_perturbations, icc_type.
 - image_response.parquet: per person with both scans, :func:`response.delta_table`.
+- omop_image_feature.parquet, omop_image_feature_measurement.parquet: the features as
+  MI-CDM ``image_feature`` rows and the OMOP ``measurement`` rows holding their values
+  (:mod:`pmed.imaging.micdm`), for loading into an OMOP database.
+- image_series_selection.csv: series considered / chosen / rejected per rule (counts below
+  common.min_cell_size suppressed), :func:`pmed.imaging.selection.selection_report`.
 - ``config.path("interim")``/image_exclusions.csv: excluded scans and reasons (file names;
   never shown in a report).
 """
@@ -32,7 +37,7 @@ import SimpleITK as sitk
 from scipy import stats
 
 from pmed import config
-from pmed.imaging import extract
+from pmed.imaging import extract, micdm, selection
 from pmed.imaging import radiomics as rad
 from pmed.imaging.response import delta_table
 from pmed.imaging.stability import stability_table
@@ -55,6 +60,9 @@ class StageResult:
     truth: pd.DataFrame  # trait, feature, n, spearman, ci_low, ci_high (empty w/o truth)
     timing: dict  # n_computed, n_cached, seconds
     settings: dict = field(default_factory=dict)  # what image_features_settings.json holds
+    series_selection: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, n (suppressed)
+    image_feature: pd.DataFrame = field(default_factory=pd.DataFrame)  # MI-CDM image_feature rows
+    feature_measurement: pd.DataFrame = field(default_factory=pd.DataFrame)  # their measurement rows
 
     @property
     def feature_names(self) -> list[str]:
@@ -71,10 +79,19 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     if cohort is None:
         cohort = pd.read_parquet(config.path("processed") / "cohort.parquet")
     occurrences = extract.load_image_occurrence(config.path("omop"))
+    rules = selection.SeriesRules.from_params(imaging.get("series_selection"))
+    considered = in_windows(occurrences, cohort, imaging["baseline_window_days"],
+                            imaging["followup_window_days"])
+    headers = selection.series_headers(config.path("raw"), considered)
+    reasons = selection.apply_rules(headers, rules)
+    eligible = headers.loc[reasons == "", "image_occurrence_id"]
     scans = extract.select_scans(
-        occurrences, cohort, imaging["mask_path_template"], imaging["baseline_window_days"],
-        imaging["followup_window_days"], config.path("raw"),
+        occurrences[occurrences["image_occurrence_id"].isin(eligible)], cohort,
+        imaging["mask_path_template"], imaging["baseline_window_days"],
+        imaging["followup_window_days"], config.path("raw"), rules.baseline_choice,
     )
+    series_report = selection.selection_report(headers, reasons, scans["image_occurrence_id"],
+                                               int(common["min_cell_size"]))
     workers = extract.n_workers(imaging["workers"])
     settings = imaging["radiomics"]
     progress = bool(imaging.get("progress", True))
@@ -113,8 +130,26 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
         "n_features": len(feature_names),
         "n_ibsi_verified": int(catalog["ibsi_verified"].sum()),
     }
+    saved["series_selection"] = {k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in vars(rules).items()}
+    site = (occurrences.set_index("image_occurrence_id")["anatomic_site_concept_id"]
+            if "anatomic_site_concept_id" in occurrences.columns else None)
+    alg = (f"pmed imaging_features; pyradiomics {radiomics.__version__}; "
+           f"settings {saved['settings_hash']}")
+    image_feature, feature_measurement = micdm.micdm_tables(
+        measured, [*extract.MEASURE_COLUMNS[:2], *feature_names], alg, site)
     return StageResult(scans, measured, exclusions, catalog, stability, response, truth,
-                       timing, saved)
+                       timing, saved, series_report, image_feature, feature_measurement)
+
+
+def in_windows(occurrences: pd.DataFrame, cohort: pd.DataFrame, baseline_window_days: int,
+               followup_window_days) -> pd.DataFrame:
+    """Image occurrences of cohort persons dated in the baseline or the follow-up window."""
+    occ = occurrences.merge(cohort[["person_id", "t0_date"]], on="person_id", how="inner")
+    days = (pd.to_datetime(occ["image_occurrence_date"]) - pd.to_datetime(occ["t0_date"])).dt.days
+    lo, hi = (int(d) for d in followup_window_days)
+    keep = days.between(-int(baseline_window_days), 0) | days.between(lo, hi)
+    return occ.loc[keep, occurrences.columns].reset_index(drop=True)
 
 
 def truth_correlations(measured: pd.DataFrame, truth_file: Path, pairs: dict) -> pd.DataFrame:
@@ -192,6 +227,9 @@ def write_outputs(result: StageResult) -> dict[str, Path]:
         "stability": processed / "feature_stability.csv",
         "response": processed / "image_response.parquet",
         "exclusions": interim / "image_exclusions.csv",
+        "series_selection": processed / "image_series_selection.csv",
+        "image_feature": processed / "omop_image_feature.parquet",
+        "feature_measurement": processed / "omop_image_feature_measurement.parquet",
     }
     result.features.to_parquet(paths["features"], index=False)
     paths["settings"].write_text(json.dumps(result.settings, indent=2, sort_keys=True) + "\n")
@@ -199,6 +237,9 @@ def write_outputs(result: StageResult) -> dict[str, Path]:
     result.stability.to_csv(paths["stability"], index=False, float_format="%.6g")
     result.response.to_parquet(paths["response"], index=False)
     result.exclusions.to_csv(paths["exclusions"], index=False)
+    result.series_selection.to_csv(paths["series_selection"], index=False)
+    result.image_feature.to_parquet(paths["image_feature"], index=False)
+    result.feature_measurement.to_parquet(paths["feature_measurement"], index=False)
     return paths
 
 
