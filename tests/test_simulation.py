@@ -97,10 +97,11 @@ def _small_params() -> dict:
     p["survival"].update(n_imputations=2, mice_max_iter=2)
     p["treatment"].update(n_imputations=2, mice_max_iter=2, n_bootstrap=10)
     p["treatment"]["recommend"].update(n_repeats=1, n_folds=3, n_bootstrap=50)
-    p["outcomes"].update(cv_folds=3, n_bootstrap=10, gb_n_estimators=20, permutation_repeats=1)
+    p["outcomes"].update(cv_folds=3, cv_repeats=2, gb_n_estimators=20, permutation_repeats=1)
     p["imaging_analysis"].update(n_alphas=10, inner_folds=3, n_repeats=1, n_bootstrap=20, clinical_terms=[
         "age_years", "sex_female", "ecog", "stage_iv", "albumin_g_dl", "ldh_u_l", "pdl1_pct", "arm_io", "arm_chemo_io"])
-    p["simulation"].update(replicates=2, n_persons=1000, n_imaged=200, truth_n_persons=20000, workers=1, scenarios={
+    p["simulation"].update(replicates=2, n_persons=1000, n_imaged=200, truth_n_persons=20000, workers=1,
+                           calibration_n_bootstrap=10, scenarios={
         "small": {"heterogeneity": True, "image_signal": True,
                   "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration"]},
         "small_null_image": {"heterogeneity": True, "image_signal": False, "estimands": ["imaging"]}})

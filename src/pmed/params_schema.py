@@ -897,6 +897,7 @@ class Simulation(Model):
     n_imaged: Count
     truth_n_persons: Count
     workers: Count
+    calibration_n_bootstrap: Count
     estimands: SimEstimands | None = None
     scenarios: Annotated[dict[Name, SimulationScenario], Field(min_length=1)]
 

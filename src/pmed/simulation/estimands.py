@@ -14,9 +14,9 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
 - ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
-- ``calibration`` (03_outcomes): out-of-fold calibration slope and intercept of the three
-  risk models (bootstrap CI); truth = slope / intercept of the model refitted on the whole
-  replicate, evaluated on a large population against the true 365-day risk.
+- ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept of the three risk
+  models (bootstrap CI over people and repeats); truth = slope / intercept of the models
+  refitted on the whole replicate, evaluated on a large population against the true 365-day risk.
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
   the combined vs the clinical model (paired bootstrap CI; "reject" = CI above 0) and the LR
   test of the added signature (p < 0.05).
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction
+from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction, validation
 from pmed import radiomics_model as rm
 from pmed import survival as sv
 from pmed.demo import model
@@ -162,34 +162,35 @@ def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: di
     return rows
 
 
-def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
-    """Notebook 03: single PMM imputation, k-fold out-of-fold risks, bootstrap CIs of the metrics.
+def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> list[dict]:
+    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat), percentile bootstrap
+    CIs of the performance over the repeats' out-of-fold risks (``n_boot`` resamples: the
+    simulation's own count, params ``simulation.calibration_n_bootstrap``).
 
     Truth of each model: slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
-    with the true risk as fractional outcome) of the model refitted on the whole replicate
-    (the model the stage would deliver), on the population sample of ``pop``.
+    with the true risk as fractional outcome) of the models refitted on the whole replicate
+    (``prediction.fit_models`` on the first imputation, the stage's "full" models), on the
+    population sample of ``pop``.
     """
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
     settings = prediction.ModelSettings.from_params(o)
-    features, terms = list(settings.features), settings.terms
+    seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     endpoint = metrics.horizon_outcome(time_, event, horizon)
-    y, w, known = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy(), endpoint["known"].to_numpy()
-    data = mice(cohort, features, m=1, seed=seed + 301, max_iter=o["mice_max_iter"])[0]
-    data = sv.add_interactions(data, o["interactions"])
-    cv = prediction.cross_validated_predictions(data, "time_days", "event", y, w, times, settings,
-                                                n_folds=o["cv_folds"], seed_cv=seed + 302, seed_gb=seed + 303, n_jobs=1)
-    cis = prediction.out_of_fold_metrics(time_, event, cv, horizon, o["high_risk_threshold"], times, o["n_bootstrap"],
-                                         seed + 304, n_jobs=1)
-    popx = sv.add_interactions(pop["population"], o["interactions"])
-    cox = sv.fit_cox(data, "time_days", "event", terms, penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
-    logit = prediction.fit_weighted_logistic(data.loc[known, terms], y[known], w[known])
-    gbm = prediction.fit_gbm(data.loc[known, features], y[known], w[known], settings, seed + 303)
-    pred = {"cox": 1 - sv.predict_survival(cox, popx, [horizon])[:, -1],
-            "logistic": prediction.predict_logistic(logit, popx[terms]),
-            "gbm": gbm.predict_proba(popx[features].astype(float))[:, 1]}
+    y, w = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
+    rcv = validation.repeated_cv(cohort, "time_days", "event", y, w, times, settings, n_folds=o["cv_folds"],
+                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1)
+    cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
+                                           survival={"cox": rcv.cox_survival}, times=times,
+                                           max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
+                                           threshold=o["high_risk_threshold"], n_jobs=1)
+    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seeds["impute"],
+                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
+    full = prediction.fit_models(data0, "time_days", "event", y, w, settings, seeds["gb"])
+    popx = sv.add_interactions(pop["population"], settings.interactions)
+    pred, _ = prediction.predict_models(full, popx, times)
     rows = []
     for name, p in pred.items():
         true = calibration.calibration_slope_intercept(popx["true_risk"].to_numpy(), np.clip(p, 1e-9, 1 - 1e-9))
