@@ -53,6 +53,9 @@ README_COMMANDS = [
     ".venv/bin/dvc exp run -S outcomes.horizon_days=730",
     ".venv/bin/dvc exp show --no-pager",
     ".venv/bin/dvc metrics diff",
+    "git checkout -- params.yaml dvc.lock reports/metrics",
+    ".venv/bin/dvc checkout",
+    ".venv/bin/dvc repro",
 ]
 
 
@@ -198,4 +201,5 @@ def test_readme_commands_work_from_a_plain_shell(clones):
     assert ".venv" not in sh(b, "command -v python python3 || true")  # not the venv's python
     for command in README_COMMANDS:
         sh(b, command)
-    assert "730" in sh(b, ".venv/bin/dvc exp show --csv")
+    assert "730" in sh(b, ".venv/bin/dvc exp show --csv")  # the experiment is still listed
+    assert sh(b, "git status --porcelain") == ""  # and the workspace is HEAD's again

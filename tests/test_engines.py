@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from pathlib import Path
+import sys
 
-import duckdb
 import pandas as pd
 import pytest
 
 from pmed import config
-from pmed.cohort import extract_cohort, parse_definition
+from pmed.cohort import extract, extract_cohort, fingerprint, parse_definition
 from pmed.cohort.engine import SourceSpec
 from pmed.cohort.errors import CohortError
+
+sys.path.insert(0, str(config.ROOT / "benchmarks"))
+import local_engines  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,93 +53,20 @@ def assert_same(got, expected) -> None:
     pd.testing.assert_frame_equal(got.quality, expected.quality, check_exact=True)
 
 
-def omop_type(column: str, duck_type: str) -> str:
-    """The OMOP CDM v5.4 PostgreSQL DDL type of a demo column: ids and counts integer,
-    values numeric, dates date, datetimes timestamp, text varchar."""
-    if duck_type in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT"):
-        return "INTEGER"
-    if duck_type in ("DOUBLE", "FLOAT") or duck_type.startswith("DECIMAL"):
-        return "NUMERIC"
-    if duck_type in ("DATE", "TIMESTAMP"):
-        return duck_type
-    if duck_type == "VARCHAR":
-        return "VARCHAR(255)"
-    raise AssertionError(f"demo column {column}: type {duck_type} has no OMOP DDL type here")
-
-
 # --- PostgreSQL ---------------------------------------------------------------------------
 
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
+@pytest.fixture(scope="module")
+def postgres(demo):
+    """A PostgreSQL server (benchmarks/local_engines.py) holding the demo in schema ``cdm``;
+    yields the libpq environment of the read-only role ``reader``."""
+    pytest.importorskip("psycopg")
+    if local_engines.pg_bindir() is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL server binaries missing: `make system-deps` installs the "
                         "Debian package postgresql (.ci/apt-packages.txt)")
         pytest.skip("PostgreSQL server not installed (make system-deps)")
-    return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres(demo):
-    """A PostgreSQL server on 127.0.0.1 (free port, data in a temp folder) holding the demo
-    in schema ``cdm`` of database ``omop``; yields the libpq environment of role ``reader``."""
-    psycopg = pytest.importorskip("psycopg")
-    bindir = _pg_bin()
-    root = os.geteuid() == 0
-    as_pg = ["runuser", "-u", "postgres", "--"] if root else []
-    folder = Path(tempfile.mkdtemp(prefix="pmed_pg_"))
-    data, port = folder / "data", _free_port()
-    if root:
-        shutil.chown(folder, "postgres")
-    subprocess.run([*as_pg, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
-    opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    subprocess.run([*as_pg, bindir / "pg_ctl", "-D", data, "-l", folder / "log", "-w", "-o", opts,
-                    "start"], check=True, capture_output=True)
-    try:
-        admin = f"host=127.0.0.1 port={port} user=postgres"
-        with psycopg.connect(admin + " dbname=postgres", autocommit=True) as con:
-            con.execute("CREATE DATABASE omop")
-        with psycopg.connect(admin + " dbname=omop", autocommit=True) as con:
-            _load_cdm(con, demo[0])
-            con.execute("CREATE ROLE reader LOGIN")
-            con.execute("REVOKE ALL ON DATABASE omop FROM PUBLIC")
-            con.execute("GRANT CONNECT, TEMP ON DATABASE omop TO reader")
-            con.execute("GRANT USAGE ON SCHEMA cdm TO reader")
-            con.execute("GRANT SELECT ON ALL TABLES IN SCHEMA cdm TO reader")
-            con.execute("CREATE SCHEMA scratch")
-            con.execute("GRANT USAGE, CREATE ON SCHEMA scratch TO reader")
-        yield {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "reader",
-               "PGDATABASE": "omop", "admin": admin + " dbname=omop"}
-    finally:
-        subprocess.run([*as_pg, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _load_cdm(con, omop_dir: Path) -> None:
-    """Every demo table into cdm.<table> with OMOP v5.4 DDL types, through COPY."""
-    con.execute("CREATE SCHEMA cdm")
-    duck = duckdb.connect()
-    for path in sorted(omop_dir.glob("*.parquet")):
-        table = path.stem.lower()
-        rel = duck.sql(f"SELECT * FROM read_parquet('{path}')")
-        cols = [(c.lower(), omop_type(c.lower(), str(t).upper()))
-                for c, t in zip(rel.columns, rel.types, strict=True)]
-        con.execute(f"CREATE TABLE cdm.{table} ("
-                    + ", ".join(f"{c} {t}" for c, t in cols) + ")")
-        names = ", ".join(c for c, _ in cols)
-        with con.cursor().copy(f"COPY cdm.{table} ({names}) FROM STDIN") as copy_:
-            for row in rel.fetchall():
-                copy_.write_row(row)
-    con.execute("ANALYZE")
+    with local_engines.postgres_server(demo[0]) as server:
+        yield server
 
 
 def _pg_env(monkeypatch, server) -> None:
@@ -170,8 +94,14 @@ def test_postgres_read_only_role_gives_duckdbs_cohort_twice(demo, postgres, monk
 
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             eng.con.execute("CREATE TABLE cdm.x (a integer)")  # the role is read-only on cdm
+        on_pg = fingerprint.fingerprint(eng, pg)
     finally:
         eng.close()
+    files = extract.open_cdm(demo[0], d)
+    try:  # the same counts and latest dates as the files
+        assert on_pg["tables"] == fingerprint.fingerprint(files, d)["tables"]
+    finally:
+        files.close()
 
 
 def test_postgres_scratch_schema_leaves_no_table(demo, postgres, monkeypatch):
@@ -208,19 +138,8 @@ def spark(demo, tmp_path_factory):
     if os.environ.get("CI"):
         import pyspark  # noqa: F401  (CI must have it: `make engines-check` installs .[spark])
     pytest.importorskip("pyspark")
-    from pyspark.sql import SparkSession
-
-    folder = tmp_path_factory.mktemp("spark")
-    session = (SparkSession.builder.master("local[2]").appName("pmed-test")
-               .config("spark.sql.warehouse.dir", str(folder / "warehouse"))
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.ui.enabled", "false")
-               .config("spark.driver.memory", "1g")
-               .config("spark.sql.session.timeZone", "UTC")
-               .getOrCreate())
-    session.sql("CREATE DATABASE IF NOT EXISTS cdm")
-    for path in sorted(demo[0].glob("*.parquet")):
-        session.sql(f"CREATE TABLE cdm.{path.stem.lower()} USING parquet LOCATION '{path}'")
+    session = local_engines.spark_session(tmp_path_factory.mktemp("spark"))
+    local_engines.load_spark(session, demo[0])
     yield session
     session.stop()
 

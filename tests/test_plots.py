@@ -153,6 +153,8 @@ def test_term_labels_name_units_interactions_and_reference_points():
         "LDH (per 1 U/L)", "Female sex (vs male)", "unknown_col"]
     # the notebooks' " x " spelling of an interaction reads the same
     assert plots.term_label("arm_io x pdl1_pct", (), STRATEGIES) == labels[2]
+    assert plots.term_label("chemo_io vs chemo", (), STRATEGIES) == \
+        "Chemotherapy plus immunotherapy vs chemotherapy alone"
 
 
 def test_forest_plot_shows_labels():
@@ -162,5 +164,14 @@ def test_forest_plot_shows_labels():
     ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert ticks == ["Immunotherapy alone vs chemotherapy alone (at PD-L1 0%)",
                      "Immunotherapy alone x PD-L1 (per 1%)", "LDH (per 1 U/L)"]
-    assert {"0.98 (0.98 to 0.99)", "1.001 (1.001 to 1.002)"} <= set(_texts(fig))
+    assert {"0.985 (0.982 to 0.988)", "1.0010 (1.0009 to 1.0016)"} <= set(_texts(fig))
+    plt.close(fig)
+
+
+def test_forest_axis_always_marks_no_effect():
+    tab = pd.DataFrame({"term": ["io vs chemo"], "hr": [0.69], "hr_ci_low": [0.56], "hr_ci_high": [0.86]})
+    fig = plots.forest_plot(tab, arms=STRATEGIES)
+    ax = fig.axes[0]
+    assert 1.0 in list(ax.get_xticks()) and ax.get_xlim()[1] > 1.0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Immunotherapy alone vs chemotherapy alone"]
     plt.close(fig)

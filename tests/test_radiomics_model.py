@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.testing as npt
 import pandas as pd
@@ -70,14 +72,14 @@ def models(df: pd.DataFrame, alpha_rule: str = "min") -> dict[str, rm.CoxModel]:
     }
 
 
-def run_pipeline(df: pd.DataFrame, seed: int, alpha_rule: str = "min") -> dict:
+def run_pipeline(df: pd.DataFrame, seed: int, alpha_rule: str = "min", n_folds: int = 5) -> dict:
+    """Per-fold comparison of the three models (one repeat of stratified K-fold)."""
     horizon = 365.0
     preds = rm.cross_validated_predictions(
-        df, df["time_days"], df["event"], models(df, alpha_rule), n_folds=5, n_repeats=1, seed=seed, horizon=horizon
+        df, df["time_days"], df["event"], models(df, alpha_rule), n_folds=n_folds, n_repeats=1, seed=seed,
+        horizon=horizon,
     )
-    lp = {m: p["lp"].mean(axis=0) for m, p in preds.items()}
-    risk = {m: p["risk"].mean(axis=0) for m, p in preds.items()}
-    return rm.compare_models(df["time_days"], df["event"], lp, risk, horizon, "clinical", 100, seed)
+    return rm.cv_comparison(df["time_days"], df["event"], preds, horizon, "clinical")
 
 
 # --------------------------------------------------------------------------- hand checks
@@ -94,62 +96,33 @@ def test_bh_adjust_matches_statsmodels():
     npt.assert_allclose(with_nan[1:], rm.bh_adjust(p))
 
 
-def test_nri_hand_example_without_censoring():
-    """10 people, all followed past the horizon (no censoring): NRI is plain proportions.
-
-    Events (die by 100): ids 0-3; of them 0,1,2 up, 3 down -> NRI_e = (3-1)/4 = 0.5.
-    Non-events: ids 4-9; 4 up, 5,6,7 down, 8,9 unchanged -> NRI_ne = (3-1)/6 = 1/3.
-    """
-    time = np.array([50, 60, 70, 80, 200, 200, 200, 200, 200, 200], dtype=float)
-    event = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
-    old = np.full(10, 0.5)
-    new = np.array([0.6, 0.7, 0.8, 0.4, 0.6, 0.4, 0.3, 0.2, 0.5, 0.5])
-    res = rm.net_reclassification_index(old, new, time, event, horizon=100)
-    npt.assert_allclose(res["nri_events"], 0.5)
-    npt.assert_allclose(res["nri_nonevents"], 1 / 3)
-    npt.assert_allclose(res["nri"], 0.5 + 1 / 3)
+R_COXPH = Path(__file__).parent / "data" / "r_reference" / "survival"  # tests/r/survival_reference.R
 
 
-def test_nri_hand_example_with_censoring():
-    """Censoring handled by Kaplan-Meier (Pencina, Steyerberg, D'Agostino 2011, eq. 4).
-
-    up = {0,1,2,3}: deaths at 10, 30; censored at 20 and 120 -> S_up(100) = 3/4 * 1/2 = 3/8.
-    down = {4,5,6,7}: death at 40, others > 100 -> S_down = 3/4.
-    all 8: deaths 10 (8 at risk), 30 (6), 40 (5) -> S = 7/8 * 5/6 * 4/5 = 7/12.
-    P(up) = P(down) = 1/2.
-    NRI_e = ((1-3/8)/2 - (1-3/4)/2) / (5/12) = 0.45; NRI_ne = (3/4/2 - 3/8/2) / (7/12) = 9/28.
-    """
-    time = np.array([10, 20, 30, 120, 40, 150, 150, 150], dtype=float)
-    event = np.array([1, 0, 1, 0, 1, 0, 0, 0])
-    old = np.full(8, 0.3)
-    new = np.r_[np.full(4, 0.4), np.full(4, 0.2)]
-    res = rm.net_reclassification_index(old, new, time, event, horizon=100)
-    npt.assert_allclose(rm.km_survival_at(time, event, 100), 7 / 12)
-    npt.assert_allclose(res["nri_events"], 0.45)
-    npt.assert_allclose(res["nri_nonevents"], 9 / 28)
-
-
-def test_lr_test_rossi_matches_r():
-    """R (survival 3.x): coxph(Surv(week, arrest) ~ fin + age + race + wexp + mar + paro + prio,
-    data = Rossi) prints "Likelihood ratio test=33.27 on 7 df, p=2.362e-05"."""
-    rossi = load_rossi()
-    covs = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
-    res = rm.likelihood_ratio_test(rossi, "week", "arrest", base=[], added=covs)
-    npt.assert_allclose(res["lr"], 33.27, atol=0.01)
-    assert res["df"] == 7
-    npt.assert_allclose(res["p"], 2.362e-05, rtol=1e-3)
+@pytest.mark.parametrize("model", ["rossi", "lung"])
+def test_cox_lr_statistic_matches_r_breslow(model):
+    """R survival, coxph(..., ties = "breslow"): LR = 2 (loglik - loglik_null), committed in
+    coxph.csv; rossi has heavily tied weeks, lung drops the row with ph.ecog missing."""
+    ref = pd.read_csv(R_COXPH / "coxph.csv").query("model == @model and ties == 'breslow'")
+    data = pd.read_csv(R_COXPH / f"data_{model}.csv")
+    covs = ref["term"].tolist()
+    duration, status = ("week", "arrest") if model == "rossi" else ("time", "status")
+    data = data.dropna(subset=covs)
+    event = data[status].to_numpy() == 1
+    res = rm.cox_lr_statistic(np.empty((len(data), 0)), data[covs], data[duration], event)
+    npt.assert_allclose(res["ll_full"], ref["loglik"].iloc[0], rtol=1e-9)
+    npt.assert_allclose(res["ll_base"], ref["loglik_null"].iloc[0], rtol=1e-12)
+    npt.assert_allclose(res["lr"], 2 * (ref["loglik"].iloc[0] - ref["loglik_null"].iloc[0]), rtol=1e-7)
     # nested: LR(full vs null) = LR(full vs base) + LR(base vs null)
-    part1 = rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin", "age", "prio"], added=covs[2:6])
-    part2 = rm.likelihood_ratio_test(rossi, "week", "arrest", base=[], added=["fin", "age", "prio"])
-    npt.assert_allclose(part1["lr"] + part2["lr"], res["lr"], rtol=1e-6)
-    assert part1["df"] == 4
+    part1 = rm.cox_lr_statistic(data[covs[:2]], data[covs[2:]], data[duration], event)
+    part2 = rm.cox_lr_statistic(np.empty((len(data), 0)), data[covs[:2]], data[duration], event)
+    npt.assert_allclose(part1["lr"] + part2["lr"], res["lr"], rtol=1e-7)
 
 
-def test_lr_test_rejects_missing_values():
-    rossi = load_rossi().astype(float)
-    rossi.loc[0, "age"] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin"], added=["age"])
+def test_cox_lr_statistic_of_a_constant_score_is_zero():
+    rossi = load_rossi()
+    res = rm.cox_lr_statistic(rossi[["fin", "age"]], np.zeros(len(rossi)), rossi["week"], rossi["arrest"])
+    assert res["lr"] == 0.0 and res["ll_full"] == res["ll_base"]
 
 
 def test_partial_loglik_matches_lifelines_without_ties():
@@ -243,29 +216,26 @@ def test_signature_selects_true_traits():
 @pytest.mark.parametrize("alpha_rule", ["min", "1se"])
 def test_added_value_detected_with_image_signal(alpha_rule):
     res = run_pipeline(simulate(400, image_signal=True, seed=SEED), SEED, alpha_rule)
-    dc = res["delta_c"]["combined"]
-    assert dc["ci_low"] > 0
-    assert res["nri"]["combined"]["ci_low"] > 0
+    assert res["delta_c"]["combined"]["ci_low"] > 0
     assert res["c_index"]["combined"]["estimate"] > res["c_index"]["clinical"]["estimate"]
-
-
-def test_no_false_discovery_without_image_signal():
-    res = run_pipeline(simulate(400, image_signal=False, seed=SEED + 1), SEED)
-    dc = res["delta_c"]["combined"]
-    assert dc["ci_low"] <= 0 <= dc["ci_high"]  # [0, 0] when no feature is ever selected
-    c_img = res["c_index"]["imaging"]
-    assert c_img["ci_low"] < 0.5 < c_img["ci_high"]
+    assert res["c_index"]["imaging"]["ci_low"] > 0.5
 
 
 def test_shuffled_outcome_gives_chance_concordance():
-    """Leakage check: with outcomes permuted, every out-of-fold model is at C = 0.5."""
-    df = simulate(400, image_signal=True, seed=SEED + 2)
-    perm = np.random.default_rng(SEED).permutation(len(df))
-    df[["time_days", "event"]] = df[["time_days", "event"]].to_numpy()[perm]
-    res = run_pipeline(df, SEED)
-    for name, c in res["c_index"].items():
-        assert c["ci_low"] < 0.5 < c["ci_high"], name
-        assert abs(c["estimate"] - 0.5) < 0.06, name
+    """Leakage check over 6 draws: with outcomes permuted, every model's per-fold C averages
+    0.5 over draws (within 3.5 SE of the draws' mean, and within 0.03)."""
+    c = {name: [] for name in ("clinical", "imaging", "combined")}
+    for d in range(6):
+        df = simulate(300, image_signal=True, seed=SEED + 2 + d)
+        perm = np.random.default_rng(SEED + d).permutation(len(df))
+        df[["time_days", "event"]] = df[["time_days", "event"]].to_numpy()[perm]
+        res = run_pipeline(df, SEED + d)
+        for name in c:
+            c[name].append(res["c_index"][name]["estimate"])
+    for name, values in c.items():
+        values = np.array(values)
+        assert abs(values.mean() - 0.5) <= max(3.5 * values.std(ddof=1) / np.sqrt(len(values)), 1e-3), (name, values)
+        assert abs(values.mean() - 0.5) < 0.03, (name, values)
 
 
 def test_landmark_excludes_deaths_and_late_assessments():
@@ -321,12 +291,6 @@ def test_one_se_rule_gives_a_sparser_signature():
     assert not any("Noise" in f for f in selected["1se"])
     with pytest.raises(ValueError, match="alpha_rule"):
         models(df)["imaging"].set_params(alpha_rule="best").fit(df, df["time_days"], df["event"])
-
-
-def test_lr_test_with_a_constant_signature_is_null():
-    rossi = load_rossi().assign(signature=0.0)
-    res = rm.likelihood_ratio_test(rossi, "week", "arrest", base=["fin", "age"], added=["signature"])
-    assert res["lr"] == 0.0 and res["p"] == 1.0 and res["df"] == 1
 
 
 def test_join_baseline_features_keeps_radiomics_of_baseline_scans():

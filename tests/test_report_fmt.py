@@ -74,3 +74,8 @@ def test_fmt_pct_and_count():
     assert report.fmt_count(3847) == "3,847" and report.fmt_count(np.int64(12)) == "12"
     assert report.fmt_count("<11") == "<11" and report.fmt_count("suppressed") == "suppressed"
     assert report.fmt_count(None) == "n/a"
+
+
+def test_fmt_est_ci_shows_an_hr_per_unit_near_1():
+    assert report.fmt_est_ci(0.9957, 0.9928, 0.9987) == "0.996 (0.993 to 0.999)"
+    assert report.fmt_est_ci(1.0, 1.0, 1.0) == "1.00 (1.00 to 1.00)"

@@ -45,3 +45,13 @@ def test_interactive_run_reads_the_study_and_writes_to_scratch(tmp_path, monkeyp
 def test_unknown_stage_is_named(tmp_path):
     with pytest.raises(KeyError, match="nope"):
         runner.scratch_workspace("nope", tmp_path)
+
+
+def test_a_stage_run_in_another_copy_of_the_project_stops(tmp_path):
+    copy = tmp_path / "exps" / "tmp123"
+    (copy / "src" / "pmed").mkdir(parents=True)
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    with pytest.raises(SystemExit, match="dvc exp run --temp/--queue. is not supported"):
+        runner.require_own_checkout(copy)
+    runner.require_own_checkout(config.ROOT)  # the checkout itself
+    runner.require_own_checkout(tmp_path)  # not a project copy (e.g. a test's folder)

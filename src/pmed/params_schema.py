@@ -864,7 +864,10 @@ class ImagingAnalysis(Model):
     alpha_rule: Annotated[Literal["min", "1se"], _expect("min or 1se")]
     n_folds: Folds
     n_repeats: Count
-    n_bootstrap: Count
+    n_permutations: Count
+    score_repeats: Count
+    alpha: Level
+    n_jobs: Count
     horizon_days: PosDays
     fdr_level: Level
     calibration_bins: Bins

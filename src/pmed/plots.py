@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
+from pmed import config
 from pmed.privacy import format_count, release_km
 from pmed.report import arm_name, fmt_est_ci
 
@@ -54,6 +55,10 @@ TERM_REFERENCE = {"pdl1_pct": "PD-L1 0%", "driver_positive": "driver negative",
                   "age_years": "age 0", "ecog": "ECOG 0"}
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _split_term(term: str) -> list[str]:
     """``"arm_io:pdl1_pct"`` or ``"arm_io x pdl1_pct"`` -> ``["arm_io", "pdl1_pct"]``."""
     return [p.strip() for p in str(term).replace(" x ", ":").split(":")]
@@ -65,14 +70,20 @@ def term_label(term: str, terms: Sequence[str] = (), arms: Mapping | None = None
     ``"pdl1_pct"`` -> ``"PD-L1 (per 1%)"``; ``"arm_io:pdl1_pct"`` -> ``"Immunotherapy alone x
     PD-L1 (per 1%)"``; an arm term that interacts with others in ``terms`` (the model's terms)
     names their reference point: ``"Immunotherapy alone vs chemotherapy alone (at PD-L1 0%,
-    driver negative)"``. ``arms`` is params.yaml's ``cohort.treatment_strategies`` (read from
+    driver negative)"``; a contrast ``"io vs chemo"`` reads ``"Immunotherapy alone vs
+    chemotherapy alone"``. ``arms`` is params.yaml's ``cohort.treatment_strategies`` (read from
     params.yaml when None). Unknown terms are returned unchanged.
     """
+    if arms is None:
+        arms = config.load_params()["cohort"]["treatment_strategies"]
+    sides = [p.strip() for p in str(term).split(" vs ")]
+    if len(sides) == 2 and all(p in arms.get("arms", {}) for p in sides):  # "io vs chemo"
+        return f"{_cap(arm_name(sides[0], arms))} vs {arm_name(sides[1], arms)}"
     parts = _split_term(term)
     names = []
     for p in parts:
         if p.startswith("arm_"):
-            names.append(arm_name(p.removeprefix("arm_"), arms).capitalize())
+            names.append(_cap(arm_name(p.removeprefix("arm_"), arms)))
         elif p in TERM_LABELS:
             names.append(TERM_LABELS[p][0])
         else:
@@ -172,6 +183,18 @@ def style_risk_table(tab, labels: Sequence[str], n_rows: int, time_label: str) -
     tab.tick_params(axis="y", length=0)
 
 
+def _spaced(ticks: Sequence[float], min_log_gap: float) -> list[float]:
+    """Ratio ticks at least ``min_log_gap`` apart on the log axis, kept outwards from 1."""
+    kept = [1.0] if 1.0 in ticks else ticks[:1]
+    for side in (sorted(t for t in ticks if t > kept[0]), sorted((t for t in ticks if t < kept[0]), reverse=True)):
+        last = kept[0]
+        for t in side:
+            if abs(np.log(t / last)) >= min_log_gap:
+                kept.append(t)
+                last = t
+    return sorted(kept)
+
+
 def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", xlabel: str = "Hazard ratio (95% CI, log scale)",
                 arms: Mapping | None = None):
     """Forest plot of ratios with CIs on a log axis; needs ``hr``, ``hr_ci_low``, ``hr_ci_high``.
@@ -184,30 +207,40 @@ def forest_plot(table: pd.DataFrame, label_col: str = "term", title: str = "", x
     if missing:
         raise KeyError(f"forest_plot: table lacks column(s) {missing}")
     n = len(table)
-    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.32 * n))
+    terms = [str(t) for t in table[label_col]]
+    labels = [term_label(t, terms, arms) for t in terms]
+    # margins in inches from the text they hold (~0.08 in per character at 10 pt), so long
+    # labels never squeeze the plot; the estimates column on the right is ~1.9 in
+    left, plot, right = 0.3 + 0.078 * max(map(len, labels), default=4), 3.6, 1.9
+    bottom, top, height = 0.6, 0.45 if title else 0.2, 0.3 * n + 0.2
+    fig, ax = plt.subplots(figsize=(left + plot + right, bottom + height + top))
+    fig.subplots_adjust(left=left / fig.get_figwidth(), right=1 - right / fig.get_figwidth(),
+                        bottom=bottom / fig.get_figheight(), top=1 - top / fig.get_figheight())
     y = np.arange(n)[::-1]
+    ax.set_ylim(-0.6, n - 0.4)
+    hr, lo, hi = (table[c].to_numpy(dtype=float) for c in ("hr", "hr_ci_low", "hr_ci_high"))
     ax.errorbar(
-        table["hr"], y,
-        xerr=[table["hr"] - table["hr_ci_low"], table["hr_ci_high"] - table["hr"]],
+        hr, y,
+        xerr=np.vstack([hr - lo, hi - hr]),
         fmt="s", color="black", ecolor="0.3", capsize=2, ms=4,
     )
     ax.axvline(1.0, color="0.5", ls="--", lw=1)
     ax.set_xscale("log")
     lo_all, hi_all = float(table["hr_ci_low"].min()), float(table["hr_ci_high"].max())
-    ticks = [v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1] or [1.0]
+    lo_all, hi_all = min(lo_all, 1.0), max(hi_all, 1.0)  # the axis always shows no effect (1)
+    ticks = _spaced([v for v in _RATIO_TICKS if lo_all / 1.1 <= v <= hi_all * 1.1],
+                    0.07 * np.log(hi_all / lo_all))
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y)
-    terms = [str(t) for t in table[label_col]]
-    ax.set_yticklabels([term_label(t, terms, arms) for t in terms])
+    ax.set_yticklabels(labels)
     for yi, (h, lo, hi) in zip(y, table[["hr", "hr_ci_low", "hr_ci_high"]].to_numpy(), strict=True):
-        ax.annotate(fmt_est_ci(h, lo, hi), xy=(1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.annotate(fmt_est_ci(h, lo, hi), xy=(1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 

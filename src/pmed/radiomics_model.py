@@ -10,11 +10,16 @@ The analysis takes plain DataFrames / arrays so it runs on any cohort x feature 
 * :class:`CoxModel` -- clinical (unpenalised Cox), imaging (elastic-net Cox) or
   clinical + imaging (elastic-net Cox with unpenalised clinical terms); the penalty is chosen
   by inner K-fold cross-validated partial likelihood (Verweij & van Houwelingen 1993).
-* :func:`cross_validated_predictions` -- repeated stratified K-fold: every model is refitted
-  (preprocessing included) on each training fold, predictions are out-of-fold.
-* :func:`compare_models` -- C-index, time-dependent AUC, paired delta C and continuous NRI
-  with percentile bootstrap CIs on the out-of-fold predictions.
-* :func:`likelihood_ratio_test` -- nested Cox models (lifelines, Efron ties).
+* :func:`cross_validated_predictions` -- repeated stratified K-fold (:func:`cv_splits`):
+  every model is refitted (preprocessing included) on each training fold, predictions are
+  out-of-fold.
+* :func:`cv_comparison` -- Harrell's C and td-AUC within each test fold (one fitted model
+  per fold, never pooled across folds), their means with corrected resampled-t intervals
+  (:func:`cv_interval`) and the paired per-fold delta C versus the clinical model.
+* :func:`permutation_lr_test` -- likelihood-ratio statistic (:func:`cox_lr_statistic`) of
+  the pre-validated image score (:func:`prevalidated_score`) added to the clinical Cox
+  model, p-value from permuting the image features and redoing the whole pre-validation.
+* :func:`added_value` -- the comparison and the permutation test in one call.
 * :func:`landmark_dataset` -- delta-radiomics response vs survival from a landmark.
 * Inputs: :func:`radiomic_columns`, :func:`join_baseline_features`,
   :func:`unstable_features`, :func:`scan_days_from_t0`; the stage's three models:
@@ -28,6 +33,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -40,6 +46,7 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
 from pmed import metrics
+from pmed.parallel import run_tasks
 from pmed.survival import check_survival_data, fit_cox, require_events
 
 KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
@@ -330,16 +337,6 @@ def breslow_survival_at(eta_train: np.ndarray, time, event, horizon: float) -> f
     return float(np.exp(-cumhaz))
 
 
-def km_survival_at(time, event, horizon: float) -> float:
-    """Kaplan-Meier survival probability at ``horizon`` (NaN if no one is at risk at all)."""
-    time, event = _check_survival(time, event)
-    if len(time) == 0:
-        return np.nan
-    ev_times, deaths = np.unique(time[event & (time <= horizon)], return_counts=True)
-    at_risk = len(time) - np.searchsorted(np.sort(time), ev_times, side="left")
-    return float(np.prod(1.0 - deaths / at_risk))
-
-
 def bh_adjust(pvalues) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), same order as ``pvalues``.
 
@@ -546,7 +543,9 @@ class CoxModel(BaseEstimator):
             penalty = np.r_[np.zeros(n_clin), np.ones(X_train.shape[1] - n_clin)]
             if X_train.shape[1] == n_clin:
                 raise ValueError("no radiomic feature survived preprocessing in an inner fold")
-            fit = self._coxnet(penalty, alphas).fit(X_train, Surv.from_arrays(event[train], time[train]))
+            with warnings.catch_warnings():  # the full data's path may start above this fold's largest alpha
+                warnings.filterwarnings("ignore", message="all coefficients are zero", category=UserWarning)
+                fit = self._coxnet(penalty, alphas).fit(X_train, Surv.from_arrays(event[train], time[train]))
             coefs = np.column_stack([_coef_at(fit, a) for a in alphas])
             eta_all = inner._design(df) @ coefs
             cvpl = cox_partial_loglik(eta_all, time, event) - cox_partial_loglik(
@@ -616,6 +615,40 @@ def model_templates(
 # --------------------------------------------------------------------------- resampling
 
 
+def cv_splits(event, n_folds: int, n_repeats: int, seed: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Repeated stratified K-fold splits: (repeat, fold, train indices, test indices).
+
+    Repeat r shuffles with ``seed + r``; folds are stratified on ``event`` (array (n,)).
+    """
+    event = np.asarray(event)
+    if n_folds < 2 or n_repeats < 1:
+        raise ValueError(f"cv_splits: need n_folds >= 2 and n_repeats >= 1, got {n_folds}, {n_repeats}")
+    out = []
+    for r in range(n_repeats):
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed + r)
+        for k, (train, test) in enumerate(folds.split(np.zeros(len(event)), event)):
+            out.append((r, k, train, test))
+    return out
+
+
+def _model_seed(seed: int, repeat: int, fold: int) -> int:
+    """Seed of the inner folds of the model fitted in (repeat, fold)."""
+    return seed + 1000 * (repeat + 1) + fold
+
+
+def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: int, horizon: float | None):
+    """Fit every template on one split's training rows; its test rows' lp, risk and high flag."""
+    r, k, train, test = split
+    out = {}
+    for name, template in templates.items():
+        model = clone(template).set_params(seed=_model_seed(seed, r, k))
+        model.fit(df.iloc[train], time[train], event[train])
+        lp = model.predict(df.iloc[test])
+        risk = model.predict_risk(df.iloc[test], horizon) if horizon is not None else None
+        out[name] = (lp, risk, lp > np.median(model.baseline_[0]))
+    return out
+
+
 def cross_validated_predictions(
     df: pd.DataFrame,
     time,
@@ -625,157 +658,151 @@ def cross_validated_predictions(
     n_repeats: int,
     seed: int,
     horizon: float,
+    n_jobs: int = 1,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Out-of-fold predictions of every model on the same repeated stratified K-fold splits.
 
     Each model (a :class:`CoxModel` template, cloned per fold) is fitted on the training
-    folds only, preprocessing and penalty choice included. Folds are stratified on event.
+    folds only, preprocessing and penalty choice included (:func:`cv_splits`). Folds run in
+    ``n_jobs`` processes with one BLAS thread each (:func:`pmed.parallel.run_tasks`): the
+    result does not depend on ``n_jobs``.
 
     Returns
     -------
     dict model name -> {"lp": (n_repeats, n) out-of-fold linear predictor,
     "risk": (n_repeats, n) predicted risk of death by ``horizon``,
-    "high": (n_repeats, n) int8, 1 when the lp exceeds the training folds' median lp}.
+    "high": (n_repeats, n) int8, 1 when the lp exceeds the training folds' median lp,
+    "fold": (n_repeats, n) int, the test fold of each person in each repeat}.
     """
     time, event = _check_survival(time, event, len(df))
     require_events("the imaging Cox models", event.sum(), max(len(m.clinical) for m in models.values()))
     n = len(df)
+    splits = cv_splits(event, n_folds, n_repeats, seed)
+    fitted = run_tasks(partial(_fit_fold, df, time, event, models, seed=seed, horizon=horizon), splits, n_jobs)
     out = {name: {k: np.full((n_repeats, n), np.nan) for k in ("lp", "risk", "high")} for name in models}
-    for r in range(n_repeats):
-        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed + r)
-        for k, (train, test) in enumerate(folds.split(np.zeros(n), event)):
-            for name, template in models.items():
-                model = clone(template).set_params(seed=seed + 1000 * (r + 1) + k)
-                model.fit(df.iloc[train], time[train], event[train])
-                lp = model.predict(df.iloc[test])
-                out[name]["lp"][r, test] = lp
-                out[name]["risk"][r, test] = model.predict_risk(df.iloc[test], horizon)
-                out[name]["high"][r, test] = lp > np.median(model.baseline_[0])
+    fold = np.full((n_repeats, n), -1)
+    for (r, k, _, test), res in zip(splits, fitted, strict=True):
+        fold[r, test] = k
+        for name, (lp, risk, high) in res.items():
+            out[name]["lp"][r, test] = lp
+            out[name]["risk"][r, test] = risk
+            out[name]["high"][r, test] = high
     for name in out:
         out[name]["high"] = out[name]["high"].astype(np.int8)
+        out[name]["fold"] = fold.copy()
     return out
 
 
-# --------------------------------------------------------------------------- metrics
+# --------------------------------------------------------------------------- performance
 
 
-def net_reclassification_index(risk_old, risk_new, time, event, horizon: float) -> dict[str, float]:
-    """Continuous (category-free) NRI at ``horizon`` for censored data (Pencina et al. 2011).
+def fold_performance(time, event, preds: Mapping[str, Mapping[str, np.ndarray]], horizon: float) -> pd.DataFrame:
+    """Harrell's C and the cumulative/dynamic AUC at ``horizon`` of each model in each test fold.
 
-    With "up" = risk_new > risk_old and "down" = risk_new < risk_old, KM estimates give
-    P(up | event by horizon) = (1 - S_up) P(up) / (1 - S) and
-    P(up | no event) = S_up P(up) / S (likewise "down"); then
-    NRI_events = P(up|D) - P(down|D), NRI_nonevents = P(down|not D) - P(up|not D),
-    NRI = NRI_events + NRI_nonevents (range -2 to 2).
-
-    Returns
-    -------
-    dict with nri, nri_events, nri_nonevents.
-    """
-    time, event = _check_survival(time, event)
-    old = np.asarray(risk_old, dtype=float)
-    new = np.asarray(risk_new, dtype=float)
-    up, down = new > old, new < old
-    s_all = km_survival_at(time, event, horizon)
-    p_up, p_down = up.mean(), down.mean()
-    s_up = km_survival_at(time[up], event[up], horizon) if up.any() else 0.0
-    s_down = km_survival_at(time[down], event[down], horizon) if down.any() else 0.0
-    ev = ((1 - s_up) * p_up - (1 - s_down) * p_down) / (1 - s_all)
-    nonev = (s_down * p_down - s_up * p_up) / s_all
-    return {"nri": float(ev + nonev), "nri_events": float(ev), "nri_nonevents": float(nonev)}
-
-
-def compare_models(
-    time,
-    event,
-    lp: Mapping[str, np.ndarray],
-    risk: Mapping[str, np.ndarray],
-    horizon: float,
-    reference: str,
-    n_bootstrap: int,
-    seed: int,
-) -> dict:
-    """C-index, td-AUC, delta C and NRI versus ``reference`` with paired bootstrap CIs.
+    Every value compares people scored by ONE fitted model (a test fold): pooling the
+    out-of-fold predictions of differently penalised fold models into one C mixes their
+    scales and is biased below 0.5 when there is no signal. The AUC's censoring weights
+    come from the training folds. A fold where a metric is undefined (no comparable pair,
+    no case or control at the horizon) gets NaN.
 
     Parameters
     ----------
-    time, event : array (n,)
-    lp : dict name -> (n,) out-of-fold score (e.g. repeat-averaged linear predictor).
-    risk : dict name -> (n,) out-of-fold predicted risk by ``horizon`` (for the NRI).
-    reference : name of the baseline model (the clinical one).
-    n_bootstrap : int, patient-level resamples, the same ones for all models (paired).
+    preds : output of :func:`cross_validated_predictions` ("lp" and "fold" per model).
 
     Returns
     -------
-    dict: {"c_index": {name: {estimate, ci_low, ci_high, n_boot}}, "td_auc": {...} (at
-    ``horizon``), "delta_c": {name: {...}} and "nri": {name: {...}} for each non-reference
-    model}. Harrell's C and the IPCW cumulative/dynamic AUC come from :mod:`pmed.metrics`;
-    percentile intervals over the resamples (:func:`pmed.metrics.ci_table`). Predictions
-    stay fixed: model-fitting variability is in the cross-validation, not in these intervals.
+    DataFrame, one row per (repeat, fold, model): repeat, fold, model, n_test, n_events,
+    c_index, td_auc.
     """
     time, event = _check_survival(time, event)
-    names = list(lp)
-    if reference not in names:
-        raise KeyError(f"reference model {reference!r} not among {names}")
-    others = [m for m in names if m != reference]
+    rows = []
+    for name, p in preds.items():
+        for r in range(p["fold"].shape[0]):
+            for k in np.unique(p["fold"][r]):
+                test = p["fold"][r] == k
+                rows.append({"repeat": r, "fold": int(k), "model": name, "n_test": int(test.sum()),
+                             "n_events": int(event[test].sum()),
+                             **_test_fold_metrics(time, event, p["lp"][r], test, horizon)})
+    return pd.DataFrame(rows)
 
-    def statistic(idx: np.ndarray) -> dict[str, float]:
-        t, e = time[idx], event[idx]
-        res = {f"c_index/{m}": metrics.harrell_c(t, e, lp[m][idx]) for m in names}
-        for m in names:
-            res[f"td_auc/{m}"] = float(metrics.td_auc(t, e, lp[m][idx], [horizon])[0])
-        for m in others:
-            res[f"delta_c/{m}"] = res[f"c_index/{m}"] - res[f"c_index/{reference}"]
-            res[f"nri/{m}"] = net_reclassification_index(risk[reference][idx], risk[m][idx], t, e, horizon)["nri"]
-        return res
 
-    point = statistic(np.arange(len(time)))
-    replicates = metrics.bootstrap(statistic, len(time), n_bootstrap, seed)
-    out: dict = {"c_index": {}, "td_auc": {}, "delta_c": {}, "nri": {}}
-    for key, ci in metrics.ci_table(point, replicates).items():
-        kind, model = key.split("/")
-        out[kind][model] = ci
+def _test_fold_metrics(time, event, lp, test: np.ndarray, horizon: float) -> dict[str, float]:
+    """Harrell's C and td-AUC of the test rows (``test`` mask); NaN where undefined."""
+    out = {}
+    try:
+        out["c_index"] = metrics.harrell_c(time[test], event[test], lp[test])
+    except ValueError:  # no comparable pair
+        out["c_index"] = float("nan")
+    try:
+        out["td_auc"] = float(metrics.td_auc(time[test], event[test], lp[test], [horizon],
+                                             time[~test], event[~test])[0])
+    except ValueError:  # horizon outside the test times, or no case / control
+        out["td_auc"] = float("nan")
     return out
 
 
-def likelihood_ratio_test(
-    df: pd.DataFrame, duration_col: str, event_col: str, base: Sequence[str], added: Sequence[str]
+def cv_interval(
+    values, n_folds: int, level: float = 0.95, bounds: tuple[float, float] = (-np.inf, np.inf)
 ) -> dict[str, float]:
-    """Likelihood-ratio test of ``added`` covariates in nested Cox models (lifelines, Efron).
+    """Mean of per-fold values over repeated K-fold with the corrected resampled-t interval.
 
-    Parameters
-    ----------
-    df : DataFrame without missing values in the used columns.
-    base : covariates of the reduced model (may be empty: null model).
-    added : covariates added in the full model. Constant ones cannot be estimated and add
-        nothing (all constant: lr = 0, p = 1); df stays ``len(added)``.
+    The J = K x R fold values share training data, so their plain standard error is too
+    small; the variance of the mean is taken as (1 / J + n_test / n_train) s^2 with
+    n_test / n_train = 1 / (K - 1) (Nadeau & Bengio 2003, Mach Learn 52:239; Bouckaert &
+    Frank 2004), s^2 the sample variance of the fold values, and t quantiles on J - 1 df.
+    NaN values (undefined folds) are dropped; the interval is clipped to ``bounds`` (the
+    range of the metric, e.g. (0, 1) for a C-index).
 
     Returns
     -------
-    dict: lr (2 x log-likelihood difference), df, p (chi-square), ll_base, ll_full.
+    dict: estimate, ci_low, ci_high, se, n_folds (number of fold values used).
     """
-    cols = list(base) + list(added)
-    missing = [c for c in cols + [duration_col, event_col] if c not in df.columns]
-    if missing:
-        raise KeyError(f"likelihood_ratio_test: columns {missing} not in data")
-    if df[cols].isna().any().any():
-        raise ValueError("likelihood_ratio_test: covariates contain NaN; impute or drop first")
-    if not len(added):
-        raise ValueError("likelihood_ratio_test: nothing added")
-    dof = len(added)
-    varying = [c for c in added if df[c].nunique() > 1]
-    if not varying:  # e.g. a signature that selected no feature: it cannot add anything
-        ll = float(fit_cox(df, duration_col, event_col, list(base)).log_likelihood_) if len(base) else np.nan
-        return {"lr": 0.0, "df": dof, "p": 1.0, "ll_base": ll, "ll_full": ll}
-    cols = list(base) + varying
-    full = fit_cox(df, duration_col, event_col, cols)
-    ll_full = float(full.log_likelihood_)
-    if len(base):
-        ll_base = float(fit_cox(df, duration_col, event_col, list(base)).log_likelihood_)
-    else:
-        ll_base = ll_full - full.log_likelihood_ratio_test().test_statistic / 2.0
-    lr = 2.0 * (ll_full - ll_base)
-    return {"lr": lr, "df": dof, "p": float(stats.chi2.sf(lr, dof)), "ll_base": ll_base, "ll_full": ll_full}
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    j = len(v)
+    if j < 2:
+        est = float(v.mean()) if j else float("nan")
+        return {"estimate": est, "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan"), "n_folds": j}
+    se = float(np.sqrt((1.0 / j + 1.0 / (n_folds - 1)) * v.var(ddof=1)))
+    half = float(stats.t.ppf(1 - (1 - level) / 2, j - 1)) * se
+    est = float(v.mean())
+    low, high = max(est - half, bounds[0]), min(est + half, bounds[1])
+    return {"estimate": est, "ci_low": float(low), "ci_high": float(high), "se": se, "n_folds": j}
+
+
+def cv_comparison(
+    time, event, preds: Mapping[str, Mapping[str, np.ndarray]], horizon: float, reference: str,
+    level: float = 0.95,
+) -> dict:
+    """Per-fold C and td-AUC of every model, and paired per-fold delta C versus ``reference``.
+
+    Parameters
+    ----------
+    preds : output of :func:`cross_validated_predictions`.
+    reference : name of the baseline model (the clinical one).
+
+    Returns
+    -------
+    dict: "folds" (:func:`fold_performance` table), "c_index" / "td_auc": {model:
+    :func:`cv_interval`}, "delta_c": {model: interval of C(model) - C(reference) computed
+    in each fold on the same test people (paired)} for each non-reference model.
+    """
+    if reference not in preds:
+        raise KeyError(f"reference model {reference!r} not among {list(preds)}")
+    folds = fold_performance(time, event, preds, horizon)
+    n_folds = int(folds["fold"].max()) + 1
+    out: dict = {"folds": folds, "c_index": {}, "td_auc": {}, "delta_c": {}}
+    wide = folds.pivot_table(index=["repeat", "fold"], columns="model", values="c_index", dropna=False)
+    for name in preds:
+        sel = folds[folds["model"] == name]
+        out["c_index"][name] = cv_interval(sel["c_index"], n_folds, level, (0.0, 1.0))
+        out["td_auc"][name] = cv_interval(sel["td_auc"], n_folds, level, (0.0, 1.0))
+        if name != reference:
+            out["delta_c"][name] = cv_interval(wide[name] - wide[reference], n_folds, level, (-1.0, 1.0))
+    return out
+
+
+# --------------------------------------------------------------------------- added value
 
 
 def median_impute(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -783,6 +810,175 @@ def median_impute(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     sub = df[list(columns)].astype(float)
     return sub.fillna(sub.median())
 
+
+def prevalidated_score(
+    df: pd.DataFrame, time, event, template: CoxModel, n_folds: int, n_repeats: int, seed: int
+) -> np.ndarray:
+    """Pre-validated score (Tibshirani & Efron 2002): each person's out-of-fold linear
+    predictor of ``template``, averaged over the repeats of :func:`cv_splits`, shape (n,).
+
+    The same splits and model seeds as :func:`cross_validated_predictions` with this
+    ``seed``, so it equals that function's ``lp.mean(axis=0)`` for the template.
+    """
+    time, event = _check_survival(time, event, len(df))
+    score = np.zeros(len(df))
+    for split in cv_splits(event, n_folds, n_repeats, seed):
+        lp = _fit_fold(df, time, event, {"m": template}, split, seed, None)["m"][0]
+        score[split[3]] += lp / n_repeats
+    return score
+
+
+def cox_lr_statistic(base: np.ndarray, added: np.ndarray, time, event) -> dict[str, float]:
+    """Likelihood-ratio statistic of ``added`` columns in nested Cox models, Breslow ties.
+
+    Made for many refits (permutations): scikit-survival's Newton fit, no summaries. Columns are standardised first (the LR is
+    invariant to it); constant columns add nothing and are left out.
+
+    Parameters
+    ----------
+    base : ndarray (n, p0), covariates of the reduced model (p0 may be 0: null model).
+    added : ndarray (n, p1), covariates added in the full model.
+
+    Returns
+    -------
+    dict: lr = 2 (ll_full - ll_base), ll_base, ll_full (log partial likelihoods).
+    """
+    time, event = _check_survival(time, event)
+    n = len(time)
+    base, added = np.asarray(base, float).reshape(n, -1), np.asarray(added, float).reshape(n, -1)
+
+    def loglik(x: np.ndarray) -> float:
+        x = x[:, x.std(axis=0) > 0]
+        if not x.shape[1]:
+            return float(cox_partial_loglik(np.zeros(n), time, event))
+        x = (x - x.mean(axis=0)) / x.std(axis=0)
+        coef = CoxPHSurvivalAnalysis(ties="breslow").fit(x, Surv.from_arrays(event, time)).coef_
+        return float(cox_partial_loglik(x @ coef, time, event))
+
+    ll_base = loglik(base)
+    ll_full = loglik(np.hstack([base, added]))
+    return {"lr": 2.0 * (ll_full - ll_base), "ll_base": ll_base, "ll_full": ll_full}
+
+
+def _permuted_lr(perm: np.ndarray, df, time, event, features: list[str], template, clinical, cv: dict) -> float:
+    """LR statistic after moving the image-feature rows by ``perm`` and redoing the pre-validation."""
+    shuffled = df.copy()
+    shuffled[features] = df[features].to_numpy()[perm]
+    score = prevalidated_score(shuffled, time, event, template, **cv)
+    return cox_lr_statistic(clinical, score, time, event)["lr"]
+
+
+def permutation_lr_test(
+    df: pd.DataFrame,
+    time,
+    event,
+    clinical: Sequence[str],
+    template: CoxModel,
+    n_folds: int,
+    n_repeats: int,
+    cv_seed: int,
+    n_permutations: int,
+    seed: int,
+    n_jobs: int = 1,
+    score: np.ndarray | None = None,
+) -> dict:
+    """Permutation likelihood-ratio test of a pre-validated image score added to clinical terms.
+
+    The statistic is the LR chi-square (:func:`cox_lr_statistic`, Breslow ties) of the
+    pre-validated score (:func:`prevalidated_score` of the imaging ``template``) added to an
+    in-sample Cox model of the median-imputed ``clinical`` terms. Its chi-square(1) p-value is not valid: the pre-validated scores of
+    different people share training data (Hoefling & Tibshirani 2008, Ann Appl Stat 2:643).
+    Instead the image-feature rows (``template.radiomic``, jointly) are permuted relative to
+    the clinical data and outcome, the WHOLE pre-validation is redone for each permutation
+    (preprocessing, penalty choice and fit in every fold, same splits and seeds) and
+    p = (1 + #{LR_b >= LR_obs}) / (1 + B).
+
+    Null hypothesis: the image features are independent of the clinical terms and the
+    outcome (exchangeable rows). It is stronger than "no added value given the clinical
+    terms": with features related to clinical terms it can reject without added value.
+
+    Parameters
+    ----------
+    clinical : clinical terms (columns of ``df``); constant ones are left out.
+    template : imaging-only :class:`CoxModel` (unfitted).
+    n_folds, n_repeats, cv_seed : the cross-validation of the pre-validated score.
+    n_permutations : B >= 1.
+    seed : seed of the permutations (drawn in turn, in the calling process).
+    n_jobs : processes (one BLAS thread each); the result does not depend on it.
+    score : the observed pre-validated score if already computed with the same
+        ``cv_seed`` (e.g. from :func:`cross_validated_predictions`), else computed here.
+
+    Returns
+    -------
+    dict: lr (observed statistic), df (1), p (permutation), p_chi2 (the invalid naive
+    chi-square p, for comparison only), n_permutations, null_lr (ndarray (B,)).
+    """
+    time, event = _check_survival(time, event, len(df))
+    if n_permutations < 1:
+        raise ValueError(f"permutation_lr_test: n_permutations must be >= 1, got {n_permutations}")
+    imputed = median_impute(df, clinical).to_numpy()
+    cv = {"n_folds": n_folds, "n_repeats": n_repeats, "seed": cv_seed}
+    if score is None:
+        score = prevalidated_score(df, time, event, template, **cv)
+    observed = cox_lr_statistic(imputed, score, time, event)["lr"]
+    features = list(template.radiomic)
+    rng = np.random.default_rng(seed)
+    perms = (rng.permutation(len(df)) for _ in range(n_permutations))
+    null = np.asarray(run_tasks(
+        partial(_permuted_lr, df=df, time=time, event=event, features=features, template=template,
+                clinical=imputed, cv=cv),
+        perms, n_jobs))
+    tol = 1e-8 * max(1.0, abs(observed))  # equal statistics (e.g. both 0) count as "as extreme"
+    p = (1 + int(np.sum(null >= observed - tol))) / (1 + n_permutations)
+    return {"lr": observed, "df": 1, "p": p, "p_chi2": float(stats.chi2.sf(observed, 1)),
+            "n_permutations": n_permutations, "null_lr": null}
+
+
+def added_value(
+    df: pd.DataFrame,
+    time,
+    event,
+    templates: Mapping[str, CoxModel],
+    settings: Mapping,
+    seed: int,
+    n_jobs: int = 1,
+    reference: str = "clinical",
+    score_model: str = "imaging",
+) -> dict:
+    """Do images add to the clinical model? Cross-validated comparison + permutation LR test.
+
+    Parameters
+    ----------
+    df, time, event : analysis data (one row per person), survival time (days), death.
+    templates : unfitted models, e.g. :func:`model_templates` (clinical, imaging, combined).
+    settings : n_folds, n_repeats, horizon_days, n_permutations, score_repeats (CV
+        repeats of the pre-validated score in the LR test, observed and permuted alike: the
+        test's cost grows with it), alpha (the CIs are 1 - alpha), e.g. the
+        imaging_analysis section of params.yaml.
+    reference, score_model : the clinical model and the imaging-only model whose
+        pre-validated score the LR test adds.
+
+    Returns
+    -------
+    dict: "predictions" (:func:`cross_validated_predictions`), "comparison"
+    (:func:`cv_comparison`: per-fold C / td-AUC intervals and paired delta C per model),
+    "lr_test" (:func:`permutation_lr_test`).
+    """
+    time, event = _check_survival(time, event, len(df))
+    horizon = float(settings["horizon_days"])
+    cv = {"n_folds": int(settings["n_folds"]), "n_repeats": int(settings["n_repeats"])}
+    preds = cross_validated_predictions(df, time, event, templates, seed=seed, horizon=horizon,
+                                        n_jobs=n_jobs, **cv)
+    comparison = cv_comparison(time, event, preds, horizon, reference, level=1.0 - float(settings["alpha"]))
+    score_repeats = int(settings["score_repeats"])
+    # the first r repeats of the comparison's splits are the splits of an r-repeat CV
+    score = preds[score_model]["lp"][:score_repeats].mean(axis=0) if score_repeats <= cv["n_repeats"] else None
+    lr = permutation_lr_test(
+        df, time, event, templates[reference].clinical, templates[score_model], n_folds=cv["n_folds"],
+        n_repeats=score_repeats, cv_seed=seed, n_permutations=int(settings["n_permutations"]), seed=seed + 1,
+        n_jobs=n_jobs, score=score,
+    )
+    return {"predictions": preds, "comparison": comparison, "lr_test": lr}
 
 # --------------------------------------------------------------------------- landmark
 

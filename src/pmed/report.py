@@ -107,15 +107,15 @@ def fmt_ci(low, high, digits: int) -> str:
 def fmt_est_ci(estimate, low, high, digits: int | None = None, unit: str = "") -> str:
     """Estimate and CI: ``"0.82 (0.73 to 0.93)"``; ``unit`` after the estimate
     (``"332 days (302 to 362)"``). Decimals follow the estimate (:func:`decimals`), with more
-    (up to 4) when that would print the two bounds alike."""
+    (up to 4) while that would print two of the three numbers alike (an HR per unit near 1:
+    ``"0.996 (0.993 to 0.999)"``, not ``"1.00 (0.99 to 1.00)"``)."""
     est = _number(estimate)
     if est is None:
         return MISSING
     if digits is None:
         digits = decimals(est)
-        lo, hi = _number(low), _number(high)
-        while lo is not None and hi is not None and lo != hi and digits < 4 \
-                and fmt_num(lo, digits) == fmt_num(hi, digits):
+        values = [v for v in (est, _number(low), _number(high)) if v is not None]
+        while digits < 4 and len({fmt_num(v, digits) for v in values}) < len(set(values)):
             digits += 1
     unit = f" {unit}" if unit else ""
     if _number(low) is None or _number(high) is None:

@@ -280,17 +280,24 @@ def headlines_survival(m: dict, params: dict) -> list[Headline]:
 
 
 def headlines_outcomes(m: dict, params: dict) -> list[Headline]:
+    """Cross-validated discrimination vs chance, the paired comparison of the models,
+    calibration (slope, ICI) and net benefit vs treating all or none."""
     models = m["models"]
-    best = max(models, key=lambda k: _num(models[k].get("auroc", {}).get("estimate")))
+    best = max(models, key=lambda k: _num(models[k].get("harrell_c", {}).get("estimate")))
     b, name = models[best], MODEL_NAMES.get(best, best)
     horizon = fmt_num(m["horizon_days"], 0)
-    others = ", ".join(f"{MODEL_NAMES.get(k, k)} {fmt_metric(v.get('auroc'))}"
-                       for k, v in models.items() if k != best)
     out = [(f"Predicting death within {horizon} days, validated by "
-            f"{m.get('validation', 'held-out predictions')}: best AUROC {fmt_metric(b['auroc'])} ({name}; {others}).",
-            verdict(b["auroc"], 0.5, baseline="chance (AUROC 0.5)")),
-           (f"Calibration of the {name}: slope {fmt_metric(b.get('calibration_slope'))} (ideal 1), "
-            f"observed/expected {fmt_metric(b.get('oe_ratio'))} (ideal 1).", None)]
+            f"{m.get('validation', 'held-out predictions')}: best Harrell's C "
+            f"{fmt_metric(b['harrell_c'])} ({name}).",
+            verdict(b["harrell_c"], 0.5, baseline="chance (C 0.5)"))]
+    pairs = [(k, d["harrell_c"]) for k, d in m.get("paired_differences", {}).items()
+             if "harrell_c" in d]
+    if pairs:
+        text = "; ".join(f"{' minus '.join(MODEL_NAMES.get(x, x) for x in k.split('-'))} "
+                         f"{fmt_metric(d)}" for k, d in pairs)
+        out.append((f"Paired differences in C on the same resamples: {text}.", None))
+    out.append((f"Calibration of the {name}: slope {fmt_metric(b.get('calibration_slope'))} "
+                f"(ideal 1), ICI {fmt_metric(b.get('ici'))} (ideal 0).", None))
     nb = m.get("net_benefit_at_threshold", {}).get(best) or b.get("net_benefit")
     treat_all = m.get("treat_all_net_benefit_at_threshold")
     if nb:
@@ -601,6 +608,7 @@ def audit_reports() -> None:
 
 
 def main() -> int:
+    runner.require_own_checkout()
     audit_reports()
     out = config.path("reports") / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -417,10 +417,23 @@ def run_stage(stage: str, dvc_file: Path | None = None,
     return ws / html
 
 
+def require_own_checkout(cwd: Path | None = None) -> None:
+    """Stop if the command runs in another copy of the project than the one the ``pmed``
+    package is imported from (``dvc exp run --temp`` / ``--queue`` run stages in a copy under
+    ``.dvc/tmp/exps``, where the editable install would read the original checkout's
+    params.yaml and write over its outputs)."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if (cwd / "dvc.yaml").is_file() and (cwd / "src" / "pmed").is_dir() and cwd != config.ROOT:
+        raise SystemExit(f"[pmed] ERROR: this stage runs in {cwd} but pmed is imported from "
+                         f"{config.ROOT}: `dvc exp run --temp/--queue` is not supported; run "
+                         "`dvc exp run` in the workspace (README: Experiments)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", help="stage name in dvc.yaml, e.g. cohort")
     stage = parser.parse_args(argv).stage
+    require_own_checkout()
     try:
         config.load_params()  # the schema check, before papermill is imported or a kernel starts
     except config.ParamsError as err:

@@ -11,7 +11,8 @@ params.yaml ``cohort.source`` (:func:`parse_source`):
 * ``scratch_schema``: where intermediate tables go (unique per run, dropped at the end);
   default none: session temporary tables (PostgreSQL ``CREATE TEMP TABLE``, Spark
   materialised temporary views), so a read-only CDM suffices.
-* ``database``: the DuckDB database file (engine ``duckdb`` only).
+* ``database``: the DuckDB database file (engine ``duckdb`` only; read-only unless a scratch
+  schema is set).
 
 Credentials never come from params: PostgreSQL reads libpq's environment (``PGHOST``,
 ``PGPORT``, ``PGDATABASE``, ``PGUSER``, ``PGPASSWORD`` or ``~/.pgpass``, ``PGSERVICE``);
@@ -320,7 +321,9 @@ class PostgresEngine(Engine):
             self.con = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as err:
             raise CohortError("cohort.source.engine postgres: cannot connect with the PG* "
-                              f"environment variables / service file: {_pg_text(err)}") from None
+                              f"environment variables / service file: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+                              ) from None  # libpq's text names host, port, user: no data
 
     def materialise(self, name, sql):
         self.steps[name] = self._step_name(name)
@@ -484,7 +487,8 @@ def open_engine(spec: SourceSpec, omop_dir: Path | None = None, memory_limit: st
         path = path if path.is_absolute() else config.ROOT / path
         if not path.is_file():
             raise CohortError(f"cohort.source.database: no DuckDB database file {path}")
-        return DuckDBEngine(spec, duckdb.connect(str(path), read_only=True, config={
+        # read-only unless run-unique step tables go to a scratch schema of the file
+        return DuckDBEngine(spec, duckdb.connect(str(path), read_only=not spec.scratch_schema, config={
             "memory_limit": memory_limit, "threads": threads}))
     if spec.engine == "postgres":
         return PostgresEngine(spec)

@@ -187,6 +187,7 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
 
 def content_columns(eng: Engine) -> dict[str, list[str]]:
     """Each clinical table's columns but its row id, leaving out columns that are all null."""
+    eng = as_engine(eng)
     out = {}
     for table, (pk, _) in CLINICAL_TABLES.items():
         cols = [c for c, _ in eng.columns(table) if c != pk]
@@ -197,11 +198,13 @@ def content_columns(eng: Engine) -> dict[str, list[str]]:
 
 def date_columns(eng: Engine) -> dict[str, list[str]]:
     """Columns of the :data:`END_DATES` tables present in the CDM."""
+    eng = as_engine(eng)
     return {t: cols for t in END_DATES if (cols := [c for c, _ in eng.columns(t)])}
 
 
 def concept_names(eng: Engine, ids: list[int]) -> dict[int, str]:
     """concept_id -> concept_name from ``concept`` (ids absent there are left out)."""
+    eng = as_engine(eng)
     if not ids or "concept_name" not in {c for c, _ in eng.columns("concept")}:
         return {}
     listed = ", ".join(str(int(i)) for i in ids)

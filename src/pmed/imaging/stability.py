@@ -1,10 +1,12 @@
-"""Feature stability: image/mask perturbations and the intraclass correlation ICC(3,1).
+"""Feature stability: image/mask perturbations and the intraclass correlation with its CI.
 
 Each image of a subset is re-analysed under small perturbations (Zwanenburg et al., Sci Rep
 2019;9:614): mask eroded and dilated by one voxel, added Gaussian noise, and a sub-voxel
 translation of image and mask together. The conditions play the role of the k "raters" of
-Shrout & Fleiss (1979), the images the n "targets"; a feature is stable when its ICC is at
-least the threshold in params.
+Shrout & Fleiss (1979), the images the n "targets". A feature is stable when the LOWER bound
+of the 95% CI of its ICC is at least the threshold in params, and its reliability class
+(Koo & Li 2016: < 0.5 poor, 0.5-0.75 moderate, 0.75-0.9 good, > 0.9 excellent) is read
+off the lower bound too: a point estimate from 30 images cannot show more than its CI.
 
 ICC(3,1), two-way mixed effects, consistency, single measurement (Shrout & Fleiss 1979):
 
@@ -18,6 +20,18 @@ with BMS the between-targets mean square (df n - 1), JMS the between-raters mean
 (df k - 1) and EMS the residual mean square (df (n - 1)(k - 1)) of the two-way ANOVA.
 ICC(3,1) is the default: perturbations such as dilation shift every image alike (a fixed
 "rater" effect) and models standardise features, so consistency is what matters.
+
+Confidence intervals are the F-distribution intervals of Shrout & Fleiss (1979) and McGraw &
+Wong (1996, Table 7; as R's ``psych::ICC`` and ``irr::icc``), with F0 = BMS / EMS,
+df1 = n - 1, df2 = (n - 1)(k - 1) and F_q(a, b) the q quantile of F(a, b):
+
+* ICC(3,1) = McGraw-Wong ICC(C,1): FL = F0 / F_{1-a/2}(df1, df2), FU = F0 F_{1-a/2}(df2, df1),
+  bounds (FL - 1) / (FL + k - 1) and (FU - 1) / (FU + k - 1).
+* ICC(2,1) = McGraw-Wong ICC(A,1): Satterthwaite degrees of freedom
+  v = (a JMS + b EMS)^2 / ((a JMS)^2 / (k - 1) + (b EMS)^2 / df2) with
+  a = k r / (n (1 - r)), b = 1 + k r (n - 1) / (n (1 - r)), r = ICC(2,1); F* = F_{1-a/2}(df1, v),
+  F_* = F_{1-a/2}(v, df1); lower n (BMS - F* EMS) / (F* (k JMS + (k n - k - n) EMS) + n BMS),
+  upper n (F_* BMS - EMS) / (k JMS + (k n - k - n) EMS + n F_* BMS).
 """
 
 from __future__ import annotations
@@ -25,9 +39,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from scipy import stats
 
 ICC_TYPES = ("3,1", "2,1")
 PERTURBATIONS = ("original", "erode", "dilate", "noise", "translate")
+# Koo & Li (2016), J Chiropr Med 15:155: reliability classes by ICC (applied to the CI's lower bound)
+KOO_LI = ((0.5, "poor"), (0.75, "moderate"), (0.9, "good"), (np.inf, "excellent"))
 
 
 def icc(ratings: np.ndarray, kind: str = "3,1") -> float:
@@ -51,6 +68,46 @@ def icc(ratings: np.ndarray, kind: str = "3,1") -> float:
     if denominator == 0:
         return float("nan")
     return float((bms - ems) / denominator)
+
+
+def icc_ci(ratings: np.ndarray, kind: str = "3,1", level: float = 0.95) -> tuple[float, float]:
+    """``level`` confidence interval (lower, upper) of :func:`icc` (formulas: module docstring).
+
+    NaN bounds when the ICC is NaN (no variation at all); an error-free table (EMS = 0,
+    between-target variation) has the interval (1, 1).
+    """
+    value = icc(ratings, kind)
+    if not 0 < level < 1:
+        raise ValueError(f"icc_ci: level must be in (0, 1), got {level!r}")
+    if np.isnan(value):
+        return float("nan"), float("nan")
+    x = np.asarray(ratings, dtype=float)
+    n, k = x.shape
+    bms, jms, ems = mean_squares(x)
+    if ems <= 0:
+        return 1.0, 1.0
+    q = 1 - (1 - level) / 2
+    df1, df2 = n - 1, (n - 1) * (k - 1)
+    if kind == "3,1":
+        f0 = bms / ems
+        f_low = f0 / stats.f.ppf(q, df1, df2)
+        f_up = f0 * stats.f.ppf(q, df2, df1)
+        return float((f_low - 1) / (f_low + k - 1)), float((f_up - 1) / (f_up + k - 1))
+    a = k * value / (n * (1 - value))
+    b = 1 + k * value * (n - 1) / (n * (1 - value))
+    v = (a * jms + b * ems) ** 2 / ((a * jms) ** 2 / (k - 1) + (b * ems) ** 2 / df2)
+    f_star, f_star_up = stats.f.ppf(q, df1, v), stats.f.ppf(q, v, df1)
+    rest = k * jms + (k * n - k - n) * ems
+    lower = n * (bms - f_star * ems) / (f_star * rest + n * bms)
+    upper = n * (f_star_up * bms - ems) / (rest + n * f_star_up * bms)
+    return float(lower), float(upper)
+
+
+def reliability_class(value: float) -> str:
+    """Koo & Li (2016) class of an ICC value ("poor" ... "excellent"; "undefined" for NaN)."""
+    if np.isnan(value):
+        return "undefined"
+    return next(label for bound, label in KOO_LI if value < bound)
 
 
 def mean_squares(x: np.ndarray) -> tuple[float, float, float]:
@@ -100,9 +157,9 @@ def perturb(
 
 
 def stability_table(
-    features: pd.DataFrame, threshold: float, kind: str = "3,1"
+    features: pd.DataFrame, threshold: float, kind: str = "3,1", level: float = 0.95
 ) -> pd.DataFrame:
-    """ICC per feature from a long table of perturbed feature values.
+    """ICC with its CI per feature from a long table of perturbed feature values.
 
     Parameters
     ----------
@@ -110,12 +167,15 @@ def stability_table(
         One row per (image, perturbation): columns ``image_occurrence_id``,
         ``perturbation`` and one numeric column per feature.
     threshold : float
-        Features with ICC >= threshold are ``stable``; NaN ICC (constant feature) is not.
+        Features whose ICC CI lower bound is >= threshold are ``stable``; NaN ICC
+        (constant feature) is not.
     kind : "3,1" or "2,1"
+    level : float, confidence level of the interval.
 
     Returns
     -------
-    DataFrame: feature, icc, stable (bool), n_images, n_perturbations, icc_type.
+    DataFrame: feature, icc, icc_ci_low, icc_ci_high, reliability (Koo & Li class of the
+    lower bound), stable (bool), n_images, n_perturbations, icc_type.
     """
     for col in ("image_occurrence_id", "perturbation"):
         if col not in features.columns:
@@ -125,9 +185,13 @@ def stability_table(
     for name in names:
         wide = features.pivot(index="image_occurrence_id", columns="perturbation", values=name)
         wide = wide.dropna()
-        value = icc(wide.to_numpy(), kind) if len(wide) >= 2 else float("nan")
+        value, low, high = float("nan"), float("nan"), float("nan")
+        if len(wide) >= 2:
+            value = icc(wide.to_numpy(), kind)
+            low, high = icc_ci(wide.to_numpy(), kind, level)
         rows.append({
-            "feature": name, "icc": value, "stable": bool(value >= threshold),
+            "feature": name, "icc": value, "icc_ci_low": low, "icc_ci_high": high,
+            "reliability": reliability_class(low), "stable": bool(low >= threshold),
             "n_images": len(wide), "n_perturbations": wide.shape[1], "icc_type": f"ICC({kind})",
         })
     return pd.DataFrame(rows)
