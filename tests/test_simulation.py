@@ -97,10 +97,14 @@ def _small_params() -> dict:
     p["survival"].update(n_imputations=2, mice_max_iter=2)
     p["treatment"].update(n_imputations=2, mice_max_iter=2, n_bootstrap=10)
     p["treatment"]["recommend"].update(n_repeats=1, n_folds=3, n_bootstrap=50)
-    p["outcomes"].update(cv_folds=3, n_bootstrap=10, gb_n_estimators=20, permutation_repeats=1)
-    p["simulation"].update(replicates=2, n_persons=1000, truth_n_persons=20000, workers=1, scenarios={
+    p["outcomes"].update(cv_folds=3, cv_repeats=2, gb_n_estimators=20, permutation_repeats=1)
+    p["imaging_analysis"].update(n_alphas=10, inner_folds=3, n_repeats=1, clinical_terms=[
+        "age_years", "sex_female", "ecog", "stage_iv", "albumin_g_dl", "ldh_u_l", "pdl1_pct", "arm_io", "arm_chemo_io"])
+    p["simulation"].update(replicates=2, n_persons=1000, n_imaged=200, truth_n_persons=20000, workers=1,
+                           calibration_n_bootstrap=10, imaging_n_permutations=4, scenarios={
         "small": {"heterogeneity": True, "image_signal": True,
-                  "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration"]}})
+                  "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration"]},
+        "small_null_image": {"heterogeneity": True, "image_signal": False, "estimands": ["imaging"]}})
     return p
 
 
@@ -137,14 +141,29 @@ def test_study_report_equals_hand_computation_from_replicate_table(small_run):
     pd.testing.assert_frame_equal(again["summary"], perf, check_dtype=False, rtol=1e-9)
 
 
+def test_imaging_rows_follow_their_decision_rules(small_run):
+    """Feature-level imaging under no signal: delta C 'reject' = CI above 0, LR tests by their p rules,
+    null marked true; both replicates present."""
+    table = small_run[1]["table"]
+    img = table[table["group"] == "imaging"]
+    assert sorted(img["replicate"].unique()) == [0, 1] and img["null_true"].all()
+    dc = img[img["estimand"].str.startswith("delta C")]
+    perm = img[img["estimand"].str.startswith("permutation LR")]
+    naive = img[img["estimand"].str.startswith("naive")]
+    assert len(dc) == 2 and len(perm) == 2 and len(naive) == 2
+    assert (dc["reject"] == (dc["ci_low"] > 0)).all() and (naive["reject"] == (naive["estimate"] < 0.05)).all()
+    assert (perm["reject"] == (perm["estimate"] <= 0.05)).all() and (perm["estimate"] >= 1 / 5).all()  # 4 permutations
+
+
 def test_replicate_does_not_depend_on_workers_or_r(small_run):
     """Replicate 1 run alone equals replicate 1 of the 2-replicate run (worker processes: pmed.parallel,
     whose results do not depend on n_jobs, tests/test_parallel.py)."""
     settings, result, _ = small_run
     pops = study.population_truths(settings)
-    sc = settings.scenarios[0]
+    sc = settings.scenarios[0]  # (the imaging scenario needs no population truth)
     alone = pd.DataFrame(study.run_replicate((sc, 1, settings, settings.groups(sc), pops[sc.name]))["rows"])
-    ran = result["table"][result["table"]["replicate"] == 1].reset_index(drop=True)
+    t = result["table"]
+    ran = t[(t["replicate"] == 1) & (t["scenario"] == sc.name)].reset_index(drop=True)
     pd.testing.assert_frame_equal(alone[ran.columns], ran, check_dtype=False)
 
 
@@ -166,3 +185,11 @@ def test_params_schema_knows_the_simulation_section():
     p["simulation"]["scenarios"]["default"]["estimands"] = ["bogus"]
     problems = "\n".join(params_schema.check(p))
     assert "simulation.replicates" in problems and "simulation.scenarios.default.estimands" in problems
+
+
+def test_measures_with_zero_width_intervals():
+    """Every CI of width 0 (model SE 0): no division by zero, MC SE of the model SE undefined."""
+    m = performance.measures(_table([0.0, 0.0, -0.1], [0.0, 0.0, -0.05], 0.0, [0.0, 0.0, -0.1], [0.0, 0.0, -0.1],
+                                    False))
+    assert m["model_se"] == 0 and np.isnan(m["model_se_mcse"]) and np.isnan(m["rel_error_se_pct"])
+    assert m["coverage"] == pytest.approx(2 / 3)

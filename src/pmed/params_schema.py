@@ -900,6 +900,8 @@ class Simulation(Model):
     n_imaged: Count
     truth_n_persons: Count
     workers: Count
+    calibration_n_bootstrap: Count
+    imaging_n_permutations: Count
     estimands: SimEstimands | None = None
     scenarios: Annotated[dict[Name, SimulationScenario], Field(min_length=1)]
 

@@ -14,12 +14,13 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
 - ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
-- ``calibration`` (03_outcomes): out-of-fold calibration slope and intercept of the three
-  risk models (bootstrap CI); truth = slope / intercept of the model refitted on the whole
-  replicate, evaluated on a large population against the true 365-day risk.
+- ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept of the three risk
+  models (bootstrap CI over people and repeats); truth = slope / intercept of the models
+  refitted on the whole replicate, evaluated on a large population against the true 365-day risk.
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
-  the combined vs the clinical model (paired bootstrap CI; "reject" = CI above 0) and the LR
-  test of the added signature (p < 0.05).
+  the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0),
+  the permutation LR test of the pre-validated signature (p <= alpha) and, for comparison, the
+  superseded naive chi-square LR p-value of the same fit (p < 0.05).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction
+from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction, validation
 from pmed import radiomics_model as rm
 from pmed import survival as sv
 from pmed.demo import model
@@ -162,34 +163,35 @@ def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: di
     return rows
 
 
-def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
-    """Notebook 03: single PMM imputation, k-fold out-of-fold risks, bootstrap CIs of the metrics.
+def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> list[dict]:
+    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat), percentile bootstrap
+    CIs of the performance over the repeats' out-of-fold risks (``n_boot`` resamples: the
+    simulation's own count, params ``simulation.calibration_n_bootstrap``).
 
     Truth of each model: slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
-    with the true risk as fractional outcome) of the model refitted on the whole replicate
-    (the model the stage would deliver), on the population sample of ``pop``.
+    with the true risk as fractional outcome) of the models refitted on the whole replicate
+    (``prediction.fit_models`` on the first imputation, the stage's "full" models), on the
+    population sample of ``pop``.
     """
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
     settings = prediction.ModelSettings.from_params(o)
-    features, terms = list(settings.features), settings.terms
+    seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     endpoint = metrics.horizon_outcome(time_, event, horizon)
-    y, w, known = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy(), endpoint["known"].to_numpy()
-    data = mice(cohort, features, m=1, seed=seed + 301, max_iter=o["mice_max_iter"])[0]
-    data = sv.add_interactions(data, o["interactions"])
-    cv = prediction.cross_validated_predictions(data, "time_days", "event", y, w, times, settings,
-                                                n_folds=o["cv_folds"], seed_cv=seed + 302, seed_gb=seed + 303, n_jobs=1)
-    cis = prediction.out_of_fold_metrics(time_, event, cv, horizon, o["high_risk_threshold"], times, o["n_bootstrap"],
-                                         seed + 304, n_jobs=1)
-    popx = sv.add_interactions(pop["population"], o["interactions"])
-    cox = sv.fit_cox(data, "time_days", "event", terms, penalizer=settings.cox_penalizer, l1_ratio=settings.cox_l1_ratio)
-    logit = prediction.fit_weighted_logistic(data.loc[known, terms], y[known], w[known])
-    gbm = prediction.fit_gbm(data.loc[known, features], y[known], w[known], settings, seed + 303)
-    pred = {"cox": 1 - sv.predict_survival(cox, popx, [horizon])[:, -1],
-            "logistic": prediction.predict_logistic(logit, popx[terms]),
-            "gbm": gbm.predict_proba(popx[features].astype(float))[:, 1]}
+    y, w = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
+    rcv = validation.repeated_cv(cohort, "time_days", "event", y, w, times, settings, n_folds=o["cv_folds"],
+                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1)
+    cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
+                                           survival={"cox": rcv.cox_survival}, times=times,
+                                           max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
+                                           threshold=o["high_risk_threshold"], n_jobs=1)
+    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seeds["impute"],
+                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
+    full = prediction.fit_models(data0, "time_days", "event", y, w, settings, seeds["gb"])
+    popx = sv.add_interactions(pop["population"], settings.interactions)
+    pred, _ = prediction.predict_models(full, popx, times)
     rows = []
     for name, p in pred.items():
         true = calibration.calibration_slope_intercept(popx["true_risk"].to_numpy(), np.clip(p, 1e-9, 1 - 1e-9))
@@ -236,8 +238,9 @@ def pseudo_radiomics(latent: pd.DataFrame, rng: np.random.Generator) -> pd.DataF
 
 
 def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, n_imaged: int,
-                image_signal: bool) -> list[dict]:
-    """Notebook 06 on ``n_imaged`` random cohort persons with :func:`pseudo_radiomics` features."""
+                image_signal: bool, n_permutations: int) -> list[dict]:
+    """Notebook 06 (``rm.added_value``) on ``n_imaged`` random cohort persons with
+    :func:`pseudo_radiomics` features; ``n_permutations`` of the LR test (the simulation's own count)."""
     s = params["imaging_analysis"]
     rng = np.random.default_rng([seed, 6])
     pick = np.sort(rng.choice(len(cohort), size=min(n_imaged, len(cohort)), replace=False))
@@ -245,23 +248,17 @@ def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: d
     feats = pseudo_radiomics(latent.iloc[pick], rng)
     data = sv.add_interactions(cohort.iloc[pick].reset_index(drop=True), [t for t in clinical if ":" in t])
     data = pd.concat([data, feats.reset_index(drop=True)], axis=1)
-    radiomic = rm.radiomic_columns(data)
     time_, event = data["time_days"].to_numpy(float), data["event"].to_numpy(int)
-    horizon = float(s["horizon_days"])
-    templates = rm.model_templates(clinical, radiomic, [], s)
-    preds = rm.cross_validated_predictions(data, time_, event, templates, n_folds=s["n_folds"],
-                                           n_repeats=s["n_repeats"], seed=seed + 600, horizon=horizon)
-    lp = {m: p["lp"].mean(axis=0) for m, p in preds.items()}
-    risk = {m: p["risk"].mean(axis=0) for m, p in preds.items()}
-    comp = rm.compare_models(time_, event, lp, risk, horizon, "clinical", s["n_bootstrap"], seed + 601)
-    clinical_used = templates["clinical"].fit(data, time_, event).clinical_used_
-    lr_data = rm.median_impute(data, clinical_used).assign(signature=lp["imaging"], time_days=time_, event=event)
-    lr = rm.likelihood_ratio_test(lr_data, "time_days", "event", base=clinical_used, added=["signature"])
+    templates = rm.model_templates(clinical, rm.radiomic_columns(data), [], s)
+    res = rm.added_value(data, time_, event, templates, {**s, "n_permutations": n_permutations}, seed=seed + 600,
+                         n_jobs=1)
+    d, lr = res["comparison"]["delta_c"]["combined"], res["lr_test"]
     null = not image_signal
-    d = comp["delta_c"]["combined"]
     return [
         _row("imaging", "delta C combined vs clinical (CI above 0)", d["estimate"], d["ci_low"], d["ci_high"],
-             np.nan, reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="percentile bootstrap"),
-        _row("imaging", "LR test of the signature (p < 0.05)", lr["p"], np.nan, np.nan, np.nan, se=np.nan,
-             reject=bool(lr["p"] < 0.05), null_true=null, ci_kind="test"),
+             np.nan, se=d["se"], reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="CV-fold corrected t"),
+        _row("imaging", f"permutation LR test of the signature (p <= {s['alpha']})", lr["p"], np.nan, np.nan,
+             np.nan, se=np.nan, reject=bool(lr["p"] <= s["alpha"]), null_true=null, ci_kind="test"),
+        _row("imaging", "naive chi-square LR test (p < 0.05; superseded)", lr["p_chi2"], np.nan, np.nan, np.nan,
+             se=np.nan, reject=bool(lr["p_chi2"] < 0.05), null_true=null, ci_kind="test"),
     ]

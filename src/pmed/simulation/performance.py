@@ -52,8 +52,10 @@ def measures(rows: pd.DataFrame) -> dict:
         s2 = ok["se"].to_numpy(float) ** 2
         mod = float(np.sqrt(np.mean(s2)))
         var_s2 = float(np.var(s2, ddof=1))
-        out["model_se"], out["model_se_mcse"] = mod, float(np.sqrt(var_s2 / (4 * R * mod**2)))
-        if emp > 0:
+        out["model_se"] = mod
+        if mod > 0:  # 0 when every CI has width 0 (e.g. a policy equal to the best arm in every resample)
+            out["model_se_mcse"] = float(np.sqrt(var_s2 / (4 * R * mod**2)))
+        if emp > 0 and mod > 0:
             ratio = mod / emp
             out["rel_error_se_pct"] = 100 * (ratio - 1)
             out["rel_error_se_mcse"] = float(100 * ratio * np.sqrt(var_s2 / (4 * R * mod**4) + 1 / (2 * (R - 1))))

@@ -34,6 +34,8 @@ class Settings:
     n_imaged: int
     truth_n_persons: int
     workers: int
+    calibration_n_bootstrap: int
+    imaging_n_permutations: int
     scenarios: list[Scenario]
     max_minutes: float | None = None
     estimands: tuple[str, ...] = design.ESTIMANDS
@@ -48,12 +50,15 @@ class Settings:
         bad = [e for e in chosen if e not in design.ESTIMANDS]
         if bad:
             raise ValueError(f"simulation estimands {bad} unknown; expected some of {list(design.ESTIMANDS)}")
-        for key in ("replicates", "n_persons", "n_imaged", "truth_n_persons", "workers"):
+        for key in ("replicates", "n_persons", "n_imaged", "truth_n_persons", "workers", "calibration_n_bootstrap",
+                    "imaging_n_permutations"):
             if int(sim[key]) != sim[key] or sim[key] < 1:
                 raise ValueError(f"params.yaml simulation.{key}: expected an integer >= 1, got {sim[key]!r}")
         return cls(seed=int(sim["seed"]), replicates=int(sim["replicates"]), n_persons=int(sim["n_persons"]),
                    n_imaged=int(sim["n_imaged"]), truth_n_persons=int(sim["truth_n_persons"]),
-                   workers=int(sim["workers"]), scenarios=design.parse_scenarios(sim["scenarios"]),
+                   workers=int(sim["workers"]), calibration_n_bootstrap=int(sim["calibration_n_bootstrap"]),
+                   imaging_n_permutations=int(sim["imaging_n_permutations"]),
+                   scenarios=design.parse_scenarios(sim["scenarios"]),
                    estimands=chosen, params=params)
 
     def groups(self, scenario: Scenario) -> list[str]:
@@ -98,9 +103,10 @@ def run_replicate(task: tuple) -> dict:
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
             elif g == "calibration":
-                rows += estimands.run_calibration(cohort, seed, params, pop)
+                rows += estimands.run_calibration(cohort, seed, params, pop, settings.calibration_n_bootstrap)
             elif g == "imaging":
-                rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal)
+                rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
+                                              settings.imaging_n_permutations)
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
