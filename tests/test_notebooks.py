@@ -37,7 +37,9 @@ def test_keep_checked_outputs_strips_the_rest():
         nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)", execution_count=7,
                                   outputs=[nbformat.v4.new_output("stream", text="1\n")]),
     ])
+    nb.cells[1].metadata["execution"] = {"iopub.execute_input": "2026-11-29T19:26:01Z"}
     assert nbtools.keep_checked_outputs(nb) == 1
+    assert "execution" not in nb.cells[1].metadata  # no timings: refreshes diff only on results
     assert nb.cells[0].outputs == [] and nb.cells[0].execution_count is None
     assert nb.cells[1].execution_count == 1 and nb.cells[1].metadata["keep_output"] is True
     assert nb.cells[1].outputs[0]["text"] == "1\n"

@@ -45,11 +45,13 @@ def is_checked(cell) -> bool:
 
 
 def keep_checked_outputs(nb) -> int:
-    """Strip every output except the checked cells'; number those cells. Returns their count."""
+    """Strip every output except the checked cells'; number those cells; drop execution
+    timings (so a refresh changes a notebook only where results changed). Returns the count."""
     n = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
+        cell.metadata.pop("execution", None)
         if is_checked(cell):
             n += 1
             cell.execution_count = n
@@ -61,7 +63,6 @@ def keep_checked_outputs(nb) -> int:
             cell.outputs = []
             cell.execution_count = None
             cell.metadata.pop("keep_output", None)
-            cell.metadata.pop("execution", None)
     nb.metadata.pop("papermill", None)
     return n
 
