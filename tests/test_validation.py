@@ -350,3 +350,91 @@ def test_params_schema_checks_the_validation_keys():
     p = copy.deepcopy(config.load_params())
     p["outcomes"]["subgroup_age_edges"] = [70, 60]
     assert params_schema.check(p) == ["outcomes.subgroup_age_edges: expected strictly increasing ages, got [70, 60]"]
+
+
+# --- disclosure control: small counts behind ratios and differences -------------------------------
+
+def test_threshold_counts_hand_case():
+    y = np.array([1, 1, 1, 0, 0, np.nan, 1, 0])
+    flag = np.array([1, 1, 0, 1, 0, 1, 0, 0])
+    assert va.threshold_counts(y, flag) == {"tp": 2, "fp": 1, "fn": 2, "tn": 2}  # the NaN (censored) not counted
+
+
+def _threshold_case():
+    """84 people: 34 deaths, 49 alive, 1 censored; 23 flagged of whom 9 died (canary's run)."""
+    y = np.r_[np.ones(34), np.zeros(49), np.nan]
+    risk = np.r_[np.full(9, 0.8), np.full(25, 0.2), np.full(14, 0.9), np.full(35, 0.1), 0.5]
+    return y, risk
+
+
+def test_release_threshold_metrics_hides_ratios_of_small_true_positives():
+    y, risk = _threshold_case()
+    assert va.threshold_counts(y, risk >= 0.7) == {"tp": 9, "fp": 14, "fn": 25, "tn": 35}
+    safe = np.r_[np.full(20, 0.8), np.full(14, 0.2), np.full(14, 0.9), np.full(35, 0.1), 0.5]  # tp 20, fp 14
+    cis = {f"{k}.{m}": {"estimate": 0.4, "ci_low": 0.3, "ci_high": 0.5, "n_boot": 10}
+           for k in ("cox", "logistic") for m in ("sensitivity", "ppv", "net_benefit", "harrell_c")}
+    out, hidden = va.release_threshold_metrics(cis, y, {"cox": risk, "logistic": safe}, 0.7, 11)
+    assert hidden == ["cox"]
+    assert all(out[f"cox.{m}"]["suppressed"] and out[f"cox.{m}"]["estimate"] is None for m in va.THRESHOLD_METRICS)
+    assert out["cox.harrell_c"] == cis["cox.harrell_c"] and out["logistic.ppv"] == cis["logistic.ppv"]
+    assert cis["cox.ppv"]["estimate"] == 0.4  # input untouched
+    table = va.ci_table_wide(out, {"cox": "Cox", "logistic": "Logistic"})
+    assert table.loc["PPV at threshold", "Cox"] == "suppressed"
+    assert table.loc["PPV at threshold", "Logistic"] == "0.400 (0.300 to 0.500)"
+    # a small count in any repeat hides the model; false positives and false negatives count too
+    _, hidden = va.release_threshold_metrics(cis, y, {"logistic": np.vstack([safe, risk])}, 0.7, 11)
+    assert hidden == ["logistic"]
+    few_fp = np.r_[np.full(20, 0.8), np.full(14, 0.2), np.full(5, 0.9), np.full(44, 0.1), 0.5]
+    assert va.release_threshold_metrics(cis, y, {"cox": few_fp}, 0.7, 11)[1] == ["cox"]
+    assert va.release_threshold_metrics(cis, y, {"cox": safe}, 0.7, 11)[1] == []
+
+
+def test_release_endpoint_counts_protects_the_censored_count():
+    # canary's run: 84 persons, 34 deaths by the horizon, 49 alive past it, 1 censored before
+    time = np.r_[np.full(34, 0.5), np.full(49, 2.0), 0.3]
+    event = np.r_[np.ones(34), np.zeros(49), 0].astype(int)
+    text = va.release_endpoint_counts(time, event, HORIZON, 11)
+    assert text == {"persons": "84", "deaths": "34", "alive": "suppressed", "censored": "<11", "events": "34"}
+    # events over all follow-up: persons - events = 1 censored overall would follow, so events hidden
+    event_later = np.r_[np.ones(34), np.ones(49), 0].astype(int)  # deaths after the horizon too
+    assert va.release_endpoint_counts(time, event_later, HORIZON, 11)["events"] == "suppressed"
+    # nothing small: every count shown
+    time2, event2 = np.r_[time, np.full(11, 0.3)], np.r_[event, np.zeros(11, int)]
+    assert va.release_endpoint_counts(time2, event2, HORIZON, 11) == {
+        "persons": "95", "deaths": "34", "alive": "49", "censored": "12", "events": "34"}
+
+
+def test_released_calibration_curve_merges_groups_with_few_deaths():
+    rng = np.random.default_rng(5)
+    p = np.sort(rng.uniform(0.05, 0.95, 200))
+    y = (np.arange(200) >= 30).astype(float)  # the 30 lowest risks: no death; then 170 deaths
+    y[[0, 1, 2]] = 1.0  # 3 deaths in the lowest group of 20 (observed 0.15 x 20 = 3 without the fix)
+    y[150:170] = 0.0
+    w = np.ones(200)
+    raw = va.cal.calibration_curve(y, p, w, n_bins=10, min_count=11)
+    assert (raw["observed"] * raw["n"]).round().between(1, 10).any()  # the leak the helper removes
+    curve = va.released_calibration_curve(y, p, w, 10, 11)
+    deaths = (curve["observed"] * curve["n"]).round()
+    assert len(curve) >= 1 and not deaths.between(1, 10).any() and not (curve["n"] - deaths).between(1, 10).any()
+    assert curve["n"].sum() == 200 and (curve["n"] >= 11).all()
+    # no small count: the same curve as calibration_curve
+    y_safe = (np.arange(200) % 2).astype(float)  # 25 deaths and 25 survivors per group of 50
+    pd.testing.assert_frame_equal(va.released_calibration_curve(y_safe, p, w, 4, 11),
+                                  va.cal.calibration_curve(y_safe, p, w, n_bins=4, min_count=11))
+    # censored people (weight 0) are not in the curve's groups
+    w0 = w.copy()
+    w0[150:160] = 0.0
+    assert va.released_calibration_curve(y, p, w0, 10, 11)["n"].sum() == 190
+
+
+def test_subgroup_deaths_hidden_when_group_minus_deaths_is_small():
+    # group A: 20 people, 12 deaths by the horizon, 8 alive (20 - 12 = 8 would be derivable)
+    time = np.r_[np.full(12, 0.5), np.full(8, 2.0), np.full(20, 0.5), np.full(20, 2.0)]
+    event = np.r_[np.ones(12), np.zeros(8), np.ones(20), np.zeros(20)].astype(int)
+    group = np.r_[np.full(20, "A"), np.full(40, "B")]
+    risk = np.random.default_rng(1).uniform(size=60)
+    tab = va.subgroup_performance(time, event, risk, {"g": group}, HORIZON, n_boot=5, seed=1, min_cell=11)
+    rows = tab.set_index("group")
+    assert rows.loc["A", "n"] == "20" and rows.loc["B", "n"] == "40"
+    assert rows.loc["A", "deaths"] == "suppressed" and rows.loc["B", "deaths"] == "suppressed"
+    assert rows.loc["A", "suppressed"]  # 8 alive: no metrics either

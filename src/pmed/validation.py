@@ -412,6 +412,98 @@ def bootstrap_performance(
     return metrics.ci_table(point, reps, alpha)
 
 
+
+# --- disclosure control of published counts and ratios ----------------------------------------
+
+THRESHOLD_METRICS = ("sensitivity", "ppv", "net_benefit")
+"""Metrics at the high-risk threshold that, with the group sizes shown beside them, give the
+true/false positive counts back (e.g. PPV x high-risk persons = true positives)."""
+
+
+def threshold_counts(y, flag) -> dict[str, int]:
+    """Unweighted true/false positives and negatives of a 0/1 ``flag`` among people whose
+    outcome by the horizon is known (``y`` 1 death, 0 alive past it, NaN censored before).
+
+    Shapes (n,). Returns ``{"tp", "fp", "fn", "tn"}``.
+    """
+    y, f = np.asarray(y, dtype=float), np.asarray(flag, dtype=bool)
+    if y.shape != f.shape:
+        raise ValueError(f"threshold_counts: y has shape {y.shape}, flag {f.shape}; expected the same")
+    known = ~np.isnan(y)
+    return {"tp": int(np.sum(known & (y == 1) & f)), "fp": int(np.sum(known & (y == 0) & f)),
+            "fn": int(np.sum(known & (y == 1) & ~f)), "tn": int(np.sum(known & (y == 0) & ~f))}
+
+
+def release_threshold_metrics(cis: Mapping[str, dict], y, risks: Mapping[str, np.ndarray], threshold: float,
+                              min_cell: int) -> tuple[dict[str, dict], list[str]]:
+    """``cis`` without the threshold metrics of a model whose flag has a small count.
+
+    Sensitivity (with the deaths shown), PPV (with the high-risk group size shown) and net
+    benefit (with the group size and the persons shown) each give back the true positives, and
+    1 - sensitivity / 1 - PPV the false negatives / positives. So for a model whose ``risk >=
+    threshold`` has, in any repeat (``risks[model]`` shape (R, n) or (n,)), true positives, false
+    positives or false negatives (:func:`threshold_counts`) in 1..min_cell-1, the entries
+    ``<model>.<metric>`` of :data:`THRESHOLD_METRICS` become ``{"estimate": None, "ci_low": None,
+    "ci_high": None, "n_boot", "suppressed": True}`` (shown as "suppressed" by
+    :func:`ci_table_wide`; leave them out of metrics files).
+
+    Returns (released cis, models whose threshold metrics were suppressed).
+    """
+    out, hidden = dict(cis), []
+    for model, risk in risks.items():
+        counts = [threshold_counts(y, r >= threshold) for r in np.atleast_2d(np.asarray(risk, dtype=float))]
+        if any(privacy.is_small(c[k], min_cell) for c in counts for k in ("tp", "fp", "fn")):
+            hidden.append(model)
+            for m in THRESHOLD_METRICS:
+                if f"{model}.{m}" in out:
+                    out[f"{model}.{m}"] = {"estimate": None, "ci_low": None, "ci_high": None,
+                                           "n_boot": out[f"{model}.{m}"].get("n_boot"), "suppressed": True}
+    return out, hidden
+
+
+def released_calibration_curve(y, p, weights, n_bins: int, min_cell: int) -> pd.DataFrame:
+    """:func:`pmed.calibration.calibration_curve` with groups that reveal no small count.
+
+    A group's observed risk times its size gives back its deaths, so groups are merged to at
+    least ``min_cell`` people (``min_count``) and, if a group then has 1..min_cell-1 deaths or
+    survivors (people with weight > 0, as the curve counts them), the curve is recomputed with one group fewer. Returns the curve (its ``n`` column
+    included, for the caller to drop) or an empty frame when not even one group is safe.
+    """
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    keep = np.ones(y.shape, bool) if weights is None else np.asarray(weights, dtype=float) > 0
+    outcome = y[keep][np.argsort(p[keep], kind="stable")]  # groups are runs of sorted risk (weight > 0)
+    for bins in range(n_bins, 0, -1):
+        curve = cal.calibration_curve(y, p, weights, n_bins=bins, min_count=min_cell)
+        cuts = np.cumsum(curve["n"].to_numpy())[:-1]
+        small = any(privacy.is_small(np.sum(g == v), min_cell)
+                    for g in np.split(outcome, cuts) for v in (0, 1))
+        if not small:
+            return curve
+    return curve.iloc[0:0]
+
+
+def release_endpoint_counts(time, event, horizon: float, min_cell: int) -> dict[str, str]:
+    """Report text of the cohort's counts at the horizon, protected together.
+
+    ``persons`` = ``deaths`` (by the horizon) + ``alive`` (past it) + ``censored`` (before it),
+    and ``events`` (deaths over all follow-up) beside persons (persons - events = censored
+    overall, not shown but derivable). A small count reads ``"<k"``; a count hidden so that a
+    small one cannot be obtained by subtraction reads ``"suppressed"``. The alive count is hidden
+    before the deaths (the overall risk and the per-group deaths reveal the deaths).
+    """
+    t, e = sv.check_survival_data(time, event, "release_endpoint_counts")
+    n = t.size
+    dead = int(np.sum((t <= horizon) & (e == 1)))
+    alive = int(np.sum(t > horizon))
+    censored = n - dead - alive
+    events = int(e.sum())
+    horizon_text = privacy.release_counts([n, dead, alive, censored], [[0, 1, 2, 3]], min_cell,
+                                          cost=[n, n + dead, alive, censored])
+    events_text = privacy.release_counts([n, events, n - events], [[0, 1, 2]], min_cell,
+                                         cost=[n, events, np.inf])
+    return {"persons": horizon_text[0], "deaths": horizon_text[1], "alive": horizon_text[2],
+            "censored": horizon_text[3], "events": events_text[1]}
+
 # --- minimum sample size ----------------------------------------------------------------------
 
 def max_cox_snell_r2(outcome: str, prevalence: float | None = None, rate: float | None = None,
@@ -558,7 +650,8 @@ def subgroup_performance(time, event, risk, groups: Mapping[str, Sequence], hori
         A group whose size, deaths by the horizon or people known alive at it is in
         1..min_cell-1 is suppressed (no metrics). Sizes and deaths are released with
         complementary suppression (:func:`pmed.privacy.release_counts`) within each variable,
-        whose groups add up to the published totals.
+        whose groups add up to the published totals, and within each group (size - deaths =
+        people not dead by the horizon, derivable, protected too).
     max_rows : int or None
         m-out-of-n bootstrap above this many people in a group, as :func:`bootstrap_performance`.
 
@@ -584,8 +677,12 @@ def subgroup_performance(time, event, risk, groups: Mapping[str, Sequence], hori
         k = len(levels)
         sizes = [t.size, *(mem.size for mem in members)]
         deaths = [int(dead.sum()), *(int(dead[mem].sum()) for mem in members)]
-        text = privacy.release_counts([*sizes, *deaths], [list(range(k + 1)), list(range(k + 1, 2 * k + 2))],
-                                      min_cell)
+        others = [s - d for s, d in zip(sizes, deaths, strict=True)]  # not dead by the horizon: derivable
+        size_i, death_i, other_i = (list(range(j * (k + 1), (j + 1) * (k + 1))) for j in range(3))
+        text = privacy.release_counts([*sizes, *deaths, *others],
+                                      [size_i, death_i, other_i,
+                                       *([size_i[j], death_i[j], other_i[j]] for j in range(k + 1))],
+                                      min_cell, cost=[*sizes, *deaths, *[np.inf] * (k + 1)])
         for j, (g, mem) in enumerate(zip(levels, members, strict=True)):
             counts = [mem.size, int(dead[mem].sum()), int(alive[mem].sum())]
             row = {"variable": variable, "group": str(g), "n": text[1 + j], "deaths": text[k + 2 + j],
@@ -637,6 +734,8 @@ _HIGHER_IS_BETTER = {"harrell_c": True, "uno_c": True, "ipa": True, "brier": Fal
 
 
 def _fmt(v: Mapping, digits: int) -> str:
+    if v.get("suppressed"):
+        return "suppressed"
     return f"{v['estimate']:.{digits}f} ({v['ci_low']:.{digits}f} to {v['ci_high']:.{digits}f})"
 
 
