@@ -292,3 +292,12 @@ def test_risk_metrics_combines_the_single_metrics():
     npt.assert_allclose(res["auroc"], mt.auroc(out["y"], risk, out["ipcw"]))
     npt.assert_allclose(res["td_auc"], mt.td_auc(t, e, risk, [200])[0])
     assert "ibs" not in res and 0.5 < res["harrell_c"] < 0.9
+
+
+def test_horizon_outcome_when_nobody_is_censored():
+    """No censoring: every weight is 1 (G = 1), the outcome is known for everyone."""
+    time = np.array([1.0, 2.0, 5.0, 9.0])
+    event = np.array([1, 1, 1, 1])
+    out = mt.horizon_outcome(time, event, horizon=4.0)
+    npt.assert_array_equal(out["y"], [1, 1, 0, 0])
+    npt.assert_array_equal(out["ipcw"], [1.0, 1.0, 1.0, 1.0])

@@ -67,7 +67,10 @@ def _censoring_km(time, event):
 
 
 def _step(times, values, x, left: bool):
-    """Right-continuous step function (1 before the first jump) at x, or its left limit."""
+    """Right-continuous step function (1 before the first jump) at x, or its left limit;
+    1 everywhere when there is no jump (e.g. a censoring KM of a sample nobody left)."""
+    if len(values) == 0:
+        return np.ones(np.shape(x))
     idx = np.searchsorted(times, x, side="left" if left else "right") - 1
     return np.where(idx >= 0, values[np.clip(idx, 0, None)], 1.0)
 
