@@ -326,3 +326,23 @@ def test_preprocessor_clusters_do_not_chain():
     pre = rm.RadiomicsPreprocessor(corr_threshold=0.9).fit(X)
     assert len(pre.selected_features_) == 2
     assert sorted(len(m) for m in pre.clusters_.values()) == [1, 2]
+
+
+def test_a_diverging_fold_fit_is_a_named_error(monkeypatch):
+    """A Cox fit whose Newton steps diverge in a fold (sksurv's ArithmeticError) stops with the
+    model, repeat, fold and sizes named, not the solver's message alone."""
+
+    class Diverges:
+        def set_params(self, **_):
+            return self
+
+        def fit(self, *_):
+            raise ArithmeticError("Numerical error, because weights are too large.")
+
+    monkeypatch.setattr(rm, "clone", lambda template: template)
+    df = pd.DataFrame({"x": np.arange(10.0)})
+    split = (0, 1, np.arange(8), np.arange(8, 10))
+    with pytest.raises(ValueError, match=r"the clinical Cox model could not be fitted in CV "
+                                         r"repeat 1, fold 2 \(8 persons, 4 events\)"):
+        rm._fit_fold(df, np.arange(1.0, 11.0), np.array([1, 0] * 5), {"clinical": Diverges()},
+                     split, 0, None)

@@ -642,7 +642,14 @@ def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: i
     out = {}
     for name, template in templates.items():
         model = clone(template).set_params(seed=_model_seed(seed, r, k))
-        model.fit(df.iloc[train], time[train], event[train])
+        try:
+            model.fit(df.iloc[train], time[train], event[train])
+        except ArithmeticError as err:  # sksurv's Newton steps diverge (few events, separation)
+            raise ValueError(
+                f"the {name} Cox model could not be fitted in CV repeat {r + 1}, fold {k + 1} "
+                f"({len(train)} persons, {int(np.sum(np.asarray(event)[train]))} events): {err} "
+                "Too few events per term or a covariate that separates the outcome; use fewer "
+                "clinical terms (imaging_analysis.clinical_terms) or more persons.") from None
         lp = model.predict(df.iloc[test])
         risk = model.predict_risk(df.iloc[test], horizon) if horizon is not None else None
         out[name] = (lp, risk, lp > np.median(model.baseline_[0]))
