@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -142,40 +143,50 @@ def prepare(n_persons: int, workdir: Path, timeout: float) -> tuple[Path, list[d
     return ws, rows
 
 
-def slowest_cells(ws: Path, stage: str, finished: bool, k: int = 4) -> list[list]:
-    """[seconds, first source line] of the ``k`` slowest code cells of the stage's executed
-    notebook (papermill's per-cell durations; the staging copy when the stage did not finish,
-    where the cell still running has duration None)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from pmed import runner
-
-    name = runner.stage_notebook(runner.stage_spec(stage)).name
-    candidates = [ws / runner.STAGING / stage / "reports" / "executed" / name,
-                  ws / "reports" / "executed" / name]
-    for nb_file in candidates[::-1] if finished else candidates:
-        if nb_file.exists():
-            break
-    else:
-        return []
-    cells = [c for c in json.loads(nb_file.read_text())["cells"] if c["cell_type"] == "code"]
-    timed = []
-    for c in cells:
+def cell_times(nb_file: Path) -> dict[int, list]:
+    """{code cell index: [seconds, first source line]} from papermill's metadata in a notebook
+    being executed: durations of finished cells, time so far (now - start) of the running one."""
+    try:
+        cells = [c for c in json.loads(nb_file.read_text())["cells"] if c["cell_type"] == "code"]
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for i, c in enumerate(cells):
         pm = c.get("metadata", {}).get("papermill", {})
         line = next((x.strip() for x in "".join(c["source"]).splitlines() if x.strip()), "")[:70]
-        if pm.get("status") == "running":
-            timed.append([float("inf"), "RUNNING AT END: " + line])
-        elif pm.get("duration") is not None:
-            timed.append([pm["duration"], line])
-    return sorted(timed, key=lambda x: -x[0])[:k]
+        if pm.get("status") == "running" and pm.get("start_time"):
+            started = datetime.fromisoformat(pm["start_time"])
+            out[i] = [(datetime.now(UTC) - started).total_seconds(), "(running) " + line]
+        elif pm.get("status") == "completed" and pm.get("duration") is not None:
+            out[i] = [pm["duration"], line]
+    return out
+
+
+def watch_cells(nb_file: Path, seen: dict, done: threading.Event, every: float = 5.0) -> None:
+    """Merge :func:`cell_times` snapshots of the staging notebook into ``seen`` until ``done``
+    (the runner scrubs durations from the final copy and papermill saves the staging one only
+    now and then, so the last seconds of the stage may be missing)."""
+    while not done.wait(every):
+        seen.update(cell_times(nb_file))
 
 
 def run_one(args) -> None:
-    """Measuring subprocess of one stage: prints its row as JSON."""
+    """Measuring subprocess of one stage: prints its row as JSON, with its slowest cells."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from pmed import runner
+
     ws = Path(args.workspace)
+    name = runner.stage_notebook(runner.stage_spec(args.one)).name
+    staging_nb = ws / runner.STAGING / args.one / "reports" / "executed" / name
+    seen, done = {}, threading.Event()
+    watcher = threading.Thread(target=watch_cells, args=(staging_nb, seen, done), daemon=True)
+    watcher.start()
     log = ws.parent / f"{ws.name}_{args.one}{'_overlay' if args.overlay else ''}.log"
     row = measure([PYTHON, "-m", "pmed.runner", args.one], stage_env(ws, args.overlay),
                   args.timeout, log)
-    row["cells"] = slowest_cells(ws, args.one, row["rc"] == 0)
+    done.set()
+    watcher.join()
+    row["cells"] = sorted(seen.values(), key=lambda x: -x[0])[:4]
     print(json.dumps({"stage": args.one, **row}), flush=True)
 
 
@@ -207,7 +218,7 @@ def print_table(rows: list[dict]) -> None:
               f"{r['cpu_s']:>9.0f}{r['peak_rss_gb']:>12.2f}"
               f"{r['load_mean']:>9.1f}/{r['load_max']:<5.1f}  {status}")
         for seconds, line in r.get("cells", []):
-            print(f"{'':<18}cell {'running' if seconds == float('inf') else f'{seconds:7.0f} s'}  {line}")
+            print(f"{'':<18}cell {seconds:7.0f} s  {line}")
     sizes = sorted({r["eligible"] for r in rows if r.get("eligible")})
     if len(sizes) >= 2:
         print("\ngrowth exponent log(CPU ratio)/log(eligible ratio), "
