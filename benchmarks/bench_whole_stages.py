@@ -20,6 +20,10 @@ change at 10^6 patients), each in its own measuring subprocess, so that:
 - peak RSS GB: the largest sum of RSS over the runner's process tree (psutil, sampled every
   0.5 s; shared pages of forked workers are counted once per process, so an upper bound);
 - load: the machine's 1-minute load average, mean and max over the run (2 cores are shared).
+- cells: the stage's slowest notebook cells (papermill's durations in the staging copy).
+
+CPU s counts processes once they have been waited for (the kernel by the runner, worker
+processes by their pool): a killed stage's figure covers its processes up to the kill.
 
 A stage still running after ``--timeout`` seconds is killed (its process tree, by pid) and
 reported as exceeding. ``--parallel`` runs the stages of one size at the same time (less wall
@@ -187,6 +191,7 @@ def run_one(args) -> None:
     done.set()
     watcher.join()
     row["cells"] = sorted(seen.values(), key=lambda x: -x[0])[:4]
+    row["overlay"] = args.overlay
     print(json.dumps({"stage": args.one, **row}), flush=True)
 
 
@@ -214,9 +219,11 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         status = "ok" if r["rc"] == 0 else ("EXCEEDED timeout (killed)" if r["rc"] == "timeout"
                                             else f"FAILED rc={r['rc']}")
-        print(f"{r['stage']:<16}{r['n']:>10,d}{r.get('eligible', 0):>10,d}{r['wall_s']:>9.0f}"
+        stage = r["stage"] + (" *" if r.get("overlay") else "")
+        print(f"{stage:<16}{r['n']:>10,d}{r.get('eligible', 0):>10,d}{r['wall_s']:>9.0f}"
               f"{r['cpu_s']:>9.0f}{r['peak_rss_gb']:>12.2f}"
-              f"{r['load_mean']:>9.1f}/{r['load_max']:<5.1f}  {status}")
+              f"{r['load_mean']:>9.1f}/{r['load_max']:<5.1f}  {status}"
+              + (f" (overlay {r['overlay']})" if r.get("overlay") else ""))
         for seconds, line in r.get("cells", []):
             print(f"{'':<18}cell {seconds:7.0f} s  {line}")
     sizes = sorted({r["eligible"] for r in rows if r.get("eligible")})
@@ -224,7 +231,8 @@ def print_table(rows: list[dict]) -> None:
         print("\ngrowth exponent log(CPU ratio)/log(eligible ratio), "
               f"{sizes[0]:,d} -> {sizes[-1]:,d} eligible (ok runs only):")
         for stage in dict.fromkeys(r["stage"] for r in rows):
-            pair = {r["eligible"]: r for r in rows if r["stage"] == stage and r["rc"] == 0}
+            pair = {r["eligible"]: r for r in rows if r["stage"] == stage and r["rc"] == 0
+                    and not r.get("overlay")}
             if sizes[0] in pair and sizes[-1] in pair:
                 k = math.log(pair[sizes[-1]]["cpu_s"] / pair[sizes[0]]["cpu_s"]) / math.log(sizes[-1] / sizes[0])
                 print(f"  {stage:<16}{k:.2f}")
@@ -239,11 +247,16 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per stage (default 25 min)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "whole")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="FILE",
+                        help="print the table of rows saved by earlier runs (--json) and exit")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--workspace", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         run_one(args)
+        return 0
+    if args.from_json:
+        print_table([r for f in args.from_json for r in json.loads(f.read_text())])
         return 0
     print(f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()}", flush=True)
     rows = []
