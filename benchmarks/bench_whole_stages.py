@@ -23,7 +23,8 @@ change at 10^6 patients), each in its own measuring subprocess, so that:
 - cells: the stage's slowest notebook cells (papermill's durations in the staging copy).
 
 CPU s counts processes once they have been waited for (the kernel by the runner, worker
-processes by their pool): a killed stage's figure covers its processes up to the kill.
+processes by their pool), or, if larger, the sum of the last sampled CPU times of every
+process seen in the tree (a killed stage: its processes up to the kill, within 0.5 s).
 
 A stage still running after ``--timeout`` seconds is killed (its process tree, by pid) and
 reported as exceeding. ``--parallel`` runs the stages of one size at the same time (less wall
@@ -57,7 +58,7 @@ def measure(cmd: list[str], env: dict, timeout: float, log: Path) -> dict:
     start, rusage0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    peak, loads, done = [0.0], [], threading.Event()
+    peak, loads, done, cpu_seen = [0.0], [], threading.Event(), {}
 
     def sample():
         root = psutil.Process(proc.pid)
@@ -70,6 +71,8 @@ def measure(cmd: list[str], env: dict, timeout: float, log: Path) -> dict:
             for p in tree:
                 try:
                     rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu_seen[p.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
                     pass
             peak[0] = max(peak[0], rss / 1e9)
@@ -88,6 +91,7 @@ def measure(cmd: list[str], env: dict, timeout: float, log: Path) -> dict:
     thread.join()
     rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (rusage.ru_utime - rusage0.ru_utime) + (rusage.ru_stime - rusage0.ru_stime)
+    cpu = max(cpu, sum(cpu_seen.values()))  # processes killed before being waited for
     return {"wall_s": time.perf_counter() - start, "cpu_s": cpu, "peak_rss_gb": peak[0],
             "max_single_rss_gb": rusage.ru_maxrss / 1e6, "rc": rc,
             "load_mean": sum(loads) / len(loads) if loads else float("nan"),
