@@ -229,7 +229,8 @@ def print_table(rows: list[dict]) -> None:
               f"{r['load_mean']:>9.1f}/{r['load_max']:<5.1f}  {status}"
               + (f" (overlay {r['overlay']})" if r.get("overlay") else ""))
         for seconds, line in r.get("cells", []):
-            print(f"{'':<18}cell {seconds:7.0f} s  {line}")
+            shown = "running" if math.isinf(seconds) else f"{seconds:7.0f} s"
+            print(f"{'':<18}cell {shown:>9}  {line}")
     sizes = sorted({r["eligible"] for r in rows if r.get("eligible")})
     if len(sizes) >= 2:
         print("\ngrowth exponent log(CPU ratio)/log(eligible ratio), "
