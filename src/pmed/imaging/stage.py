@@ -21,6 +21,14 @@ Outputs (``config.path("processed")`` unless noted)
   common.min_cell_size suppressed), :func:`pmed.imaging.selection.selection_report`.
 - ``config.path("interim")``/image_exclusions.csv: excluded scans and reasons (file names;
   never shown in a report).
+
+MR series (params ``imaging_features.mr``, :func:`modality_params`) run through the same
+steps with their own selection rules, intensity preprocessing (:mod:`pmed.imaging.preprocess`)
+and discretisation, and go to their own files: image_features_mr.parquet,
+image_features_settings_mr.json, image_feature_catalog_mr.csv, feature_stability_mr.csv,
+image_series_selection_mr.csv and interim/image_exclusions_mr.csv (empty when MR is disabled);
+their MI-CDM rows follow the CT rows in the omop_image_feature files. No table mixes CT and MR
+features: MR intensities have no unit, so their features are not comparable with CT's.
 """
 
 from __future__ import annotations
