@@ -164,41 +164,54 @@ def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: di
 
 
 def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> list[dict]:
-    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat), percentile bootstrap
-    CIs of the performance over the repeats' out-of-fold risks (``n_boot`` resamples: the
+    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat); calibration slope and
+    intercept per test fold, averaged over the R x k folds (:func:`pmed.validation.fold_calibration`),
+    percentile bootstrap CIs over people with the fold models fixed (``n_boot`` resamples: the
     simulation's own count, params ``simulation.calibration_n_bootstrap``).
 
-    Truth of each model: slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
-    with the true risk as fractional outcome) of the models refitted on the whole replicate
-    (``prediction.fit_models`` on the first imputation, the stage's "full" models), on the
-    population sample of ``pop``.
+    Truth (the stage's estimand, data-adaptive): the mean over the replicate's R x k fold
+    models of their slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
+    with the true 365-day risk as fractional outcome) in new people: the population sample of
+    ``pop``, given the missing predictors of the replicate's cohort (each person the
+    missingness pattern of a random cohort person; the generator's missingness is MCAR) and
+    imputed by one PMM imputation (:func:`pmed.imputation.mice`, predictors only), as the
+    stage's test folds are.
     """
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
     settings = prediction.ModelSettings.from_params(o)
+    features = list(settings.features)
     seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     endpoint = metrics.horizon_outcome(time_, event, horizon)
     y, w = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
     rcv = validation.repeated_cv(cohort, "time_days", "event", y, w, times, settings, n_folds=o["cv_folds"],
-                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1)
+                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1,
+                                 keep_models=True)
     cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
                                            survival={"cox": rcv.cox_survival}, times=times,
                                            max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
-                                           threshold=o["high_risk_threshold"], n_jobs=1)
-    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seeds["impute"],
-                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
-    full = prediction.fit_models(data0, "time_days", "event", y, w, settings, seeds["gb"])
-    popx = sv.add_interactions(pop["population"], settings.interactions)
-    pred, _ = prediction.predict_models(full, popx, times)
+                                           threshold=o["high_risk_threshold"], n_jobs=1, fold=rcv.fold)
+    people = pop["population"].reset_index(drop=True)
+    rng = np.random.default_rng([seed, 305])
+    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
+    masked = people[features].mask(pattern)
+    imputed = mice(masked, features, m=1, seed=seed + 306, max_iter=o["mice_max_iter"])[0]
+    popx = sv.add_interactions(imputed, settings.interactions)
+    true_risk = people["true_risk"].to_numpy()
+    per_model = {name: [] for name in prediction.MODELS}
+    for fitted in (m for repeat in rcv.models for m in repeat):
+        pred, _ = prediction.predict_models(fitted, popx, times)
+        for name, p in pred.items():
+            per_model[name].append(calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9)))
     rows = []
-    for name, p in pred.items():
-        true = calibration.calibration_slope_intercept(popx["true_risk"].to_numpy(), np.clip(p, 1e-9, 1 - 1e-9))
+    for name, fits in per_model.items():
         for stat in ("slope", "intercept"):
             ci = cis[f"{name}.calibration_{stat}"]
             rows.append(_row("calibration", f"calibration {stat} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
-                             true[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+                             float(np.mean([f[stat] for f in fits])), reject=np.nan, null_true=False,
+                             ci_kind="percentile bootstrap"))
     return rows
 
 
