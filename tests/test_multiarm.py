@@ -112,6 +112,23 @@ def test_mi_iptw_pools_and_equals_single_analysis_without_missing():
     npt.assert_allclose(mi["survival_difference"]["estimate"], d["difference"], atol=0.03)
 
 
+def test_mi_iptw_and_bootstrap_do_not_depend_on_the_worker_count():
+    df, _ = armsim.simulate(800, 3, censoring="independent")
+    arm = df["arm"].to_numpy()
+    cov = list(armsim.COVARIATES)
+    rng = np.random.default_rng(5)
+    df.loc[rng.random(len(df)) < 0.2, "albumin_g_dl"] = np.nan
+    one, two = (multiarm.mi_iptw(df, cov, arm, armsim.ARMS, 365, m=3, seed=2, max_iter=2, n_jobs=j) for j in (1, 2))
+    for key in ("log_hr", "survival_difference"):
+        pd.testing.assert_frame_equal(one[key], two[key])
+    npt.assert_array_equal(one["weights"], two["weights"])
+    pd.testing.assert_frame_equal(one["completed"], two["completed"])
+    t, e = df["time_days"], df["event"]
+    b1, b2 = (multiarm.bootstrap_differences(one["completed"], t, e, arm, armsim.ARMS, 365, 6, 8, n_jobs=j)
+              for j in (1, 2))
+    pd.testing.assert_frame_equal(b1, b2)
+
+
 @pytest.mark.slow
 def test_mi_iptw_ci_coverage_over_replicates():
     """95% CI of the pooled IPTW survival difference covers the truth in >= 80% of 20 draws."""
