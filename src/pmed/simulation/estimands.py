@@ -9,7 +9,8 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
   the EHR model cannot include, and the truth is the model's least-false log-HR
   (:func:`pmed.simulation.truth.least_false_log_hr`, attenuated towards 0).
 - ``iptw`` (04_treatment): MI IPTW marginal log-HR and 365-day survival difference per arm
-  (Rubin CI), and the bootstrap percentile CI of the survival difference.
+  (Rubin CI), and the bootstrap percentile CI of the survival difference (replicate b on
+  imputed set b mod m, as the stage).
 - ``matched`` (causal.match_nearest, io vs chemo; no report prints it since the multi-arm
   treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR in the population of
   the matched io patients (the caliper drops io patients without a close control, mostly
@@ -96,7 +97,7 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     mi = multiarm.mi_iptw(cohort, list(tr["covariates"]), arm, labels, horizon, m=tr["n_imputations"],
                           seed=seed + 401, max_iter=tr["mice_max_iter"],
                           truncate_quantile=tr["weight_truncation_quantile"])
-    boot = multiarm.bootstrap_differences(mi["completed"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
+    boot = multiarm.bootstrap_differences(mi["completed_sets"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
                                           seed + 402, truncate_quantile=tr["weight_truncation_quantile"])
     hr = mi["log_hr"].set_index("term")
     rd = mi["survival_difference"].set_index("term")
