@@ -50,6 +50,11 @@ from pmed.parallel import run_tasks
 from pmed.survival import check_survival_data, fit_cox, require_events
 
 KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
+MIN_TERM_PERSONS = 10
+"""A clinical term enters a fit only if at least this many of its training persons differ
+from the term's most common value: a rare indicator (e.g. an arm x biomarker product held by
+a handful of persons) has no finite unpenalised estimate when those few persons separate by
+outcome (monotone likelihood), and the Newton steps diverge."""
 
 
 # --------------------------------------------------------------------------- data joins
@@ -239,6 +244,13 @@ def _mode_fraction(x: np.ndarray) -> float:
     """Share of entries equal to the most frequent value of ``x``."""
     _, counts = np.unique(x, return_counts=True)
     return counts.max() / len(x) if len(x) else 1.0
+
+
+def estimable_terms(X: np.ndarray) -> np.ndarray:
+    """(p,) bool: columns of the complete (n, p) matrix with at least :data:`MIN_TERM_PERSONS`
+    rows differing from the column's most common value."""
+    X = np.asarray(X, dtype=float)
+    return np.array([len(col) * (1 - _mode_fraction(col)) >= MIN_TERM_PERSONS for col in X.T], dtype=bool)
 
 
 def _correlation_representatives(
@@ -464,8 +476,9 @@ class CoxModel(BaseEstimator):
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(clin, axis=0) if clin.shape[1] else np.empty(0)
             clin = np.where(np.isnan(clin), median, clin)
-            # a term constant (or all missing) in the training rows cannot be estimated
-            used = ~np.isnan(median) & (np.nanstd(clin, axis=0) > 0)
+            # a term (almost) constant or all missing in the training rows cannot be estimated
+            used = ~np.isnan(median)
+            used[used] = estimable_terms(clin[:, used])
         self.clinical_used_ = [c for c, u in zip(self.clinical, used, strict=True) if u]
         self.clin_median_ = median[used]
         self.clin_mean_ = clin[:, used].mean(axis=0)
@@ -838,8 +851,9 @@ def prevalidated_score(
 def cox_lr_statistic(base: np.ndarray, added: np.ndarray, time, event) -> dict[str, float]:
     """Likelihood-ratio statistic of ``added`` columns in nested Cox models, Breslow ties.
 
-    Made for many refits (permutations): scikit-survival's Newton fit, no summaries. Columns are standardised first (the LR is
-    invariant to it); constant columns add nothing and are left out.
+    Made for many refits (permutations): scikit-survival's Newton fit, no summaries. Columns are
+    standardised first (the LR is invariant to it); columns that are (almost) constant
+    (:func:`estimable_terms`) are left out.
 
     Parameters
     ----------
@@ -855,7 +869,7 @@ def cox_lr_statistic(base: np.ndarray, added: np.ndarray, time, event) -> dict[s
     base, added = np.asarray(base, float).reshape(n, -1), np.asarray(added, float).reshape(n, -1)
 
     def loglik(x: np.ndarray) -> float:
-        x = x[:, x.std(axis=0) > 0]
+        x = x[:, estimable_terms(x)]
         if not x.shape[1]:
             return float(cox_partial_loglik(np.zeros(n), time, event))
         x = (x - x.mean(axis=0)) / x.std(axis=0)

@@ -5,12 +5,16 @@ settings, same seed offsets from the replicate's seed) and returns rows of the r
 table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decision.
 
 - ``cox_mi`` (02_survival): MI (PMM) Cox model, Rubin's rules; truth = the generator's
-  conditional log-HR (given every covariate AND the latent tumour traits, which the EHR model
-  cannot include: with the image signal on, the EHR-only log-HRs are attenuated towards 0).
+  conditional log-HR without image signal; with it, the hazard also depends on tumour traits
+  the EHR model cannot include, and the truth is the model's least-false log-HR
+  (:func:`pmed.simulation.truth.least_false_log_hr`, attenuated towards 0).
 - ``iptw`` (04_treatment): MI IPTW marginal log-HR and 365-day survival difference per arm
-  (Rubin CI), and the bootstrap percentile CI of the survival difference.
+  (Rubin CI), and the bootstrap percentile CI of the survival difference (replicate b on
+  imputed set b mod m, as the stage).
 - ``matched`` (causal.match_nearest, io vs chemo; no report prints it since the multi-arm
-  treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR among io patients.
+  treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR in the population of
+  the matched io patients (the caliper drops io patients without a close control, mostly
+  high PD-L1 ones with the largest benefit: a different population from all io patients).
 - ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
@@ -33,7 +37,7 @@ from pmed import radiomics_model as rm
 from pmed import survival as sv
 from pmed.demo import model
 from pmed.imputation import mice, nelson_aalen
-from pmed.simulation.truth import conditional_log_hr, true_survival_365
+from pmed.simulation.truth import conditional_log_hr, marginal_log_hr_of, true_survival_365
 
 ROW_FIELDS = ("group", "estimand", "estimate", "se", "ci_low", "ci_high", "true", "reject", "null_true", "ci_kind")
 """Replicate-table columns: ``se`` model SE (for percentile CIs: CI width / 3.92); ``true``
@@ -63,8 +67,9 @@ def labels_of(params: dict) -> list[str]:
     return multiarm.arm_order(list(strat["arms"]), strat["reference"])
 
 
-def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool) -> list[dict]:
-    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules."""
+def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool, pop: dict | None) -> list[dict]:
+    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules.
+    Truth: ``pop["cox_log_hr"]`` (least-false) when given, else the conditional log-HRs."""
     s = params["survival"]
     covariates = list(s["covariates"])
     terms = covariates + list(s["interactions"])
@@ -74,7 +79,7 @@ def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: boo
                    auxiliary=["event_aux", "cumhaz"])
     imputed = [sv.add_interactions(d, s["interactions"]) for d in imputed]
     pooled = sv.fit_cox_mi(imputed, "time_days", "event", terms).set_index("term")
-    truth = conditional_log_hr(terms, heterogeneity)
+    truth = pop["cox_log_hr"] if pop and pop.get("cox_log_hr") else conditional_log_hr(terms, heterogeneity)
     return [_row("cox_mi", f"log-HR {t}", pooled.loc[t, "estimate"], pooled.loc[t, "ci_low"],
                  pooled.loc[t, "ci_high"], truth[t], se=pooled.loc[t, "se"], ci_kind="Rubin")
             for t in terms]
@@ -92,7 +97,7 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     mi = multiarm.mi_iptw(cohort, list(tr["covariates"]), arm, labels, horizon, m=tr["n_imputations"],
                           seed=seed + 401, max_iter=tr["mice_max_iter"],
                           truncate_quantile=tr["weight_truncation_quantile"])
-    boot = multiarm.bootstrap_differences(mi["completed"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
+    boot = multiarm.bootstrap_differences(mi["completed_sets"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
                                           seed + 402, truncate_quantile=tr["weight_truncation_quantile"])
     hr = mi["log_hr"].set_index("term")
     rd = mi["survival_difference"].set_index("term")
@@ -109,9 +114,12 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     return rows, best
 
 
-def run_matched(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
-    """causal.match_nearest (1:1, caliper 0.2 SD of the logit PS) io vs chemo; pair-clustered Cox."""
-    pair = cohort[cohort["treatment"].isin(["chemo", "io"])].reset_index(drop=True)
+def run_matched(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict,
+                heterogeneity: bool) -> list[dict]:
+    """causal.match_nearest (1:1, caliper 0.2 SD of the logit PS) io vs chemo; pair-clustered Cox.
+    Truth: :func:`marginal_log_hr_of` the matched io persons (``latent`` in cohort row order)."""
+    keep = cohort["treatment"].isin(["chemo", "io"]).to_numpy()
+    pair = cohort[keep].reset_index(drop=True)
     treated = (pair["treatment"] == "io").to_numpy(int)
     X = causal.design_matrix(pair, list(params["treatment"]["covariates"]))
     ps = causal.fit_propensity(X, treated)
@@ -120,7 +128,9 @@ def run_matched(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> lis
                               weights=causal.matching_weights(pairs, len(pair)),
                               cluster=causal.pair_ids(pairs, len(pair))).loc["treated"]
     lo, hi = np.log(fit["ci_low"]), np.log(fit["ci_high"])
-    return [_row("matched", "log-HR io (matched)", fit["coef"], lo, hi, pop["att_log_hr_io"], se=fit["se"])]
+    matched_io = latent.iloc[np.flatnonzero(keep)[pairs[:, 0]]]
+    true = marginal_log_hr_of(matched_io, "io", heterogeneity, np.random.default_rng([seed, 7]))
+    return [_row("matched", "log-HR io (matched)", fit["coef"], lo, hi, true, se=fit["se"])]
 
 
 def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, heterogeneity: bool,

@@ -72,12 +72,17 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     out = {}
     o = settings.params["outcomes"]
     keep = [*o["covariates"], "true_risk"]
+    s = settings.params["survival"]
+    cox_terms = [*s["covariates"], *s["interactions"]]
     for sc in settings.scenarios:
-        if not {"iptw", "matched", "calibration"} & set(settings.groups(sc)):
+        groups = set(settings.groups(sc))
+        cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+        if not ({"iptw", "matched", "calibration"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
-                                     float(settings.params["treatment"]["horizon_days"]))
+                                     float(settings.params["treatment"]["horizon_days"]),
+                                     cox_terms=cox_terms if cox_truth else None)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
         out[sc.name] = pop
     return out
@@ -94,12 +99,12 @@ def run_replicate(task: tuple) -> dict:
     for g in groups:
         try:
             if g == "cox_mi":
-                rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity)
+                rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity, pop)
             elif g == "iptw":
                 got, best_arm = estimands.run_iptw(cohort, seed, params, pop)
                 rows += got
             elif g == "matched":
-                rows += estimands.run_matched(cohort, seed, params, pop)
+                rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
             elif g == "calibration":
