@@ -152,6 +152,8 @@ def test_imaging_rows_follow_their_decision_rules(small_run):
     naive = img[img["estimand"].str.startswith("naive")]
     assert len(dc) == 2 and len(perm) == 2 and len(naive) == 2
     assert (dc["reject"] == (dc["ci_low"] > 0)).all() and (naive["reject"] == (naive["estimate"] < 0.05)).all()
+    # truth: the fold models' delta C in new people; no image signal -> about 0 (noise features only)
+    assert np.isfinite(dc["true"]).all() and (dc["true"].abs() < 0.03).all()
     assert (perm["reject"] == (perm["estimate"] <= 0.05)).all() and (perm["estimate"] >= 1 / 5).all()  # 4 permutations
 
 

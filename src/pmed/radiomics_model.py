@@ -650,7 +650,8 @@ def _model_seed(seed: int, repeat: int, fold: int) -> int:
 
 
 def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: int, horizon: float | None):
-    """Fit every template on one split's training rows; its test rows' lp, risk and high flag."""
+    """Fit every template on one split's training rows: {name: (test rows' lp, risk, high flag,
+    the fitted model)}."""
     r, k, train, test = split
     out = {}
     for name, template in templates.items():
@@ -665,7 +666,7 @@ def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: i
                 "clinical terms (imaging_analysis.clinical_terms) or more persons.") from None
         lp = model.predict(df.iloc[test])
         risk = model.predict_risk(df.iloc[test], horizon) if horizon is not None else None
-        out[name] = (lp, risk, lp > np.median(model.baseline_[0]))
+        out[name] = (lp, risk, lp > np.median(model.baseline_[0]), model)
     return out
 
 
@@ -679,6 +680,7 @@ def cross_validated_predictions(
     seed: int,
     horizon: float,
     n_jobs: int = 1,
+    keep_models: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Out-of-fold predictions of every model on the same repeated stratified K-fold splits.
 
@@ -692,7 +694,8 @@ def cross_validated_predictions(
     dict model name -> {"lp": (n_repeats, n) out-of-fold linear predictor,
     "risk": (n_repeats, n) predicted risk of death by ``horizon``,
     "high": (n_repeats, n) int8, 1 when the lp exceeds the training folds' median lp,
-    "fold": (n_repeats, n) int, the test fold of each person in each repeat}.
+    "fold": (n_repeats, n) int, the test fold of each person in each repeat}; with
+    ``keep_models`` also "models": the fitted models, one per split in :func:`cv_splits` order.
     """
     time, event = _check_survival(time, event, len(df))
     require_events("the imaging Cox models", event.sum(), max(len(m.clinical) for m in models.values()))
@@ -703,13 +706,15 @@ def cross_validated_predictions(
     fold = np.full((n_repeats, n), -1)
     for (r, k, _, test), res in zip(splits, fitted, strict=True):
         fold[r, test] = k
-        for name, (lp, risk, high) in res.items():
+        for name, (lp, risk, high, _) in res.items():
             out[name]["lp"][r, test] = lp
             out[name]["risk"][r, test] = risk
             out[name]["high"][r, test] = high
     for name in out:
         out[name]["high"] = out[name]["high"].astype(np.int8)
         out[name]["fold"] = fold.copy()
+        if keep_models:
+            out[name]["models"] = [res[name][3] for res in fitted]
     return out
 
 
@@ -965,6 +970,7 @@ def added_value(
     n_jobs: int = 1,
     reference: str = "clinical",
     score_model: str = "imaging",
+    keep_models: bool = False,
 ) -> dict:
     """Do images add to the clinical model? Cross-validated comparison + permutation LR test.
 
@@ -978,6 +984,7 @@ def added_value(
         imaging_analysis section of params.yaml.
     reference, score_model : the clinical model and the imaging-only model whose
         pre-validated score the LR test adds.
+    keep_models : keep the fold models in the predictions (:func:`cross_validated_predictions`).
 
     Returns
     -------
@@ -989,7 +996,7 @@ def added_value(
     horizon = float(settings["horizon_days"])
     cv = {"n_folds": int(settings["n_folds"]), "n_repeats": int(settings["n_repeats"])}
     preds = cross_validated_predictions(df, time, event, templates, seed=seed, horizon=horizon,
-                                        n_jobs=n_jobs, **cv)
+                                        n_jobs=n_jobs, keep_models=keep_models, **cv)
     comparison = cv_comparison(time, event, preds, horizon, reference, level=1.0 - float(settings["alpha"]))
     score_repeats = int(settings["score_repeats"])
     # the first r repeats of the comparison's splits are the splits of an r-repeat CV
