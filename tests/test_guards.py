@@ -76,8 +76,7 @@ def test_competing_risk_fits():
         competing.fit_cause_specific(df, "pneumonitis_time_days", "pneumonitis_status", COVARIATES)
     with message("too few events for Fine-Gray model (pneumonitis_status == 1): 2 events, "
                  f"{RULE4}"):
-        competing.fit_fine_gray(df, "pneumonitis_time_days", "pneumonitis_status", COVARIATES,
-                                id_col="person_id")
+        competing.fit_fine_gray(df, "pneumonitis_time_days", "pneumonitis_status", COVARIATES)
 
 
 def test_treatment_fits():

@@ -70,6 +70,17 @@ def test_mice_completes_keeps_observed_and_varies(mcar_frame):
     npt.assert_array_equal(again[2]["x2"], imps[2]["x2"])
 
 
+def test_mice_does_not_depend_on_the_worker_count(mcar_frame):
+    """Imputation i draws from default_rng(seed + i) whichever process runs it."""
+    _, miss = mcar_frame
+    one = imp.mice(miss, ["x1", "x2", "b"], m=3, seed=4, max_iter=3, auxiliary=["aux"], n_jobs=1)
+    two = imp.mice(miss, ["x1", "x2", "b"], m=3, seed=4, max_iter=3, auxiliary=["aux"], n_jobs=2)
+    for a, b in zip(one, two, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(two[2], imp.mice(miss, ["x1", "x2", "b"], m=1, seed=6, max_iter=3,
+                                                   auxiliary=["aux"])[0])
+
+
 def test_mice_rejects_bad_input(mcar_frame):
     _, miss = mcar_frame
     with pytest.raises(KeyError, match="not in the table"):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from lifelines import KaplanMeierFitter
 
-from pmed import armsim, causal, multiarm
+from pmed import armsim, causal, multiarm, parallel
 
 
 def test_arm_codes_reference_first_and_errors():
@@ -110,6 +110,44 @@ def test_mi_iptw_pools_and_equals_single_analysis_without_missing():
     assert (mi["log_hr"]["fmi"] > 0).all()
     assert mi["weights"].shape == (3, len(df))
     npt.assert_allclose(mi["survival_difference"]["estimate"], d["difference"], atol=0.03)
+
+
+def test_mi_iptw_and_bootstrap_do_not_depend_on_the_worker_count():
+    df, _ = armsim.simulate(800, 3, censoring="independent")
+    arm = df["arm"].to_numpy()
+    cov = list(armsim.COVARIATES)
+    rng = np.random.default_rng(5)
+    df.loc[rng.random(len(df)) < 0.2, "albumin_g_dl"] = np.nan
+    one, two = (multiarm.mi_iptw(df, cov, arm, armsim.ARMS, 365, m=3, seed=2, max_iter=2, n_jobs=j) for j in (1, 2))
+    for key in ("log_hr", "survival_difference"):
+        pd.testing.assert_frame_equal(one[key], two[key])
+    npt.assert_array_equal(one["weights"], two["weights"])
+    pd.testing.assert_frame_equal(one["completed"], two["completed"])
+    assert len(one["completed_sets"]) == 3 and one["completed"] is one["completed_sets"][0]
+    assert not one["completed_sets"][0].equals(one["completed_sets"][1])
+    t, e = df["time_days"], df["event"]
+    b1, b2 = (multiarm.bootstrap_differences(one["completed_sets"], t, e, arm, armsim.ARMS, 365, 6, 8, n_jobs=j)
+              for j in (1, 2))
+    pd.testing.assert_frame_equal(b1, b2)
+
+
+def test_bootstrap_over_imputations_uses_set_b_mod_m():
+    """MI Boot pooled (Schomaker & Heumann 2018): replicate b resamples imputed set b mod m."""
+    df, _ = armsim.simulate(600, 4, censoring="independent")
+    arm, cov = df["arm"].to_numpy(), list(armsim.COVARIATES)
+    t, e = df["time_days"].to_numpy(float), df["event"].to_numpy(float)
+    x0 = df[cov]
+    x1 = x0.assign(albumin_g_dl=x0["albumin_g_dl"] + np.random.default_rng(1).normal(0, 0.5, len(df)))
+    single = multiarm.bootstrap_differences(x0, t, e, arm, armsim.ARMS, 365, 8, 3)
+    pd.testing.assert_frame_equal(multiarm.bootstrap_differences([x0, x0], t, e, arm, armsim.ARMS, 365, 8, 3), single)
+    reps = []
+    for b, idx in enumerate(parallel.resamples(len(df), 8, 3)):
+        x = (x0, x1)[b % 2].iloc[idx]
+        w = multiarm.generalized_iptw(arm[idx], multiarm.fit_multinomial_propensity(x, arm[idx]))
+        reps.append(multiarm.survival_differences(t[idx], e[idx], arm[idx], w, armsim.ARMS, 365)["difference"])
+    both = multiarm.bootstrap_differences([x0, x1], t, e, arm, armsim.ARMS, 365, 8, 3, n_jobs=2)
+    npt.assert_allclose(both[["ci_low", "ci_high"]].to_numpy().T, np.quantile(np.array(reps), [0.025, 0.975], axis=0),
+                        rtol=1e-12)
 
 
 @pytest.mark.slow

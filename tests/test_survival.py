@@ -177,6 +177,19 @@ def test_fit_cox_mi_equals_single_fit_when_imputations_identical(rossi):
     npt.assert_allclose(pooled["ci_low"], cph.params_ - 1.959964 * cph.standard_errors_, rtol=1e-6)
 
 
+def test_mi_fits_do_not_depend_on_the_worker_count(rossi):
+    rng = np.random.default_rng(1)
+    imps = [rossi.assign(age=rossi["age"] + rng.integers(-2, 3, len(rossi))) for _ in range(3)]
+    covs = ["fin", "age", "prio"]
+    one, two = (sv.fit_cox_mi(imps, "week", "arrest", covs, n_jobs=j) for j in (1, 2))
+    pd.testing.assert_frame_equal(one, two)
+    (r1, rem1), (r2, rem2) = (sv.fit_ph_remedy_mi(imps, "week", "arrest", covs, ["age"], 20, n_jobs=j) for j in (1, 2))
+    pd.testing.assert_frame_equal(r1, r2)
+    assert rem1.equals(rem2) and rem1["term"].tolist() == ["age"]
+    fits = [sv.fit_ph_remedy(d, "week", "arrest", covs, ["age"], 20)[0] for d in imps]
+    pd.testing.assert_frame_equal(r1, sv.pool_models(fits))
+
+
 def test_true_log_hazard_ratios_and_truth_check():
     gt = {"other": {"a": 1}, "log_hr": {"x": 0.5, "treated:pdl1_pct": -0.01}}
     truth = sv.true_log_hazard_ratios(gt)

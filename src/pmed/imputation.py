@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pmed.parallel import run_tasks
+
 __all__ = ["nelson_aalen", "mice", "rubin_pool"]
 
 #: Ridge factor added to the diagonal of X'X (relative), as mice's ``ridge = 1e-05``.
@@ -75,6 +77,7 @@ def mice(
     max_iter: int = 10,
     auxiliary: Sequence[str] = (),
     donors: int = 5,
+    n_jobs: int = 1,
 ) -> list[pd.DataFrame]:
     """``m`` completed copies of ``df`` with missing values in ``columns`` imputed by PMM.
 
@@ -94,6 +97,9 @@ def mice(
         Complete columns used only as predictors (e.g. event, cumulative hazard).
     donors : int
         Number of closest observed rows a PMM donor is drawn from.
+    n_jobs : int
+        Processes the imputations run in, one BLAS thread each (:func:`pmed.parallel.run_tasks`);
+        the imputations do not depend on it.
 
     Returns
     -------
@@ -117,8 +123,8 @@ def mice(
     scale = np.nanstd(data, axis=0)
     scale[scale == 0] = 1.0
     incomplete = [j for j in range(len(columns)) if miss[:, j].any()]
-    out = []
-    for i in range(m):
+
+    def impute(i: int) -> np.ndarray:  # imputation i: the filled ``columns``, shape (n, len(columns))
         rng = np.random.default_rng(seed + i)
         filled = data.copy()
         for j in incomplete:  # start from random draws of the observed values
@@ -130,11 +136,10 @@ def mice(
                 x = np.column_stack([np.ones(len(z)), np.delete(z, j, axis=1)])
                 mis = miss[:, j]
                 filled[mis, j] = _pmm_draw(x[~mis], data[~mis, j], x[mis], donors, rng)
-        completed = df.copy()
-        for j, c in enumerate(columns):
-            completed[c] = filled[:, j]
-        out.append(completed)
-    return out
+        return filled[:, :len(columns)]
+
+    return [df.assign(**dict(zip(columns, filled.T, strict=True)))
+            for filled in run_tasks(impute, range(m), n_jobs)]
 
 
 def rubin_pool(

@@ -717,6 +717,7 @@ class Treatment(Model):
     n_imputations: Count
     mice_max_iter: Count
     n_bootstrap: Count
+    n_jobs: Count
     km_times_days: Times
     recommend: Recommend
     monitoring: Monitoring

@@ -20,6 +20,7 @@ from lifelines import CoxPHFitter
 from scipy import stats
 
 from pmed.imputation import rubin_pool
+from pmed.parallel import run_tasks
 
 __all__ = [
     "MIN_EVENTS",
@@ -209,19 +210,41 @@ def fit_cox_mi(
     covariates: Sequence[str],
     strata: Sequence[str] = (),
     alpha: float = 0.05,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """Cox model fitted on each completed data set and pooled with Rubin's rules.
 
+    The m fits run in ``n_jobs`` processes with one BLAS thread each
+    (:func:`pmed.parallel.run_tasks`; the result does not depend on ``n_jobs``).
     Returns the table of :func:`pool_models` (one row per term).
     """
     if len(imputations) < 2:
         raise ValueError(f"fit_cox_mi: need >= 2 imputed data sets, got {len(imputations)}")
-    models = []
-    for data in imputations:
-        if data[list(covariates)].isna().any().any():
-            raise ValueError("fit_cox_mi: an imputed data set still has missing covariate values")
-        models.append(fit_cox(data, duration_col, event_col, covariates, strata))
+    frames = [_model_frame(d, duration_col, event_col, covariates, strata) for d in imputations]
+    if any(f[list(covariates)].isna().any().any() for f in frames):
+        raise ValueError("fit_cox_mi: an imputed data set still has missing covariate values")
+    models = run_tasks(lambda f: fit_cox(f, duration_col, event_col, covariates, strata, alpha=alpha), frames, n_jobs)
     return pool_models(models, alpha=alpha)
+
+
+def fit_ph_remedy_mi(
+    imputations: Sequence[pd.DataFrame],
+    duration_col: str,
+    event_col: str,
+    covariates: Sequence[str],
+    violators: Sequence[str],
+    cut_time: float,
+    n_jobs: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`fit_ph_remedy` on each completed data set, pooled by :func:`pool_models`.
+
+    The m fits run in ``n_jobs`` processes with one BLAS thread each (result independent of
+    ``n_jobs``). Returns the pooled table and the remedies table (the same for every data set).
+    """
+    frames = [_model_frame(d, duration_col, event_col, covariates) for d in imputations]
+    fits = run_tasks(lambda f: fit_ph_remedy(f, duration_col, event_col, covariates, violators, cut_time),
+                     frames, n_jobs)
+    return pool_models([fit for fit, _ in fits]), fits[0][1]
 
 
 def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
