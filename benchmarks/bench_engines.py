@@ -166,6 +166,38 @@ def compare(omop: Path, engines: list[str], pg: dict | None) -> list[dict]:
     return results
 
 
+def quality_plans(omop: Path, engine: str, repeats: int = 2) -> None:
+    """The data-quality checks one statement each (as the stage runs them) against all in one
+    UNION ALL statement, alternately in one session: wall seconds and the load average."""
+    from pmed.cohort import extract, quality
+
+    d = parse_definition(config.load_params()["cohort"])
+    spark = None
+    if engine == "spark":
+        spark = local_engines.spark_session(Path(tempfile.mkdtemp(prefix="bench_q_")), memory="4g")
+        local_engines.load_spark(spark, omop)
+        d = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm"))
+    eng = extract.open_cdm(omop, d, threads=2, spark=spark)
+    try:
+        extract.load_rule_tables(eng, d)
+        checks = quality.quality_queries(d, quality.content_columns(eng), quality.date_columns(eng))
+        union = " UNION ALL ".join(f"SELECT {i} AS check_no, q{i}.* FROM ({c['sql']}) AS q{i}"
+                                   for i, c in enumerate(checks))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            separate = sorted((i, *r) for i, c in enumerate(checks) for r in eng.rows(c["sql"]))
+            mid = time.perf_counter()
+            together = sorted(tuple(r) for r in eng.rows(union))
+            end = time.perf_counter()
+            assert separate == together
+            print(f"{engine}: {len(checks)} checks one by one {mid - start:6.1f} s, in one UNION "
+                  f"ALL {end - mid:6.1f} s ({_load()})", flush=True)
+    finally:
+        eng.close()
+        if spark is not None:
+            spark.stop()
+
+
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
@@ -180,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                     default=Path(tempfile.gettempdir()) / "bench_engines")
     ap.add_argument("--engines", nargs="+", default=["duckdb", "postgres", "spark"],
                     choices=["duckdb", "postgres", "spark"])
+    ap.add_argument("--quality-plans", action="store_true",
+                    help="only time the quality checks one by one vs in one UNION ALL")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--pg", help=argparse.SUPPRESS)
@@ -188,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_child(args.child, args.omop, args.out, json.loads(args.pg))))
         return
     folders = [args.omop] if args.omop else [generate_demo(n, args.workdir) for n in args.persons]
+    if args.quality_plans:
+        for omop in folders:
+            for engine in args.engines:
+                if engine != "postgres":  # needs the server: not part of this comparison
+                    quality_plans(omop, "spark" if engine == "spark" else "duckdb")
+        return
     for omop in folders:
         print(f"--- {omop}\nbefore: {_load()}", flush=True)
         with contextlib.ExitStack() as stack:

@@ -399,6 +399,7 @@ class SparkEngine(Engine):
 
         self.spark = spark or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         self.frames: list = []
+        self.tuned = local_shuffle_partitions(self.spark)
 
     def materialise(self, name, sql):
         self.steps[name] = self._step_name(name)
@@ -458,6 +459,23 @@ class SparkEngine(Engine):
         for df in self.frames:
             df.unpersist()
         self.frames.clear()
+        if self.tuned:
+            self.spark.conf.unset(SHUFFLE_PARTITIONS)
+
+
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+
+
+def local_shuffle_partitions(spark) -> bool:
+    """In local mode, shuffle into as many partitions as there are cores (not Spark's default
+    200: each is a task, and the steps' tables are small), unless the user configured it
+    (launch configuration or the session). True if set here (:meth:`SparkEngine.close` unsets)."""
+    sc = spark.sparkContext
+    if not sc.master.startswith("local") or sc.getConf().contains(SHUFFLE_PARTITIONS) or \
+            spark.conf.get(SHUFFLE_PARTITIONS) != "200":
+        return False
+    spark.conf.set(SHUFFLE_PARTITIONS, str(sc.defaultParallelism))
+    return True
 
 
 def as_engine(con) -> Engine:

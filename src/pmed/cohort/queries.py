@@ -154,32 +154,62 @@ def _literal(value) -> str:
         return "NULL"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
     return repr(value)
 
 
 def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     """The whole extraction as one SQL script for ``dialect`` (statements end with ``;``).
 
-    Creates and fills the rule tables, then one temporary table per step; the cohort is
-    ``SELECT * FROM cohort`` at the end. The OMOP tables are read under their CDM names,
-    qualified by params ``cohort.source.cdm_schema`` / ``vocabulary_schema`` when set.
+    The same temporary-table strategy as the engine layer (:mod:`pmed.cohort.engine`), so
+    the script needs only SELECT on the CDM (plus TEMP on a PostgreSQL database) and reruns
+    in the same session: every rule table and step is a session temporary table, replaced
+    when it exists (PostgreSQL ``DROP TABLE IF EXISTS pg_temp.<name>`` + ``CREATE TEMP
+    TABLE``, then ``ANALYZE``; DuckDB ``CREATE OR REPLACE TEMP TABLE``; Spark ``CREATE OR
+    REPLACE TEMPORARY VIEW`` + ``CACHE TABLE``, computed once). The OMOP tables are read
+    under their CDM names, qualified by params ``cohort.source.cdm_schema`` /
+    ``vocabulary_schema`` when set; the last statement is ``SELECT * FROM cohort``.
     """
-    from pmed.cohort.engine import Engine
+    from pmed.cohort.engine import Engine, duckdb_type
 
     renderer = Engine(d.source)
     renderer.dialect = dialect
     render = renderer.render if d.source.cdm_schema else (lambda s: transpile(s, dialect))
     statements = []
     for name, (columns, rows) in rule_tables(d).items():
-        cols = ", ".join(f"{c} {t}" for c, t in columns)
-        statements.append(f"CREATE TABLE {name} ({cols})")
+        if dialect == "spark":  # no temporary tables: a view over typed literal rows
+            cols = ", ".join(f"CAST({c} AS {duckdb_type(t, dialect)}) AS {c}" for c, t in columns)
+            values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
+            source = (f"FROM VALUES {values} AS v({', '.join(c for c, _ in columns)})" if rows
+                      else "WHERE 1 = 0")
+            statements.append(f"CREATE OR REPLACE TEMPORARY VIEW {name} AS SELECT {cols} "
+                              f"{source}")
+            continue
+        cols = ", ".join(f"{c} {duckdb_type(t, dialect)}" for c, t in columns)
+        statements += _temp_table(name, f"({cols})", dialect)
         if rows:
             values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
-            statements.append(f"INSERT INTO {name} VALUES {values}")
+            statements.append(transpile(f"INSERT INTO {name} VALUES {values}", dialect))
     for name, sql in {**setup_queries(d), **cohort_queries(d)}.items():
-        statements.append(f"CREATE TEMPORARY TABLE {name} AS {sql}")
-    statements.append("SELECT * FROM cohort")
-    return ";\n\n".join(render(s) for s in statements) + ";\n"
+        body = render(sql)
+        if dialect == "spark":
+            statements += [f"CREATE OR REPLACE TEMPORARY VIEW {name} AS {body}",
+                           f"CACHE TABLE {name}"]
+        else:
+            statements += _temp_table(name, f"AS {body}", dialect)
+            if dialect == "postgres":  # temporary tables get no autovacuum statistics
+                statements.append(f"ANALYZE {name}")
+    statements.append(render("SELECT * FROM cohort"))
+    return ";\n\n".join(statements) + ";\n"
+
+
+def _temp_table(name: str, body: str, dialect: str) -> list[str]:
+    """Statements (re)creating session temporary table ``name`` from ``body`` (already in
+    ``dialect``): never a permanent table, never an error when it exists."""
+    if dialect == "postgres":  # pg_temp: never drops a permanent table of the same name
+        return [f"DROP TABLE IF EXISTS pg_temp.{name}", f"CREATE TEMP TABLE {name} {body}"]
+    return [f"CREATE OR REPLACE TEMP TABLE {name} {body}"]
 
 
 def birth_date(alias: str = "p") -> str:
