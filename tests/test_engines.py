@@ -187,8 +187,27 @@ def test_spark_gives_duckdbs_cohort_and_reruns(demo, spark):
     assert spark.catalog.listTables("scratch") == []
 
 
+def test_spark_local_shuffle_partitions_set_for_the_run_only(spark):
+    """Unconfigured local session: as many shuffle partitions as cores during a run (not
+    Spark's 200 tasks per shuffle), Spark's default again after close; a user's value is kept."""
+    from pmed.cohort import engine
+
+    key = "spark.sql.shuffle.partitions"
+    assert spark.conf.get(key) == "200"
+    eng = engine.open_engine(SourceSpec(engine="spark", cdm_schema="cdm"), spark=spark)
+    assert spark.conf.get(key) == str(spark.sparkContext.defaultParallelism) == "2"
+    eng.close()
+    assert spark.conf.get(key) == "200"
+    spark.conf.set(key, "7")
+    try:
+        engine.open_engine(SourceSpec(engine="spark", cdm_schema="cdm"), spark=spark).close()
+        assert spark.conf.get(key) == "7"
+    finally:
+        spark.conf.unset(key)
+
+
 def test_spark_printed_script_runs_twice(demo, spark):
-    """The printed Spark script (temporary views, cached) twice in one session: DuckDB's cohort."""
+    """The printed Spark script (temporary views) twice in one session: DuckDB's cohort."""
     _, d, expected = demo
     sp = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm"))
     *setup, final = script_statements(sp, "spark")
@@ -204,4 +223,3 @@ def test_spark_printed_script_runs_twice(demo, spark):
         for t in spark.catalog.listTables():
             if t.isTemporary:
                 spark.catalog.dropTempView(t.name)
-        spark.catalog.clearCache()

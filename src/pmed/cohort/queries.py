@@ -167,7 +167,8 @@ def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     in the same session: every rule table and step is a session temporary table, replaced
     when it exists (PostgreSQL ``DROP TABLE IF EXISTS pg_temp.<name>`` + ``CREATE TEMP
     TABLE``, then ``ANALYZE``; DuckDB ``CREATE OR REPLACE TEMP TABLE``; Spark ``CREATE OR
-    REPLACE TEMPORARY VIEW`` + ``CACHE TABLE``, computed once). The OMOP tables are read
+    REPLACE TEMPORARY VIEW``, lazy: each step is recomputed where it is used, so on Spark the
+    engine layer, which computes each step once, is the fast way). The OMOP tables are read
     under their CDM names, qualified by params ``cohort.source.cdm_schema`` /
     ``vocabulary_schema`` when set; the last statement is ``SELECT * FROM cohort``.
     """
@@ -193,9 +194,8 @@ def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
             statements.append(transpile(f"INSERT INTO {name} VALUES {values}", dialect))
     for name, sql in {**setup_queries(d), **cohort_queries(d)}.items():
         body = render(sql)
-        if dialect == "spark":
-            statements += [f"CREATE OR REPLACE TEMPORARY VIEW {name} AS {body}",
-                           f"CACHE TABLE {name}"]
+        if dialect == "spark":  # CACHE TABLE on each: Catalyst's plans explode (minutes)
+            statements.append(f"CREATE OR REPLACE TEMPORARY VIEW {name} AS {body}")
         else:
             statements += _temp_table(name, f"AS {body}", dialect)
             if dialect == "postgres":  # temporary tables get no autovacuum statistics
