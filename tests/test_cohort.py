@@ -710,7 +710,7 @@ def test_cli_prints_the_script_for_params_yaml(capsys):
     out = capsys.readouterr().out
     assert out.startswith("DROP TABLE IF EXISTS pg_temp.definition_concepts;\n\n"
                           "CREATE TEMP TABLE definition_concepts (") and "MAKE_DATE(" in out
-    assert out.rstrip().endswith("SELECT * FROM cohort;")
+    assert out.rstrip().endswith("SELECT * FROM cohort ORDER BY person_id;")
 
 
 def test_pandas_reference_gives_the_fixture_cohort(fixture_result):

@@ -206,10 +206,13 @@ def test_spark_local_shuffle_partitions_set_for_the_run_only(spark):
         spark.conf.unset(key)
 
 
-def test_spark_printed_script_runs_twice(demo, spark):
-    """The printed Spark script (temporary views) twice in one session: DuckDB's cohort."""
+def test_spark_printed_script_with_scratch_schema_runs_twice(demo, spark):
+    """The printed Spark script with a scratch schema (Parquet tables there, fixed names)
+    twice in one session: DuckDB's cohort both times."""
     _, d, expected = demo
-    sp = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm"))
+    spark.sql("CREATE DATABASE IF NOT EXISTS script_scratch")
+    sp = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm",
+                                                  scratch_schema="script_scratch"))
     *setup, final = script_statements(sp, "spark")
     try:
         for _ in range(2):
@@ -220,6 +223,4 @@ def test_spark_printed_script_runs_twice(demo, spark):
             pd.testing.assert_frame_equal(contract.coerce(frame, d), expected.cohort,
                                           check_exact=True)
     finally:
-        for t in spark.catalog.listTables():
-            if t.isTemporary:
-                spark.catalog.dropTempView(t.name)
+        spark.sql("DROP DATABASE script_scratch CASCADE")

@@ -164,7 +164,7 @@ class Engine:
             parts = self.steps[table]
         else:
             schema = self._schema_of(table)
-            parts = (*_split_schema(schema), table)
+            parts = (*split_schema(schema), table)
         return ".".join(p for p in parts if p)
 
     def render(self, sql: str) -> str:
@@ -182,7 +182,7 @@ class Engine:
             if name in self.steps:
                 catalog, db, table = self.steps[name]
             else:
-                catalog, db = _split_schema(self._schema_of(name))
+                catalog, db = split_schema(self._schema_of(name))
                 table = name
             if db:
                 t.set("this", exp.to_identifier(table))
@@ -241,12 +241,13 @@ class Engine:
     def _step_name(self, name: str) -> tuple[str | None, str | None, str]:
         """Where step ``name`` lives: a run-unique table in scratch_schema, or the bare name."""
         if self.spec.scratch_schema:
-            catalog, db = _split_schema(self.spec.scratch_schema)
+            catalog, db = split_schema(self.spec.scratch_schema)
             return catalog, db, self.run_id + name
         return None, None, name
 
 
-def _split_schema(schema: str | None) -> tuple[str | None, str | None]:
+def split_schema(schema: str | None) -> tuple[str | None, str | None]:
+    """(catalog, schema) of ``schema`` or ``catalog.schema`` (None for what is absent)."""
     if not schema:
         return None, None
     parts = schema.split(".")
@@ -284,7 +285,7 @@ class DuckDBEngine(Engine):
                 return []
             return [(r[0].lower(), str(r[1])) for r in
                     self.con.execute(f"DESCRIBE {table}").fetchall()]
-        catalog, db = _split_schema(self._schema_of(table))
+        catalog, db = split_schema(self._schema_of(table))
         return [(r[0].lower(), str(r[1])) for r in self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
             "AND table_schema = COALESCE(?, current_schema()) AND (? IS NULL OR "
@@ -350,7 +351,7 @@ class PostgresEngine(Engine):
 
     def columns(self, table):
         table = table.lower()
-        _, db = _split_schema(self._schema_of(table))
+        _, db = split_schema(self._schema_of(table))
         return [(r[0].lower(), r[1]) for r in self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
             "AND table_schema = COALESCE(%s, current_schema()) ORDER BY ordinal_position",
