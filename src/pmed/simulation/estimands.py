@@ -18,9 +18,10 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
 - ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
-- ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept of the three risk
-  models (bootstrap CI over people and repeats); truth = slope / intercept of the models
-  refitted on the whole replicate, evaluated on a large population against the true 365-day risk.
+- ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept per test fold,
+  averaged over the R x k folds (bootstrap CI over people, fold models fixed); truth = mean
+  slope / intercept of the replicate's fold models in the population sample given the
+  cohort's missingness and imputed by PMM, against the true 365-day risk.
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
   the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0;
   truth = :func:`true_delta_c`, the fold models' mean delta C in new people),
@@ -191,7 +192,7 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
-    settings = prediction.ModelSettings.from_params(o)
+    settings = prediction.ModelSettings.from_params({**o, "permutation_repeats": 0})  # importance: not an estimand
     features = list(settings.features)
     seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
