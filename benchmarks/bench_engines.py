@@ -101,7 +101,8 @@ def _postmaster_pid(pidfile: str) -> int:
     return int(Path(pidfile).read_text().split()[0])
 
 
-def run_child(engine: str, omop: Path, out: Path, pg: dict | None) -> dict:
+def run_child(engine: str, omop: Path, out: Path, pg: dict | None,
+              spark_memory: str = "4g") -> dict:
     """One extraction in this process; returns the figures, writes the results to ``out``."""
     d = parse_definition(config.load_params()["cohort"])
     roots, setup, spark = [os.getpid()], 0.0, None
@@ -111,7 +112,7 @@ def run_child(engine: str, omop: Path, out: Path, pg: dict | None) -> dict:
         d = dataclasses.replace(d, source=SourceSpec(engine="postgres", cdm_schema="cdm"))
     elif engine == "spark":
         start = time.perf_counter()
-        spark = local_engines.spark_session(out.parent / "spark", memory="4g")
+        spark = local_engines.spark_session(out.parent / "spark", memory=spark_memory)
         local_engines.load_spark(spark, omop)
         setup = time.perf_counter() - start
         d = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm"))
@@ -128,7 +129,8 @@ def run_child(engine: str, omop: Path, out: Path, pg: dict | None) -> dict:
             "peak_gb": sampler.peak_gb, "setup_s": setup, "persons": int(len(res.cohort))}
 
 
-def compare(omop: Path, engines: list[str], pg: dict | None) -> list[dict]:
+def compare(omop: Path, engines: list[str], pg: dict | None, spark_memory: str = "4g"
+            ) -> list[dict]:
     """Each engine in a subprocess on ``omop``; prints figures and ratios to the first."""
     outdir = Path(tempfile.mkdtemp(prefix="bench_engines_"))
     results = []
@@ -137,7 +139,8 @@ def compare(omop: Path, engines: list[str], pg: dict | None) -> list[dict]:
             out = outdir / engine
             proc = subprocess.run(
                 [sys.executable, __file__, "--omop", str(omop), "--child", engine, "--out",
-                 str(out), "--pg", json.dumps(pg or {})], capture_output=True, text=True,
+                 str(out), "--pg", json.dumps(pg or {}), "--spark-memory", spark_memory],
+                capture_output=True, text=True,
                 check=False)
             if proc.returncode:
                 raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
@@ -166,6 +169,38 @@ def compare(omop: Path, engines: list[str], pg: dict | None) -> list[dict]:
     return results
 
 
+def quality_plans(omop: Path, engine: str, repeats: int = 2) -> None:
+    """The data-quality checks one statement each (as the stage runs them) against all in one
+    UNION ALL statement, alternately in one session: wall seconds and the load average."""
+    from pmed.cohort import extract, quality
+
+    d = parse_definition(config.load_params()["cohort"])
+    spark = None
+    if engine == "spark":
+        spark = local_engines.spark_session(Path(tempfile.mkdtemp(prefix="bench_q_")), memory="4g")
+        local_engines.load_spark(spark, omop)
+        d = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm"))
+    eng = extract.open_cdm(omop, d, threads=2, spark=spark)
+    try:
+        extract.load_rule_tables(eng, d)
+        checks = quality.quality_queries(d, quality.content_columns(eng), quality.date_columns(eng))
+        union = " UNION ALL ".join(f"SELECT {i} AS check_no, q{i}.* FROM ({c['sql']}) AS q{i}"
+                                   for i, c in enumerate(checks))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            separate = sorted((i, *r) for i, c in enumerate(checks) for r in eng.rows(c["sql"]))
+            mid = time.perf_counter()
+            together = sorted(tuple(r) for r in eng.rows(union))
+            end = time.perf_counter()
+            assert separate == together
+            print(f"{engine}: {len(checks)} checks one by one {mid - start:6.1f} s, in one UNION "
+                  f"ALL {end - mid:6.1f} s ({_load()})", flush=True)
+    finally:
+        eng.close()
+        if spark is not None:
+            spark.stop()
+
+
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
@@ -180,14 +215,24 @@ def main(argv: list[str] | None = None) -> None:
                     default=Path(tempfile.gettempdir()) / "bench_engines")
     ap.add_argument("--engines", nargs="+", default=["duckdb", "postgres", "spark"],
                     choices=["duckdb", "postgres", "spark"])
+    ap.add_argument("--quality-plans", action="store_true",
+                    help="only time the quality checks one by one vs in one UNION ALL")
+    ap.add_argument("--spark-memory", default="4g", help="Spark driver memory (local mode)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--pg", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child, args.omop, args.out, json.loads(args.pg))))
+        print(json.dumps(run_child(args.child, args.omop, args.out, json.loads(args.pg),
+                                   args.spark_memory)))
         return
     folders = [args.omop] if args.omop else [generate_demo(n, args.workdir) for n in args.persons]
+    if args.quality_plans:
+        for omop in folders:
+            for engine in args.engines:
+                if engine != "postgres":  # needs the server: not part of this comparison
+                    quality_plans(omop, "spark" if engine == "spark" else "duckdb")
+        return
     for omop in folders:
         print(f"--- {omop}\nbefore: {_load()}", flush=True)
         with contextlib.ExitStack() as stack:
@@ -197,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                 pg = stack.enter_context(local_engines.postgres_server(omop))
                 print(f"postgres: server started and CDM loaded in "
                       f"{time.perf_counter() - start:.0f} s (not counted)", flush=True)
-            compare(omop, args.engines, pg)
+            compare(omop, args.engines, pg, args.spark_memory)
         print(f"after: {_load()}", flush=True)
 
 

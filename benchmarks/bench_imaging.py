@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -60,13 +61,13 @@ def time_stage(source: Path, root: Path, workers: int, params: dict) -> dict:
 
     imaging = dict(params["imaging_features"], workers=workers, progress=False)
     os.environ["PMED_WORKSPACE"] = str(scratch_workspace(source, root))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = stage.run_stage(params["common"], imaging)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     start = time.perf_counter()
     stage.run_stage(params["common"], imaging)
     cached = time.perf_counter() - start
-    n_images = result.timing["n_computed"]
+    n_images = result.timing["n_computed"]  # CT (the MR series are timed in mr_*)
     seconds = result.timing["seconds"]
     return {
         "workers": workers,
@@ -77,9 +78,18 @@ def time_stage(source: Path, root: Path, workers: int, params: dict) -> dict:
         "s_per_image": seconds / n_images,
         "features_per_s": n_images * len(result.feature_names) / seconds,
         "stage_total_s": total,
+        "stage_cpu_s": cpu,  # this process + its finished worker processes (independent of load)
         "stage_cached_s": cached,
         "stability_images": int(result.stability["n_images"].max()),
+        "mr_images": result.mr.timing["n_computed"] if result.mr is not None else 0,  # MR apart from CT
+        "mr_extract_s": result.mr.timing["seconds"] if result.mr is not None else 0.0,
     }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def time_ct_writer(source: Path, root: Path, workers: int, seed: int) -> dict:
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             source = root / "source"
             seconds = build_source(source, args.size, int(params["common"]["seed"]), params)
             n_series = len(pd.read_parquet(source / "data" / "raw" / "omop" / "image_occurrence.parquet"))
-            print(f"demo '{args.size}': wrote EHR + {n_series} CT series in {seconds:.1f} s")
+            print(f"demo '{args.size}': wrote EHR + {n_series} CT/MR series in {seconds:.1f} s")
         if args.ct_writer:
             seed = int(params["common"]["seed"])
             writes = [time_ct_writer(Path(source), root, w, seed) for w in args.workers]

@@ -134,12 +134,12 @@ def index_columns(table: str, columns: list[str]) -> list[str]:
 
 
 def spark_session(folder: Path, cores: int = 2, memory: str = "1g"):
-    """A local SparkSession (``cores`` threads, warehouse in ``folder``, UI off, UTC)."""
+    """A local SparkSession (``cores`` threads, warehouse in ``folder``, UI off, UTC; shuffle
+    partitions left to the engine, :func:`pmed.cohort.engine.local_shuffle_partitions`)."""
     from pyspark.sql import SparkSession
 
     return (SparkSession.builder.master(f"local[{cores}]").appName("pmed-local")
             .config("spark.sql.warehouse.dir", str(Path(folder) / "warehouse"))
-            .config("spark.sql.shuffle.partitions", str(cores))
             .config("spark.ui.enabled", "false")
             .config("spark.driver.memory", memory)
             .config("spark.sql.session.timeZone", "UTC")

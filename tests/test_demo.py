@@ -107,8 +107,10 @@ def test_nsclc_data_use_descendant_codes_found_only_through_the_hierarchy(tables
 
 def test_image_occurrence_points_at_real_series_and_masks(ci_dir, tables):
     img = tables["image_occurrence"]
-    tumours = pd.read_csv(ci_dir / "truth" / "ground_truth_tumours.csv")
-    assert len(img) == len(tumours) >= 60
+    ct_tumours = pd.read_csv(ci_dir / "truth" / "ground_truth_tumours.csv")
+    mr_tumours = pd.read_csv(ci_dir / "truth" / "ground_truth_tumours_mr.csv")
+    tumours = pd.concat([ct_tumours, mr_tumours])
+    assert len(img) == len(tumours) and len(ct_tumours) >= 60 and len(mr_tumours) > 0
     for row in img.itertuples():
         series = ci_dir / row.local_path
         assert series.is_dir() and any(series.glob("*.dcm")), row.local_path
@@ -118,7 +120,11 @@ def test_image_occurrence_points_at_real_series_and_masks(ci_dir, tables):
     linked = proc.loc[img["procedure_occurrence_id"]]
     assert (linked["person_id"].to_numpy() == img["person_id"].to_numpy()).all()
     assert (linked["procedure_date"].to_numpy() == img["image_occurrence_date"].to_numpy()).all()
-    assert (img["modality_concept_id"] == v.CT_MODALITY.concept_id).all()
+    modality = img["image_series_uid"].isin(mr_tumours["image_series_uid"]).map(
+        {True: v.MR_MODALITY.concept_id, False: v.CT_MODALITY.concept_id})
+    assert (img["modality_concept_id"] == modality).all()
+    assert (linked["procedure_concept_id"].to_numpy() == np.where(
+        modality == v.MR_MODALITY.concept_id, v.MR_MODALITY.concept_id, v.CHEST_CT.concept_id)).all()
 
 
 def test_defect_counts_in_ground_truth_equal_the_files(tables, truth):

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from pmed import config
-from pmed.cohort import extract, extract_cohort, fingerprint, parse_definition
+from pmed.cohort import contract, extract, extract_cohort, fingerprint, parse_definition, queries
 from pmed.cohort.engine import SourceSpec
 from pmed.cohort.errors import CohortError
 
@@ -130,6 +130,32 @@ def test_postgres_errors_name_the_schema(demo, postgres, monkeypatch):
                                                                          cdm_schema="cdm")))
 
 
+def script_statements(d, dialect: str) -> list[str]:
+    """``python -m pmed.cohort --sql <dialect>``'s script, one statement per item."""
+    script = queries.render_script(d, dialect)
+    return [s.removesuffix(";\n") for s in script.split(";\n\n")]
+
+
+def test_postgres_printed_script_runs_twice_as_read_only_role(demo, postgres):
+    """The printed script (temporary tables only) on the read-only role, twice in one session:
+    DuckDB's cohort both times (before: permanent CREATE TABLE, "permission denied" on a
+    read-only CDM and "already exists" on a rerun)."""
+    import psycopg
+
+    _, d, expected = demo
+    pg = dataclasses.replace(d, source=SourceSpec(engine="postgres", cdm_schema="cdm"))
+    *setup, final = script_statements(pg, "postgres")
+    conninfo = " ".join(f"{k}={postgres[f'PG{k.upper()}']}"
+                        for k in ("host", "port", "user")) + f" dbname={postgres['PGDATABASE']}"
+    with psycopg.connect(conninfo, autocommit=True) as con:
+        for _ in range(2):
+            for statement in setup:
+                con.execute(statement)
+            cur = con.execute(final)
+            frame = pd.DataFrame.from_records(cur.fetchall(), columns=[c.name for c in cur.description])
+            pd.testing.assert_frame_equal(contract.coerce(frame, d), expected.cohort, check_exact=True)
+
+
 # --- Spark --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -159,3 +185,42 @@ def test_spark_gives_duckdbs_cohort_and_reruns(demo, spark):
                                                   scratch_schema="scratch"))
     assert_same(extract_cohort(None, sp, spark=spark, check_quality=False), no_quality)
     assert spark.catalog.listTables("scratch") == []
+
+
+def test_spark_local_shuffle_partitions_set_for_the_run_only(spark):
+    """Unconfigured local session: as many shuffle partitions as cores during a run (not
+    Spark's 200 tasks per shuffle), Spark's default again after close; a user's value is kept."""
+    from pmed.cohort import engine
+
+    key = "spark.sql.shuffle.partitions"
+    assert spark.conf.get(key) == "200"
+    eng = engine.open_engine(SourceSpec(engine="spark", cdm_schema="cdm"), spark=spark)
+    assert spark.conf.get(key) == str(spark.sparkContext.defaultParallelism) == "2"
+    eng.close()
+    assert spark.conf.get(key) == "200"
+    spark.conf.set(key, "7")
+    try:
+        engine.open_engine(SourceSpec(engine="spark", cdm_schema="cdm"), spark=spark).close()
+        assert spark.conf.get(key) == "7"
+    finally:
+        spark.conf.unset(key)
+
+
+def test_spark_printed_script_with_scratch_schema_runs_twice(demo, spark):
+    """The printed Spark script with a scratch schema (Parquet tables there, fixed names)
+    twice in one session: DuckDB's cohort both times."""
+    _, d, expected = demo
+    spark.sql("CREATE DATABASE IF NOT EXISTS script_scratch")
+    sp = dataclasses.replace(d, source=SourceSpec(engine="spark", cdm_schema="cdm",
+                                                  scratch_schema="script_scratch"))
+    *setup, final = script_statements(sp, "spark")
+    try:
+        for _ in range(2):
+            for statement in setup:
+                spark.sql(statement)
+            df = spark.sql(final)
+            frame = pd.DataFrame.from_records([tuple(r) for r in df.collect()], columns=df.columns)
+            pd.testing.assert_frame_equal(contract.coerce(frame, d), expected.cohort,
+                                          check_exact=True)
+    finally:
+        spark.sql("DROP DATABASE script_scratch CASCADE")

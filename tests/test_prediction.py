@@ -90,6 +90,19 @@ def test_out_of_fold_predictions_ignore_own_fold_outcomes(sim):
         assert not np.allclose(cv2.risk[k][~in0], cv.risk[k][~in0]), k
 
 
+def test_kept_fold_models_reproduce_the_out_of_fold_predictions(sim):
+    df, y, w, cv = sim
+    assert cv.models is None
+    kept = pr.cross_validated_predictions(df, "time_days", "event", y, w, TIMES, SETTINGS, n_folds=3, seed_cv=5,
+                                          seed_gb=6, keep_models=True)
+    assert len(kept.models) == 3
+    for i, models in enumerate(kept.models):
+        test = kept.fold == i
+        risk, _ = pr.predict_models(models, df[test], TIMES)
+        for k in pr.MODELS:
+            npt.assert_allclose(risk[k], cv.risk[k][test], rtol=1e-10)
+
+
 def test_logistic_fold_predictions_equal_a_fit_on_the_other_folds(sim):
     df, y, w, cv = sim
     train, test = pr.fold_splits(len(df), 3, seed=5)[1]

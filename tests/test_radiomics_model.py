@@ -278,6 +278,36 @@ def test_cox_model_leaves_out_constant_terms_and_empty_features():
         rm.CoxModel(clinical=["nope"]).fit(df, df["time_days"], df["event"])
 
 
+def test_estimable_terms_counts_persons_away_from_the_mode():
+    x = np.zeros((40, 4))
+    x[:9, 0] = 1.0  # 9 persons differ from the mode: too rare
+    x[:10, 1] = 1.0  # 10: enough
+    x[:, 2] = np.arange(40.0)  # continuous
+    x[-10:, 3] = 1.0  # the mode may be any value: 30 ones
+    x[:, 3] = 1 - x[:, 3]
+    npt.assert_array_equal(rm.estimable_terms(x), [rm.MIN_TERM_PERSONS <= 9, True, True, True])
+
+
+def test_a_rare_separating_indicator_is_left_out_not_a_solver_failure():
+    """An indicator held by 3 persons who all die first has no finite estimate (monotone
+    likelihood): the models leave it out and fit the rest, clinical-only and combined alike."""
+    df = simulate(300, image_signal=True, seed=SEED)
+    first = np.argsort(df["time_days"].to_numpy())[:3]
+    df["event"] = df["event"].to_numpy().copy()
+    df.loc[first, "event"] = 1
+    df["rare"] = 0.0
+    df.loc[first, "rare"] = 1.0
+    for model in (rm.CoxModel(clinical=CLINICAL + ["rare"]),
+                  rm.CoxModel(clinical=CLINICAL + ["rare"], radiomic=radiomics_of(df), preprocessor=PREPROCESSOR,
+                              n_alphas=10, inner_folds=3)):
+        model.fit(df, df["time_days"], df["event"])
+        assert model.clinical_used_ == CLINICAL
+        assert np.isfinite(model.predict(df)).all()
+    lr = rm.cox_lr_statistic(df[CLINICAL + ["rare"]].fillna(1.0).to_numpy(), df["original_firstorder_Entropy"].to_numpy(),
+                             df["time_days"], df["event"])
+    assert np.isfinite(lr["lr"])
+
+
 def test_one_se_rule_gives_a_sparser_signature():
     df = simulate(400, image_signal=True, seed=SEED)
     fitted = {

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 
+from pmed import calibration as cal
 from pmed import metrics
 from pmed import prediction as pr
 from pmed import validation as va
@@ -237,6 +238,67 @@ def test_bootstrap_rejects_mismatched_shapes(preds):
         va.bootstrap_performance(time, event, {"a": risks["good"], "b": risks["good"][:1]}, HORIZON, 10, 1)
 
 
+# --- per-fold calibration --------------------------------------------------------------------------
+
+def test_fold_calibration_is_the_mean_of_the_per_fold_fits():
+    """Hand case: two folds, each recalibrated on its own rows; a fold with one outcome value is skipped."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.1, 0.9, 90)
+    y = (rng.random(90) < p).astype(float)
+    w = rng.uniform(1, 2, 90)
+    fold = np.repeat([0, 1, 2], 30)
+    y[60:] = 1.0  # fold 2: every outcome 1, no finite slope
+    y[5], w[5] = np.nan, 0.0  # censored before the horizon: weight 0
+    per = [cal.calibration_slope_intercept(y[fold == k][w[fold == k] > 0], p[fold == k][w[fold == k] > 0],
+                                           w[fold == k][w[fold == k] > 0]) for k in (0, 1)]
+    got = va.fold_calibration(y, p, w, fold)
+    assert got["slope"] == pytest.approx((per[0]["slope"] + per[1]["slope"]) / 2, rel=1e-12)
+    assert got["intercept"] == pytest.approx((per[0]["intercept"] + per[1]["intercept"]) / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="differ in shape"):
+        va.fold_calibration(y, p, w, fold[:-1])
+
+
+def test_fold_calibration_is_not_attenuated_by_fold_shifts_unlike_pooling():
+    """Over 200 draws: 5 folds whose models predict logit p = x + c_k (right slope 1, intercepts
+    c_k = -1 .. 1 apart). The per-fold mean slope is 1 (MC error about 0.01); pooling the folds'
+    predictions attenuates it (the flaw this replaces)."""
+    rng = np.random.default_rng(20261129)
+    shifts = np.linspace(-1, 1, 5)
+    fold = np.repeat(np.arange(5), 300)
+    per_fold, pooled = [], []
+    for _ in range(200):
+        x = rng.normal(0, 1, fold.size)
+        y = (rng.random(fold.size) < 1 / (1 + np.exp(-x))).astype(float)
+        p = 1 / (1 + np.exp(-(x + shifts[fold])))
+        per_fold.append(va.fold_calibration(y, p, np.ones_like(p), fold)["slope"])
+        pooled.append(cal.calibration_slope_intercept(y, p)["slope"])
+    se = np.std(per_fold, ddof=1) / np.sqrt(len(per_fold))
+    assert abs(np.mean(per_fold) - 1) < 3 * se + 0.01  # small-sample bias of a 300-person fit allowed
+    assert np.mean(pooled) < 0.9
+
+
+def test_bootstrap_with_folds_reports_per_fold_calibration(preds):
+    time, event, risks = preds
+    rng = np.random.default_rng(9)
+    fold = np.stack([rng.permutation(np.arange(time.size) % 4) for _ in range(2)])
+    a = va.bootstrap_performance(time, event, risks, HORIZON, n_boot=40, seed=2, fold=fold)
+    b = va.bootstrap_performance(time, event, risks, HORIZON, n_boot=40, seed=2, fold=fold, n_jobs=2)
+    plain = va.bootstrap_performance(time, event, risks, HORIZON, n_boot=40, seed=2)
+    assert a == b
+    end = metrics.horizon_outcome(time, event, HORIZON)
+    y, w = end["y"].to_numpy(), end["ipcw"].to_numpy()
+    for name, r in risks.items():
+        by_repeat = [va.fold_calibration(y, r[i], w, fold[i]) for i in range(2)]
+        for stat in ("slope", "intercept"):
+            got = a[f"{name}.calibration_{stat}"]
+            assert got["estimate"] == pytest.approx(np.mean([v[stat] for v in by_repeat]), rel=1e-12)
+            assert got["ci_low"] < got["estimate"] < got["ci_high"]
+        for m in ("harrell_c", "brier", "ici"):  # other metrics: unchanged by the folds
+            assert a[f"{name}.{m}"] == plain[f"{name}.{m}"]
+    with pytest.raises(ValueError, match="fold has shape"):
+        va.bootstrap_performance(time, event, risks, HORIZON, n_boot=5, seed=2, fold=fold[:1])
+
+
 # --- subgroups, temporal split ---------------------------------------------------------------------
 
 def test_subgroup_performance_suppresses_small_groups(preds):
@@ -310,6 +372,11 @@ def test_repeated_cv_refits_imputation_and_folds_per_repeat():
     assert not np.allclose(rcv.risk["cox"][0], rcv.risk["cox"][1])  # new imputation and folds
     npt.assert_allclose(rcv.risk["cox"], 1 - rcv.cox_survival[:, :, -1])
     assert np.isnan(rcv.importances).all() and rcv.importances.shape == (6, 2)
+    assert rcv.fold.shape == (2, n) and rcv.models is None
+    assert {int(k) for k in np.unique(rcv.fold)} == {0, 1, 2}
+    kept = va.repeated_cv(*args, n_folds=3, n_repeats=2, seeds=seeds, mice_max_iter=2, keep_models=True)
+    npt.assert_array_equal(kept.risk["gbm"], rcv.risk["gbm"])
+    assert len(kept.models) == 2 and all(len(m) == 3 for m in kept.models)
     again = va.repeated_cv(*args, n_folds=3, n_repeats=1, seeds=seeds, mice_max_iter=2)
     npt.assert_array_equal(again.risk["gbm"][0], rcv.risk["gbm"][0])  # repeat 0 does not depend on R
     with pytest.raises(ValueError, match="cv_repeats"):

@@ -49,6 +49,7 @@ INTERPOLATORS = ("sitkNearestNeighbor", "sitkLinear", "sitkBSpline")
 IMAGE_TYPES = ("Original", "Wavelet", "LoG", "Square", "SquareRoot", "Logarithm", "Exponential",
                "Gradient", "LBP2D", "LBP3D")  # pyradiomics image types (filters)
 PERTURBATIONS = ("original", "erode", "dilate", "noise", "translate")
+NORMALISATIONS = ("none", "zscore_roi", "zscore_body")  # pmed.imaging.preprocess.NORMALISATIONS
 ICC_TYPES = ("3,1", "2,1")
 ENCODINGS = ("utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf16")
 SIM_ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "imaging")  # pmed.simulation.design.ESTIMANDS
@@ -289,6 +290,7 @@ class Demo(Model):
     chunk_size: Count
     imaging_workers: Count
     mask_formats: MaskFormats = MaskFormats()
+    mr_share: Share = 0.0  # imaged persons with a baseline MR (pmed.demo.mr)
     image_signal: Bool = True
     heterogeneity: Bool = True
     rates: Rates
@@ -817,6 +819,51 @@ class SeriesSelection(Model):
         return self
 
 
+class Preprocessing(Model):
+    """Intensity preprocessing before radiomics (imaging/preprocess.py Preprocessing)."""
+
+    normalisation: Annotated[Literal[NORMALISATIONS], _expect(f"one of {', '.join(NORMALISATIONS)}")] = "none"
+    n4_bias_correction: Bool = False
+
+
+class RadiomicsOverrides(Model):
+    """Keys of imaging_features.radiomics that a modality replaces (all optional)."""
+
+    resampled_spacing_mm: Annotated[
+        Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None,
+        _expect("[x, y, z] spacing in mm (numbers > 0) or null")] = None
+    interpolator: Annotated[Literal[INTERPOLATORS] | None, _expect(f"one of {', '.join(INTERPOLATORS)}")] = None
+    resegment_range_hu: Annotated[Annotated[list[float], Field(min_length=2, max_length=2)] | None,
+                                  _expect("a range [low, high] or null")] = None
+    bin_width: Annotated[float | None, Field(gt=0), _expect("a number > 0 or null")] = None
+    bin_count: Annotated[int | None, Field(ge=2), _expect("an integer >= 2 or null")] = None
+
+
+class StabilityOverrides(Model):
+    """Keys of imaging_features.stability that a modality replaces (all optional)."""
+
+    n_images: Annotated[int | None, Field(ge=2), _expect("an integer >= 2")] = None
+    noise_sd_hu: Annotated[float | None, Field(ge=0), _expect("a number >= 0")] = None
+    shift_voxels: Annotated[float | None, Field(ge=0), _expect("a number >= 0")] = None
+
+
+class MrImaging(Model):
+    """MR series, analysed apart from CT (imaging/stage.py modality_params)."""
+
+    enabled: Bool = False
+    series_selection: SeriesSelection = SeriesSelection(modalities=["MR"])
+    preprocessing: Preprocessing = Preprocessing(normalisation="zscore_body")
+    radiomics: RadiomicsOverrides = RadiomicsOverrides()
+    stability: StabilityOverrides = StabilityOverrides()
+
+    @model_validator(mode="after")
+    def _ok(self):
+        if "MR" not in self.series_selection.modalities or "CT" in self.series_selection.modalities:
+            raise fail(f"expected MR and not CT among the modalities (no CT/MR pooling), got "
+                       f"{self.series_selection.modalities}", "series_selection.modalities")
+        return self
+
+
 class ImagingFeatures(Model):
     mask_path_template: Annotated[Text | Annotated[list[Text], Field(min_length=1)],
                                   _expect("a path template or a non-empty list of them")]
@@ -833,9 +880,15 @@ class ImagingFeatures(Model):
     stability: Stability
     response: Response
     truth_features: dict[str, Column] = {}
+    preprocessing: Preprocessing = Preprocessing()
+    mr: MrImaging = MrImaging()
 
     @model_validator(mode="after")
     def _ok(self):
+        if "MR" in self.series_selection.modalities:
+            raise fail("expected CT series only (MR series are analysed by imaging_features.mr; no "
+                       f"CT/MR pooling), got {self.series_selection.modalities}",
+                       "series_selection.modalities")
         first, last = self.followup_window_days
         if not 0 < first <= last:
             raise fail(f"expected 0 < first_day <= last_day, got [{first}, {last}]",

@@ -147,12 +147,15 @@ class CVPredictions:
         Mean decrease in held-out weighted AUROC of gradient boosting per shuffled feature.
     fold : array of int, shape (n,)
         Fold (0 .. n_folds - 1) in which each person was held out.
+    models : list of FittedModels or None
+        The fold models (fold i's at position i) when asked for (``keep_models``), else None.
     """
 
     risk: dict[str, np.ndarray]
     cox_survival: np.ndarray
     importances: np.ndarray
     fold: np.ndarray
+    models: list | None = None
 
 
 def fold_splits(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -271,8 +274,9 @@ def predict_models(models: FittedModels, frame: pd.DataFrame, times: Sequence[fl
     return risk, surv
 
 
-def _fit_fold(task, frame, X, y, w, known, times, settings, time_col, event_col, seed_gb):
-    """Models of one fold fitted on its training rows; predictions and importance of its test rows."""
+def _fit_fold(task, frame, X, y, w, known, times, settings, time_col, event_col, seed_gb, keep_models=False):
+    """Models of one fold fitted on its training rows; predictions and importance of its test rows
+    (and the models themselves with ``keep_models``, else None)."""
     i, train, test = task
     features = list(settings.features)
     models = fit_models(frame.iloc[train], time_col, event_col, y[train], w[train], settings, seed_gb)
@@ -287,7 +291,7 @@ def _fit_fold(task, frame, X, y, w, known, times, settings, time_col, event_col,
                                       random_state=seed_gb).importances_mean
     else:
         perm = np.full(len(features), np.nan)
-    return cox_surv, risk["logistic"], risk["gbm"], perm
+    return cox_surv, risk["logistic"], risk["gbm"], perm, models if keep_models else None
 
 
 def cross_validated_predictions(
@@ -302,6 +306,7 @@ def cross_validated_predictions(
     seed_cv: int,
     seed_gb: int,
     n_jobs: int = 1,
+    keep_models: bool = False,
 ) -> CVPredictions:
     """Out-of-fold risk of death by the horizon from the three models.
 
@@ -329,6 +334,9 @@ def cross_validated_predictions(
         ``random_state`` of gradient boosting and of permutation importance.
     n_jobs : int
         Processes over which the folds are spread.
+    keep_models : bool
+        Also return the fitted fold models (``CVPredictions.models``; e.g. to evaluate them on
+        other people, as the simulation study does).
     """
     terms = settings.terms
     sv.require_columns(data, [time_col, event_col, *terms], "cross_validated_predictions data")
@@ -345,19 +353,20 @@ def cross_validated_predictions(
     frame = data[[time_col, event_col, *terms]]
     splits = fold_splits(n, n_folds, seed_cv)
     fit = partial(_fit_fold, frame=frame, X=X, y=y, w=w, known=known, times=times, settings=settings,
-                  time_col=time_col, event_col=event_col, seed_gb=seed_gb)
+                  time_col=time_col, event_col=event_col, seed_gb=seed_gb, keep_models=keep_models)
     results = run_tasks(fit, [(i, train, test) for i, (train, test) in enumerate(splits)], n_jobs)
     risk = {k: np.full(n, np.nan) for k in MODELS}
     cox_surv = np.full((n, len(times)), np.nan)
     fold = np.full(n, -1)
-    for i, ((_, test), (surv, logistic, gbm, _)) in enumerate(zip(splits, results, strict=True)):
+    for i, ((_, test), (surv, logistic, gbm, _, _)) in enumerate(zip(splits, results, strict=True)):
         fold[test] = i
         cox_surv[test] = surv
         risk["cox"][test] = 1 - surv[:, -1]
         risk["logistic"][test] = logistic
         risk["gbm"][test] = gbm
     importances = np.array([r[3] for r in results])
-    return CVPredictions(risk=risk, cox_survival=cox_surv, importances=importances, fold=fold)
+    models = [r[4] for r in results] if keep_models else None
+    return CVPredictions(risk=risk, cox_survival=cox_surv, importances=importances, fold=fold, models=models)
 
 
 def _all_metrics(idx, time, event, cv: CVPredictions, horizon, threshold, times) -> dict[str, float]:

@@ -50,6 +50,11 @@ from pmed.parallel import run_tasks
 from pmed.survival import check_survival_data, fit_cox, require_events
 
 KEY_COLUMNS = ("person_id", "image_occurrence_id", "timepoint")
+MIN_TERM_PERSONS = 10
+"""A clinical term enters a fit only if at least this many of its training persons differ
+from the term's most common value: a rare indicator (e.g. an arm x biomarker product held by
+a handful of persons) has no finite unpenalised estimate when those few persons separate by
+outcome (monotone likelihood), and the Newton steps diverge."""
 
 
 # --------------------------------------------------------------------------- data joins
@@ -239,6 +244,13 @@ def _mode_fraction(x: np.ndarray) -> float:
     """Share of entries equal to the most frequent value of ``x``."""
     _, counts = np.unique(x, return_counts=True)
     return counts.max() / len(x) if len(x) else 1.0
+
+
+def estimable_terms(X: np.ndarray) -> np.ndarray:
+    """(p,) bool: columns of the complete (n, p) matrix with at least :data:`MIN_TERM_PERSONS`
+    rows differing from the column's most common value."""
+    X = np.asarray(X, dtype=float)
+    return np.array([len(col) * (1 - _mode_fraction(col)) >= MIN_TERM_PERSONS for col in X.T], dtype=bool)
 
 
 def _correlation_representatives(
@@ -464,8 +476,9 @@ class CoxModel(BaseEstimator):
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(clin, axis=0) if clin.shape[1] else np.empty(0)
             clin = np.where(np.isnan(clin), median, clin)
-            # a term constant (or all missing) in the training rows cannot be estimated
-            used = ~np.isnan(median) & (np.nanstd(clin, axis=0) > 0)
+            # a term (almost) constant or all missing in the training rows cannot be estimated
+            used = ~np.isnan(median)
+            used[used] = estimable_terms(clin[:, used])
         self.clinical_used_ = [c for c, u in zip(self.clinical, used, strict=True) if u]
         self.clin_median_ = median[used]
         self.clin_mean_ = clin[:, used].mean(axis=0)
@@ -637,7 +650,8 @@ def _model_seed(seed: int, repeat: int, fold: int) -> int:
 
 
 def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: int, horizon: float | None):
-    """Fit every template on one split's training rows; its test rows' lp, risk and high flag."""
+    """Fit every template on one split's training rows: {name: (test rows' lp, risk, high flag,
+    the fitted model)}."""
     r, k, train, test = split
     out = {}
     for name, template in templates.items():
@@ -652,7 +666,7 @@ def _fit_fold(df, time, event, templates: Mapping[str, CoxModel], split, seed: i
                 "clinical terms (imaging_analysis.clinical_terms) or more persons.") from None
         lp = model.predict(df.iloc[test])
         risk = model.predict_risk(df.iloc[test], horizon) if horizon is not None else None
-        out[name] = (lp, risk, lp > np.median(model.baseline_[0]))
+        out[name] = (lp, risk, lp > np.median(model.baseline_[0]), model)
     return out
 
 
@@ -666,6 +680,7 @@ def cross_validated_predictions(
     seed: int,
     horizon: float,
     n_jobs: int = 1,
+    keep_models: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Out-of-fold predictions of every model on the same repeated stratified K-fold splits.
 
@@ -679,7 +694,8 @@ def cross_validated_predictions(
     dict model name -> {"lp": (n_repeats, n) out-of-fold linear predictor,
     "risk": (n_repeats, n) predicted risk of death by ``horizon``,
     "high": (n_repeats, n) int8, 1 when the lp exceeds the training folds' median lp,
-    "fold": (n_repeats, n) int, the test fold of each person in each repeat}.
+    "fold": (n_repeats, n) int, the test fold of each person in each repeat}; with
+    ``keep_models`` also "models": the fitted models, one per split in :func:`cv_splits` order.
     """
     time, event = _check_survival(time, event, len(df))
     require_events("the imaging Cox models", event.sum(), max(len(m.clinical) for m in models.values()))
@@ -690,13 +706,15 @@ def cross_validated_predictions(
     fold = np.full((n_repeats, n), -1)
     for (r, k, _, test), res in zip(splits, fitted, strict=True):
         fold[r, test] = k
-        for name, (lp, risk, high) in res.items():
+        for name, (lp, risk, high, _) in res.items():
             out[name]["lp"][r, test] = lp
             out[name]["risk"][r, test] = risk
             out[name]["high"][r, test] = high
     for name in out:
         out[name]["high"] = out[name]["high"].astype(np.int8)
         out[name]["fold"] = fold.copy()
+        if keep_models:
+            out[name]["models"] = [res[name][3] for res in fitted]
     return out
 
 
@@ -838,8 +856,9 @@ def prevalidated_score(
 def cox_lr_statistic(base: np.ndarray, added: np.ndarray, time, event) -> dict[str, float]:
     """Likelihood-ratio statistic of ``added`` columns in nested Cox models, Breslow ties.
 
-    Made for many refits (permutations): scikit-survival's Newton fit, no summaries. Columns are standardised first (the LR is
-    invariant to it); constant columns add nothing and are left out.
+    Made for many refits (permutations): scikit-survival's Newton fit, no summaries. Columns are
+    standardised first (the LR is invariant to it); columns that are (almost) constant
+    (:func:`estimable_terms`) are left out.
 
     Parameters
     ----------
@@ -855,7 +874,7 @@ def cox_lr_statistic(base: np.ndarray, added: np.ndarray, time, event) -> dict[s
     base, added = np.asarray(base, float).reshape(n, -1), np.asarray(added, float).reshape(n, -1)
 
     def loglik(x: np.ndarray) -> float:
-        x = x[:, x.std(axis=0) > 0]
+        x = x[:, estimable_terms(x)]
         if not x.shape[1]:
             return float(cox_partial_loglik(np.zeros(n), time, event))
         x = (x - x.mean(axis=0)) / x.std(axis=0)
@@ -951,6 +970,7 @@ def added_value(
     n_jobs: int = 1,
     reference: str = "clinical",
     score_model: str = "imaging",
+    keep_models: bool = False,
 ) -> dict:
     """Do images add to the clinical model? Cross-validated comparison + permutation LR test.
 
@@ -964,6 +984,7 @@ def added_value(
         imaging_analysis section of params.yaml.
     reference, score_model : the clinical model and the imaging-only model whose
         pre-validated score the LR test adds.
+    keep_models : keep the fold models in the predictions (:func:`cross_validated_predictions`).
 
     Returns
     -------
@@ -975,7 +996,7 @@ def added_value(
     horizon = float(settings["horizon_days"])
     cv = {"n_folds": int(settings["n_folds"]), "n_repeats": int(settings["n_repeats"])}
     preds = cross_validated_predictions(df, time, event, templates, seed=seed, horizon=horizon,
-                                        n_jobs=n_jobs, **cv)
+                                        n_jobs=n_jobs, keep_models=keep_models, **cv)
     comparison = cv_comparison(time, event, preds, horizon, reference, level=1.0 - float(settings["alpha"]))
     score_repeats = int(settings["score_repeats"])
     # the first r repeats of the comparison's splits are the splits of an r-repeat CV

@@ -164,7 +164,7 @@ class Engine:
             parts = self.steps[table]
         else:
             schema = self._schema_of(table)
-            parts = (*_split_schema(schema), table)
+            parts = (*split_schema(schema), table)
         return ".".join(p for p in parts if p)
 
     def render(self, sql: str) -> str:
@@ -182,7 +182,7 @@ class Engine:
             if name in self.steps:
                 catalog, db, table = self.steps[name]
             else:
-                catalog, db = _split_schema(self._schema_of(name))
+                catalog, db = split_schema(self._schema_of(name))
                 table = name
             if db:
                 t.set("this", exp.to_identifier(table))
@@ -241,12 +241,13 @@ class Engine:
     def _step_name(self, name: str) -> tuple[str | None, str | None, str]:
         """Where step ``name`` lives: a run-unique table in scratch_schema, or the bare name."""
         if self.spec.scratch_schema:
-            catalog, db = _split_schema(self.spec.scratch_schema)
+            catalog, db = split_schema(self.spec.scratch_schema)
             return catalog, db, self.run_id + name
         return None, None, name
 
 
-def _split_schema(schema: str | None) -> tuple[str | None, str | None]:
+def split_schema(schema: str | None) -> tuple[str | None, str | None]:
+    """(catalog, schema) of ``schema`` or ``catalog.schema`` (None for what is absent)."""
     if not schema:
         return None, None
     parts = schema.split(".")
@@ -284,7 +285,7 @@ class DuckDBEngine(Engine):
                 return []
             return [(r[0].lower(), str(r[1])) for r in
                     self.con.execute(f"DESCRIBE {table}").fetchall()]
-        catalog, db = _split_schema(self._schema_of(table))
+        catalog, db = split_schema(self._schema_of(table))
         return [(r[0].lower(), str(r[1])) for r in self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
             "AND table_schema = COALESCE(?, current_schema()) AND (? IS NULL OR "
@@ -350,7 +351,7 @@ class PostgresEngine(Engine):
 
     def columns(self, table):
         table = table.lower()
-        _, db = _split_schema(self._schema_of(table))
+        _, db = split_schema(self._schema_of(table))
         return [(r[0].lower(), r[1]) for r in self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s "
             "AND table_schema = COALESCE(%s, current_schema()) ORDER BY ordinal_position",
@@ -399,6 +400,7 @@ class SparkEngine(Engine):
 
         self.spark = spark or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         self.frames: list = []
+        self.tuned = local_shuffle_partitions(self.spark)
 
     def materialise(self, name, sql):
         self.steps[name] = self._step_name(name)
@@ -458,6 +460,23 @@ class SparkEngine(Engine):
         for df in self.frames:
             df.unpersist()
         self.frames.clear()
+        if self.tuned:
+            self.spark.conf.unset(SHUFFLE_PARTITIONS)
+
+
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+
+
+def local_shuffle_partitions(spark) -> bool:
+    """In local mode, shuffle into as many partitions as there are cores (not Spark's default
+    200: each is a task, and the steps' tables are small), unless the user configured it
+    (launch configuration or the session). True if set here (:meth:`SparkEngine.close` unsets)."""
+    sc = spark.sparkContext
+    if not sc.master.startswith("local") or sc.getConf().contains(SHUFFLE_PARTITIONS) or \
+            spark.conf.get(SHUFFLE_PARTITIONS) != "200":
+        return False
+    spark.conf.set(SHUFFLE_PARTITIONS, str(sc.defaultParallelism))
+    return True
 
 
 def as_engine(con) -> Engine:

@@ -60,11 +60,18 @@ END_DATES = {
 QUALITY_COLUMNS = ["check", "table", "column", "concept_id", "concept_name", "rule", "count"]
 
 
+# Every check's SQL returns rows (item, concept_id, kind, n): ``item`` a covariate name (NULL
+# for a whole-table count), ``concept_id`` a unit concept, ``kind`` which count (NULL if one).
+_NO_ITEM = "CAST(NULL AS VARCHAR) AS item, CAST(NULL AS BIGINT) AS concept_id, " \
+    "CAST(NULL AS VARCHAR) AS kind"
+
+
 def duplicate_query(table: str, columns: list[str]) -> str:
-    """Number of surplus exact-duplicate rows of ``table`` over ``columns``."""
+    """Number of surplus exact-duplicate rows of ``table`` over ``columns``: one aggregation
+    (GROUP BY treats NULLs as equal, as DISTINCT does)."""
     cols = ", ".join(columns)
-    return (f"SELECT (SELECT COUNT(*) FROM {table}) - (SELECT COUNT(*) FROM "
-            f"(SELECT DISTINCT {cols} FROM {table}) AS d) AS n")
+    return (f"SELECT {_NO_ITEM}, CAST(COALESCE(SUM(k - 1), 0) AS BIGINT) AS n FROM "
+            f"(SELECT COUNT(*) AS k FROM {table} GROUP BY {cols}) AS g")
 
 
 def outside_observation_query(table: str, date_column: str) -> str:
@@ -73,8 +80,8 @@ def outside_observation_query(table: str, date_column: str) -> str:
     A left join on the person and the date range: a row matching no period comes back once
     with a null period (rows matching several overlapping periods are never null).
     """
-    return (f"SELECT COUNT(*) AS n FROM {table} AS t LEFT JOIN observation_period AS op ON "
-            f"op.person_id = t.person_id AND CAST(t.{date_column} AS DATE) BETWEEN "
+    return (f"SELECT {_NO_ITEM}, COUNT(*) AS n FROM {table} AS t LEFT JOIN observation_period "
+            f"AS op ON op.person_id = t.person_id AND CAST(t.{date_column} AS DATE) BETWEEN "
             "CAST(op.observation_period_start_date AS DATE) AND "
             "CAST(op.observation_period_end_date AS DATE) WHERE op.person_id IS NULL")
 
@@ -85,12 +92,12 @@ def covariate_values_query(table: str, columns: list[str]) -> str:
     ``implausible`` = known unit, converted value outside the plausible range;
     ``unknown_unit`` = a value in a unit without conversion factor. Counted among distinct
     records (over ``columns``), the DISTINCT running on the few flagged rows only.
-    Rows: column_name, unit_concept_id (NULL read as 0), implausible, unknown_unit.
+    Rows: item (covariate column), concept_id (unit, NULL read as 0), kind
+    ("implausible" | "unknown_unit"), n.
     """
     flagged = (
-        "SELECT DISTINCT rc.column_name, CASE WHEN r.factor IS NULL THEN 0 ELSE 1 END AS "
-        "implausible, CASE WHEN r.factor IS NULL THEN 1 ELSE 0 END AS unknown_unit, "
-        "COALESCE(t.unit_concept_id, 0) AS unit_id, "
+        "SELECT DISTINCT rc.column_name, CASE WHEN r.factor IS NULL THEN 'unknown_unit' ELSE "
+        "'implausible' END AS kind, COALESCE(t.unit_concept_id, 0) AS unit_id, "
         + ", ".join(f"t.{c}" for c in columns)
         + f" FROM {table} AS t JOIN (SELECT DISTINCT column_name, concept_id FROM numeric_rules "
         f"WHERE table_name = '{table}') AS rc ON rc.concept_id = t.{table}_concept_id "
@@ -99,16 +106,17 @@ def covariate_values_query(table: str, columns: list[str]) -> str:
         "WHERE t.value_as_number IS NOT NULL AND (r.factor IS NULL OR t.value_as_number * "
         "r.factor NOT BETWEEN r.plausible_low AND r.plausible_high)"
     )
-    return (f"SELECT column_name, unit_id AS unit_concept_id, SUM(implausible) AS implausible, "
-            f"SUM(unknown_unit) AS unknown_unit FROM ({flagged}) AS f "
-            "GROUP BY column_name, unit_id")
+    return ("SELECT CAST(column_name AS VARCHAR) AS item, CAST(unit_id AS BIGINT) AS "
+            "concept_id, CAST(kind AS VARCHAR) AS kind, COUNT(*) AS n "
+            f"FROM ({flagged}) AS f GROUP BY column_name, unit_id, kind")
 
 
 def descendant_values_query(table: str, columns: list[str]) -> str:
     """Per coded covariate of ``table``: distinct records whose value concept matched only
-    through a descendant (rows: covariate, n)."""
+    through a descendant (rows: item = covariate, n)."""
     return (
-        "SELECT covariate, COUNT(*) AS n FROM (SELECT DISTINCT r.covariate, "
+        "SELECT CAST(covariate AS VARCHAR) AS item, CAST(NULL AS BIGINT) AS concept_id, "
+        "CAST(NULL AS VARCHAR) AS kind, COUNT(*) AS n FROM (SELECT DISTINCT r.covariate, "
         + ", ".join(f"t.{c}" for c in columns)
         + f" FROM {table} AS t JOIN categorical_rules AS r ON r.table_name = '{table}' AND "
         f"r.concept_id = t.{table}_concept_id AND r.value_concept_id = t.value_as_concept_id "
@@ -118,25 +126,31 @@ def descendant_values_query(table: str, columns: list[str]) -> str:
 
 def before_birth_query(table: str, date_column: str) -> str:
     """Number of ``table`` rows dated before their person's earliest possible birth date."""
-    return (f"SELECT COUNT(*) AS n FROM {table} AS t JOIN person AS p ON p.person_id = "
-            f"t.person_id WHERE CAST(t.{date_column} AS DATE) < {birth_date()}")
+    return (f"SELECT {_NO_ITEM}, COUNT(*) AS n FROM {table} AS t JOIN person AS p ON "
+            f"p.person_id = t.person_id WHERE CAST(t.{date_column} AS DATE) < {birth_date()}")
 
 
 def end_before_start_query(table: str, start: str, end: str) -> str:
     """Number of ``table`` rows whose ``end`` date precedes their ``start`` date."""
-    return (f"SELECT COUNT(*) AS n FROM {table} WHERE CAST({end} AS DATE) < "
+    return (f"SELECT {_NO_ITEM}, COUNT(*) AS n FROM {table} WHERE CAST({end} AS DATE) < "
             f"CAST({start} AS DATE)")
 
 
 def unknown_gender_query(female: int, male: int) -> str:
     """Number of persons whose gender_concept_id is neither ``female`` nor ``male``."""
-    return (f"SELECT COUNT(*) AS n FROM person WHERE gender_concept_id IS NULL OR "
+    return (f"SELECT {_NO_ITEM}, COUNT(*) AS n FROM person WHERE gender_concept_id IS NULL OR "
             f"gender_concept_id NOT IN ({female}, {male})")
 
 
-def non_null_columns_query(table: str, columns: list[str]) -> str:
-    """One row: the number of non-null values of each of ``columns`` in ``table``."""
-    return f"SELECT {', '.join(f'COUNT({c}) AS {c}' for c in columns)} FROM {table}"
+def non_null_columns_query(tables: dict[str, list[str]]) -> str:
+    """One row: the number of non-null values of each column of each table, in the order of
+    ``tables`` (table -> columns), as c0, c1, ...; each table read once, all in one statement."""
+    parts, k = [], 0
+    for i, (table, columns) in enumerate(tables.items()):
+        counts = ", ".join(f"COUNT({c}) AS c{k + j}" for j, c in enumerate(columns))
+        parts.append(f"(SELECT {counts} FROM {table}) AS t{i}")
+        k += len(columns)
+    return "SELECT * FROM " + " CROSS JOIN ".join(parts)
 
 
 def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
@@ -145,10 +159,10 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
 
     ``content`` gives each clinical table's content columns (all but the row id; columns
     null in every row may be left out, they cannot tell rows apart); ``date_columns`` the
-    columns present in the tables of :data:`END_DATES` (default: none checked). Most sql
-    return one count ``n``; ``covariate_values`` sql returns one row per numeric covariate
-    and unit (:func:`covariate_values_query`), ``value_via_descendant`` one per coded
-    covariate (:func:`descendant_values_query`).
+    columns present in the tables of :data:`END_DATES` (default: none checked). Each sql
+    returns rows (item, concept_id, kind, n): one row for a count; ``covariate_values`` one
+    per numeric covariate, unit and kind (:func:`covariate_values_query`),
+    ``value_via_descendant`` one per coded covariate (:func:`descendant_values_query`).
     """
     checks = []
     for table, cols in content.items():
@@ -186,13 +200,16 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
 
 
 def content_columns(eng: Engine) -> dict[str, list[str]]:
-    """Each clinical table's columns but its row id, leaving out columns that are all null."""
+    """Each clinical table's columns but its row id, leaving out columns that are all null
+    (one statement for all tables, :func:`non_null_columns_query`)."""
     eng = as_engine(eng)
+    columns = {table: [c for c, _ in eng.columns(table) if c != pk]
+               for table, (pk, _) in CLINICAL_TABLES.items()}
+    counts = iter(eng.rows(non_null_columns_query(columns))[0])
     out = {}
-    for table, (pk, _) in CLINICAL_TABLES.items():
-        cols = [c for c, _ in eng.columns(table) if c != pk]
-        counts = eng.rows(non_null_columns_query(table, cols))[0]
-        out[table] = [c for c, n in zip(cols, counts, strict=True) if n > 0] or cols
+    for table, cols in columns.items():
+        kept = [c for c in cols if next(counts) > 0]
+        out[table] = kept or cols
     return out
 
 
@@ -230,27 +247,35 @@ def run_quality(con, d: CohortDefinition) -> pd.DataFrame:
         rows.append({"check": check, "table": table, "column": column, "concept_id": concept_id,
                      "concept_name": concept_name, "rule": rule, "count": int(count)})
 
-    for c in quality_queries(d, content_columns(eng), date_columns(eng)):
+    # One statement per check: one UNION ALL of all checks took 1.6-2x as long on Spark and
+    # no less on DuckDB (100,000 persons; benchmarks/bench_engines.py --quality-plans).
+    checks = quality_queries(d, content_columns(eng), date_columns(eng))
+    found = {i: [tuple(r) for r in eng.rows(c["sql"])] for i, c in enumerate(checks)}
+    bad_units = sorted({int(unit) for rs in found.values() for _, unit, kind, n in rs
+                        if kind == "unknown_unit" and n})
+    names = concept_names(eng, bad_units)
+    for i, c in enumerate(checks):
         if c["check"] == "covariate_values":
-            found = eng.rows(c["sql"])
-            names = concept_names(eng, sorted({unit for _, unit, _, bad in found if bad}))
             for cov in (x for x in d.numeric if x.table == c["table"]):
                 lo, hi = cov.plausible
-                mine = [r for r in found if r[0] == cov.column]
+                mine = [r for r in found[i] if r[0] == cov.column]
                 add("implausible", cov.table, cov.column,
                     RULE_IMPLAUSIBLE.format(lo=lo, hi=hi, unit=unit_of(cov.column)),
-                    sum(r[2] for r in mine))
-                units = sorted((r[1], r[3]) for r in mine if r[3])
+                    sum(n for _, _, kind, n in mine if kind == "implausible"))
+                units = sorted((int(unit), int(n)) for _, unit, kind, n in mine
+                               if kind == "unknown_unit" and n)
                 for unit, n in units:
                     add("unknown_unit", cov.table, cov.column, RULE_UNIT, n, unit,
                         names.get(unit, "(not in concept table)"))
                 if not units:
                     add("unknown_unit", cov.table, cov.column, RULE_UNIT, 0)
         elif c["check"] == "value_via_descendant":
-            found = dict(eng.rows(c["sql"]))
+            counts = {item: n for item, _, _, n in found[i]}
             for cov in (x for x in d.categorical if x.table == c["table"]):
-                add("value_via_descendant", cov.table, cov.name, c["rule"], found.get(cov.name, 0))
+                add("value_via_descendant", cov.table, cov.name, c["rule"],
+                    counts.get(cov.name, 0))
         else:
-            add(c["check"], c["table"], c["column"], c["rule"], eng.rows(c["sql"])[0][0])
+            add(c["check"], c["table"], c["column"], c["rule"],
+                sum(n for *_, n in found[i]))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS).astype({"concept_id": "Int64",
                                                                "count": "int64"})

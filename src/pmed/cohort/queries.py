@@ -154,32 +154,78 @@ def _literal(value) -> str:
         return "NULL"
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
     return repr(value)
 
 
 def render_script(d: CohortDefinition, dialect: str = "duckdb") -> str:
     """The whole extraction as one SQL script for ``dialect`` (statements end with ``;``).
 
-    Creates and fills the rule tables, then one temporary table per step; the cohort is
-    ``SELECT * FROM cohort`` at the end. The OMOP tables are read under their CDM names,
-    qualified by params ``cohort.source.cdm_schema`` / ``vocabulary_schema`` when set.
+    The same table strategy as the engine layer (:mod:`pmed.cohort.engine`), so the script
+    needs only SELECT on the CDM (plus TEMP on a PostgreSQL database) and reruns in the same
+    session: every rule table and step is a session temporary table, replaced when it exists
+    (PostgreSQL ``DROP TABLE IF EXISTS pg_temp.<name>`` + ``CREATE TEMP TABLE``, then
+    ``ANALYZE``; DuckDB ``CREATE OR REPLACE TEMP TABLE``). Spark has no temporary tables:
+    with params ``cohort.source.scratch_schema`` each step is a Parquet table there
+    (``DROP TABLE IF EXISTS`` + ``CREATE TABLE ... USING parquet AS``), computed once;
+    without, a temporary view, inlined into every later step (correct, but Spark's planner
+    takes minutes on the nested plans even at 1,500 persons: use the engine layer or a scratch
+    schema). The OMOP tables are read under their CDM names, qualified by
+    ``cohort.source.cdm_schema`` / ``vocabulary_schema`` when set; the last statement is
+    ``SELECT * FROM cohort ORDER BY person_id``.
     """
-    from pmed.cohort.engine import Engine
+    from pmed.cohort.engine import Engine, duckdb_type, split_schema
 
     renderer = Engine(d.source)
     renderer.dialect = dialect
-    render = renderer.render if d.source.cdm_schema else (lambda s: transpile(s, dialect))
+    tables = {**rule_tables(d)}
+    steps = {**setup_queries(d), **cohort_queries(d)}
+    scratch = d.source.scratch_schema if dialect == "spark" else None
+    if scratch:  # fixed names (not the engine's run-unique ones): a rerun replaces them
+        renderer.steps = {name: (*split_schema(scratch), name) for name in [*tables, *steps]}
+    use_renderer = d.source.cdm_schema or scratch
+    render = renderer.render if use_renderer else (lambda s: transpile(s, dialect))
     statements = []
-    for name, (columns, rows) in rule_tables(d).items():
-        cols = ", ".join(f"{c} {t}" for c, t in columns)
-        statements.append(f"CREATE TABLE {name} ({cols})")
+    for name, (columns, rows) in tables.items():
+        if dialect == "spark":  # a view (or table) over typed literal rows
+            cols = ", ".join(f"CAST({c} AS {duckdb_type(t, dialect)}) AS {c}" for c, t in columns)
+            values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
+            source = (f"FROM VALUES {values} AS v({', '.join(c for c, _ in columns)})" if rows
+                      else "WHERE 1 = 0")
+            statements += _spark_step(renderer.qualified(name), f"SELECT {cols} {source}",
+                                      scratch)
+            continue
+        cols = ", ".join(f"{c} {duckdb_type(t, dialect)}" for c, t in columns)
+        statements += _temp_table(name, f"({cols})", dialect)
         if rows:
             values = ", ".join("(" + ", ".join(_literal(v) for v in r) + ")" for r in rows)
-            statements.append(f"INSERT INTO {name} VALUES {values}")
-    for name, sql in {**setup_queries(d), **cohort_queries(d)}.items():
-        statements.append(f"CREATE TEMPORARY TABLE {name} AS {sql}")
-    statements.append("SELECT * FROM cohort")
-    return ";\n\n".join(render(s) for s in statements) + ";\n"
+            statements.append(transpile(f"INSERT INTO {name} VALUES {values}", dialect))
+    for name, sql in steps.items():
+        body = render(sql)
+        if dialect == "spark":
+            statements += _spark_step(renderer.qualified(name), body, scratch)
+        else:
+            statements += _temp_table(name, f"AS {body}", dialect)
+            if dialect == "postgres":  # temporary tables get no autovacuum statistics
+                statements.append(f"ANALYZE {name}")
+    statements.append(render("SELECT * FROM cohort ORDER BY person_id"))
+    return ";\n\n".join(statements) + ";\n"
+
+
+def _spark_step(target: str, body: str, scratch: str | None) -> list[str]:
+    """Spark statements (re)creating step ``target`` from SELECT ``body``."""
+    if scratch:
+        return [f"DROP TABLE IF EXISTS {target}", f"CREATE TABLE {target} USING parquet AS {body}"]
+    return [f"CREATE OR REPLACE TEMPORARY VIEW {target} AS {body}"]
+
+
+def _temp_table(name: str, body: str, dialect: str) -> list[str]:
+    """Statements (re)creating session temporary table ``name`` from ``body`` (already in
+    ``dialect``): never a permanent table, never an error when it exists."""
+    if dialect == "postgres":  # pg_temp: never drops a permanent table of the same name
+        return [f"DROP TABLE IF EXISTS pg_temp.{name}", f"CREATE TEMP TABLE {name} {body}"]
+    return [f"CREATE OR REPLACE TEMP TABLE {name} {body}"]
 
 
 def birth_date(alias: str = "p") -> str:

@@ -387,10 +387,17 @@ def _write_dicom_series(
     """
     stored = np.clip(np.rint((hu - RESCALE_INTERCEPT) / RESCALE_SLOPE), 0, 4095).astype("<u2")
     template = _series_template(row, seed, study_uid, series_uid)
+    write_slices(series_dir, stored, template, [_uid(seed, row, f"slice {k}") for k in range(N_SLICES)])
+
+
+def write_slices(series_dir: Path, stored: np.ndarray, template: Dataset, sop_uids: list[str]) -> None:
+    """Write ``stored`` (uint16, shape (N_SLICES, N_ROWS, N_COLS), z increasing) as one file
+    per slice with the shared attributes of ``template``; ``sop_uids[k]`` is slice k's UID.
+    Files are ``NNNN.dcm`` by InstanceNumber (1 = most superior slice)."""
     shared = _encode_runs(template, _PER_SLICE_TAGS)
     meta_shared = _encode_runs(_file_meta(template, "1"), [Tag("MediaStorageSOPInstanceUID")])
     for instance, k in enumerate(range(N_SLICES - 1, -1, -1), start=1):
-        sop_uid = _uid(seed, row, f"slice {k}")
+        sop_uid = sop_uids[k]
         own = _slice_elements(stored[k], instance, ORIGIN_MM[2] + SLICE_THICKNESS_MM * k, sop_uid)
         body = b"".join(run + _encode(elem) for run, elem in zip(shared[:-1], own, strict=True))
         meta_uid = Dataset()

@@ -164,14 +164,17 @@ def generate(out_dir: Path, size: str, seed: int, demo_params: dict, workers: in
 
     tumours = None
     if scans is not None:
-        tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers,
-                                 demo_params.get("mask_formats"))
+        tumours, mr_tumours = _write_imaging(out_dir, scans, seed, workers, ids, writers,
+                                             demo_params.get("mask_formats"),
+                                             float(demo_params.get("mr_share", 0.0)))
     writers.close()
 
     gt = truth.result(seed=seed, size=size, cfg=cfg, rates=rates, table_rows=writers.rows, image_signal=signal,
                       log_hr=log_hr, heterogeneity=het)
     if tumours is not None:
         tumours.to_csv(truth_dir / "ground_truth_tumours.csv", index=False, float_format="%.6g")
+        if mr_tumours is not None:
+            mr_tumours.to_csv(truth_dir / "ground_truth_tumours_mr.csv", index=False, float_format="%.6g")
         gt["image_traits"]["n_imaged_persons"] = int(tumours["person_id"].nunique())
         gt["image_traits"]["n_followup_scans"] = int((tumours["timepoint"] == "followup").sum())
     (truth_dir / "ground_truth.json").write_text(json.dumps(json_ready(gt), indent=1, sort_keys=True) + "\n")
@@ -357,9 +360,12 @@ def _ct_procedures(lat: pd.DataFrame, rng: np.random.Generator, scans: pd.DataFr
     return pd.concat(parts, ignore_index=True)
 
 
-def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=None) -> pd.DataFrame:
+def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=None,
+                   mr_share: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Render the CTs with :mod:`pmed.demo.ct` and write ``image_occurrence``
-    (``mask_formats``: params ``demo.mask_formats``, shares of SEG / RTSTRUCT masks)."""
+    (``mask_formats``: params ``demo.mask_formats``, shares of SEG / RTSTRUCT masks); then the
+    baseline MRs of a ``mr_share`` of imaged persons (:func:`_write_mr`). Returns the CT and
+    the MR (None when ``mr_share`` is 0) tumour truth tables."""
     try:
         from pmed.demo import ct
     except ImportError as err:  # pragma: no cover - ct.py is written by the imaging engineer
@@ -384,6 +390,21 @@ def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=Non
     if len(img) != len(scans):
         raise RuntimeError(f"demo imaging: {len(scans)} scans requested, {len(img)} series returned")
     img = img.sort_values(["person_id", "day"], ignore_index=True)
+    _write_image_occurrence(writers, ids, img, v.CT_MODALITY.concept_id)
+    mr_truth = None
+    if mr_share > 0:
+        base = img["timepoint"] == "baseline"
+        base_request = (request[request["timepoint"] == "baseline"].set_index("person_id")
+                        .loc[img.loc[base, "person_id"]].reset_index())
+        mr_img = _write_mr(out_dir, base_request, img[base], seed + IMAGING_SEED_OFFSET,
+                           workers, ids, writers, mr_share)
+        mr_truth = _tumour_truth(mr_img).assign(
+            gain=mr_img["gain"], offset=mr_img["offset"], bias_gradient=mr_img["bias_gradient"])
+    return _tumour_truth(img), mr_truth
+
+
+def _write_image_occurrence(writers, ids, img: pd.DataFrame, modality_concept_id: int) -> None:
+    """``image_occurrence`` rows for the written series ``img`` (fresh ids, one modality)."""
     writers.write("image_occurrence", {
         "image_occurrence_id": ids.take("image_occurrence", len(img)),
         "person_id": img["person_id"].to_numpy(),
@@ -396,8 +417,12 @@ def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=Non
         "image_occurrence_date": img["day"].to_numpy(),
         "image_study_uid": img["image_study_uid"].to_numpy(dtype=object),
         "image_series_uid": img["image_series_uid"].to_numpy(dtype=object),
-        "modality_concept_id": np.full(len(img), v.CT_MODALITY.concept_id),
+        "modality_concept_id": np.full(len(img), modality_concept_id),
     })
+
+
+def _tumour_truth(img: pd.DataFrame) -> pd.DataFrame:
+    """The ground_truth_tumours table of written series."""
     return pd.DataFrame({
         "person_id": img["person_id"], "timepoint": img["timepoint"],
         "scan_date": pd.to_datetime(img["day"], unit="D").dt.strftime("%Y-%m-%d"),
@@ -406,6 +431,36 @@ def _write_imaging(out_dir, scans, seed, workers, ids, writers, mask_formats=Non
         "longest_diameter_mm": img["longest_diameter_mm"], "image_series_uid": img["image_series_uid"],
         "mask_path": img["mask_path"],
     })
+
+
+def _write_mr(out_dir, request, base, seed, workers, ids, writers, share) -> pd.DataFrame:
+    """Baseline T2 MRs (:mod:`pmed.demo.mr`) for the persons its own stream draws with
+    probability ``share``, on the day and visit of their baseline CT: an MR procedure
+    (concept "Magnetic resonance imaging") and an ``image_occurrence`` row each, with ids after
+    all CT rows (so no CT row changes). ``request``/``base``: the baseline CT request rows and
+    their written image rows (same order). Returns the MR image rows with the scanner draw."""
+    from pmed.demo import mr
+
+    pick = mr.has_mr(base["person_id"].to_numpy(), seed, share)
+    series = mr.write_mr_series(out_dir, request[pick], seed, workers=workers)
+    if len(series) and not (series["person_id"].to_numpy() == base["person_id"].to_numpy()[pick]).all():
+        raise RuntimeError("demo MR: series rows out of order with the baseline CT rows")
+    img = base[pick].drop(columns=["image_study_uid", "image_series_uid", "local_path", "mask_path",
+                                   "longest_diameter_mm", "procedure_occurrence_id"]).reset_index(drop=True)
+    img = pd.concat([img, series.drop(columns=["person_id", "scan_date", "timepoint"])], axis=1)
+    n = len(img)
+    img["procedure_occurrence_id"] = ids.take("procedure_occurrence", n)
+    writers.write("procedure_occurrence", {
+        "procedure_occurrence_id": img["procedure_occurrence_id"].to_numpy(),
+        "person_id": img["person_id"].to_numpy(),
+        "procedure_concept_id": np.full(n, v.MR_MODALITY.concept_id),
+        "procedure_date": img["day"].to_numpy(),
+        "procedure_type_concept_id": np.full(n, v.EHR_TYPE.concept_id),
+        "visit_occurrence_id": img["visit_occurrence_id"].to_numpy(),
+        "procedure_source_concept_id": np.zeros(n, np.int32),
+    })
+    _write_image_occurrence(writers, ids, img, v.MR_MODALITY.concept_id)
+    return img
 
 
 class _Truth:

@@ -130,6 +130,7 @@ UNIT_CONCEPTS = (
 
 # --- imaging, visits, demographics, provenance ------------------------------------------------
 CT_MODALITY = Concept(4300757, "Computed tomography", "Procedure", "SNOMED", "Procedure", "77477000")
+MR_MODALITY = Concept(4013636, "Magnetic resonance imaging", "Procedure", "SNOMED", "Procedure", "113091000")
 CHEST_SITE = Concept(4199473, "Thoracic structure", "Spec Anatomic Site", "SNOMED", "Body Structure", "51185008")
 CHEST_CT = Concept(4058335, "CT of chest", "Procedure", "SNOMED", "Procedure", "169069000")
 INPATIENT_VISIT = Concept(9201, "Inpatient Visit", "Visit", "Visit", "Visit", "IP")
@@ -161,6 +162,8 @@ UNVERIFIED: dict[int, str] = {
              "'Pneumonitis' (205237003) would be the wider ancestor, its OMOP id not found",
     9191: "Positive: id confirmed (OHDSI ETL tests: a positive lab result maps to value_as_concept_id 9191); "
           "concept_code 10828004 not seen written out",
+    4013636: "Magnetic resonance imaging: id confirmed (an OHDSI feature query uses procedure_concept_id "
+             "4013636 for it); SNOMED code 113091000 not seen written out",
     9189: "Negative: id confirmed (OHDSI 'Maps to value' table, Meas Value); concept_code 260385009 not seen "
           "written out",
 }
@@ -179,7 +182,7 @@ CONCEPTS: tuple[Concept, ...] = (
     PDL1, ECOG, SMOKING_STATUS, STAGE_GROUP, EGFR_TEST, ALK_TEST, PNEUMONITIS,
     NEVER_SMOKER, FORMER_SMOKER, CURRENT_SMOKER, STAGE_III, STAGE_IV, POSITIVE, NEGATIVE,
     *UNIT_CONCEPTS,
-    CT_MODALITY, CHEST_SITE, CHEST_CT,
+    CT_MODALITY, MR_MODALITY, CHEST_SITE, CHEST_CT,
     INPATIENT_VISIT, OUTPATIENT_VISIT, ER_VISIT,
     MALE, FEMALE, WHITE, BLACK, ASIAN, HISPANIC, NOT_HISPANIC, EHR_TYPE, NO_MATCHING_CONCEPT,
 )

@@ -37,6 +37,7 @@ from pmed.cohort.omop import find_table_file
 from pmed.imaging import radiomics as rad
 from pmed.imaging.io import ImagingError, SeriesChecks, read_image
 from pmed.imaging.masks import MaskChoice, read_roi_mask
+from pmed.imaging.preprocess import Preprocessing
 from pmed.imaging.response import longest_axial_diameter_mm
 from pmed.imaging.stability import perturb
 
@@ -49,6 +50,7 @@ ON_ERROR = ("exclude", "raise")
 _EXTRACTOR = None  # per-process pyradiomics extractor, built by _init_worker
 _CHECKS = SeriesChecks()  # per-process DICOM series tolerances, set by _init_worker
 _CHOICE = MaskChoice()  # per-process choice of SEG segment / RTSTRUCT ROI, set by _init_worker
+_PREP = Preprocessing()  # per-process intensity preprocessing (MR normalisation), set by _init_worker
 
 
 def n_workers(requested: int) -> int:
@@ -124,7 +126,7 @@ def _mask_path(templates: list[str], row: Mapping, raw_dir: Path | None) -> str:
 def extract_all(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping, on_error: str,
     workers: int = 1, progress: bool = True, dicom: Mapping | None = None,
-    masks: Mapping | None = None,
+    masks: Mapping | None = None, preprocessing: Mapping | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Features of every scan, from the cache or computed in parallel.
 
@@ -137,6 +139,8 @@ def extract_all(
     on_error : "exclude" (record the failure and go on) or "raise".
     dicom : params ``imaging_features.dicom`` (:class:`pmed.imaging.io.SeriesChecks`).
     masks : params ``imaging_features.masks`` (:class:`pmed.imaging.masks.MaskChoice`).
+    preprocessing : params ``imaging_features.preprocessing``
+        (:class:`pmed.imaging.preprocess.Preprocessing`), applied before the features.
 
     Returns
     -------
@@ -150,7 +154,7 @@ def extract_all(
         raise ValueError(f"imaging_features.on_error: expected one of {ON_ERROR}, got {on_error!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = rad.settings_hash(settings)
+    key = rad.settings_hash(cache_settings(settings, preprocessing))
     results, todo, inputs = {}, [], {}
     for scan in scans.to_dict("records"):
         inputs[scan["image_occurrence_id"]] = input_fingerprint(Path(raw_dir), scan)
@@ -161,7 +165,7 @@ def extract_all(
             todo.append(scan)
     start = time.perf_counter()
     computed = _map(_analyse_scan, [(Path(raw_dir), s) for s in todo], settings, workers,
-                    progress, "radiomics", (dicom, masks))
+                    progress, "radiomics", (dicom, masks, preprocessing))
     seconds = time.perf_counter() - start
     for scan, result in zip(todo, computed, strict=True):
         fingerprint = inputs[scan["image_occurrence_id"]]
@@ -191,13 +195,15 @@ def perturbation_features(
     scans: pd.DataFrame, raw_dir: Path, cache_dir: Path, settings: Mapping,
     stability: Mapping, seed: int, workers: int = 1, progress: bool = True,
     dicom: Mapping | None = None, masks: Mapping | None = None,
+    preprocessing: Mapping | None = None,
 ) -> pd.DataFrame:
     """Features of ``stability['n_images']`` seeded baseline scans under each perturbation.
 
     Results are cached like :func:`extract_all`'s (the key adds the perturbation, its
     parameters and the seed). Returns a long DataFrame: image_occurrence_id, perturbation,
     one column per feature (input of :func:`pmed.imaging.stability.stability_table`).
-    Scans that fail are skipped (the main pass reports them).
+    Scans that fail are skipped (the main pass reports them). The perturbations act on the
+    preprocessed image (``preprocessing``), so ``noise_sd_hu`` is in z-score units for MR.
     """
     base = scans[scans["timepoint"] == "baseline"].sort_values("image_occurrence_id")
     n = min(int(stability["n_images"]), len(base))
@@ -209,19 +215,25 @@ def perturbation_features(
     results, todo = {}, []
     for scan in subset.to_dict("records"):
         fingerprint = input_fingerprint(Path(raw_dir), scan)
+        keys = {}
         for kind in stability["perturbations"]:
-            key = rad.settings_hash({"radiomics": dict(settings), "perturbation": kind,
+            key = rad.settings_hash({"radiomics": cache_settings(settings, preprocessing), "perturbation": kind,
                                      "noise_sd_hu": noise_sd, "shift_voxels": shift, "seed": seed})
             cached = _read_cache(cache_dir, scan, key, fingerprint)
             if cached is not None:
                 results[(scan["image_occurrence_id"], kind)] = cached
             else:
-                todo.append((Path(raw_dir), scan, kind, seed, noise_sd, shift, key, fingerprint))
-    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability", (dicom, masks))
-    for task, res in zip(todo, computed, strict=True):
-        if "error" not in res and task[7] is not None:
-            _write_cache(cache_dir, task[1], task[6], {**res, "input_sha256": task[7]})
-        results[(task[1]["image_occurrence_id"], task[2])] = res
+                keys[kind] = key
+        if keys:  # one task per scan: the image is read and preprocessed once for its perturbations
+            todo.append((Path(raw_dir), scan, keys, seed, noise_sd, shift, fingerprint))
+    computed = _map(_perturbed_scan, todo, settings, workers, progress, "stability",
+                    (dicom, masks, preprocessing))
+    for task, by_kind in zip(todo, computed, strict=True):
+        _, scan, keys, *_, fingerprint = task
+        for kind, res in by_kind.items():
+            if "error" not in res and fingerprint is not None:
+                _write_cache(cache_dir, scan, keys[kind], {**res, "input_sha256": fingerprint})
+            results[(scan["image_occurrence_id"], kind)] = res
     rows = [
         {"image_occurrence_id": ident, "perturbation": kind,
          **{k: v for k, v in res.items() if k != "input_sha256"}}
@@ -231,13 +243,15 @@ def perturbation_features(
 
 
 def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, desc: str,
-         reading: tuple = (None, None)) -> list:
+         reading: tuple = (None, None, None)) -> list:
     """``[func(t) for t in tasks]`` in ``workers`` processes (each with its own extractor).
 
-    ``reading``: params (``dicom``, ``masks``) for the series checks and the mask choice."""
-    reading = tuple(dict(r or {}) for r in reading)
+    ``reading``: params (``dicom``, ``masks``, ``preprocessing``) for the series checks, the
+    mask choice and the intensity preprocessing."""
+    reading = tuple(dict(r or {}) for r in (*reading, None, None, None)[:3])
     SeriesChecks.from_params(reading[0])  # bad keys fail here, once, not in every worker
     MaskChoice.from_params(reading[1])
+    Preprocessing.from_params(reading[2])
     results: list = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress or not tasks, mininterval=1.0)
     if workers <= 1 or len(tasks) <= 1:
@@ -256,25 +270,34 @@ def _map(func, tasks: list, settings: Mapping, workers: int, progress: bool, des
     return results
 
 
-def _init_worker(settings: Mapping, threads: int, reading: tuple = (None, None)) -> None:
-    """Build this process's pyradiomics extractor, series checks and mask choice once;
+def _init_worker(settings: Mapping, threads: int, reading: tuple = (None, None, None)) -> None:
+    """Build this process's pyradiomics extractor, series checks, mask choice and
+    preprocessing once;
     ``threads`` > 0 caps SimpleITK's threads (1 in pool workers, so processes do not
     oversubscribe the cores)."""
-    global _EXTRACTOR, _CHECKS, _CHOICE
+    global _EXTRACTOR, _CHECKS, _CHOICE, _PREP
     if threads > 0:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     _EXTRACTOR = rad.make_extractor(settings)
     _CHECKS = SeriesChecks.from_params(reading[0])
     _CHOICE = MaskChoice.from_params(reading[1])
+    _PREP = Preprocessing.from_params(reading[2])
 
 
 def _load(raw_dir: Path, scan: Mapping) -> tuple[sitk.Image, sitk.Image]:
-    """Image and mask (NIfTI, SEG or RTSTRUCT) of a scan on one grid (ImagingError naming
-    the file otherwise)."""
+    """Image (preprocessed, :data:`_PREP`) and mask (NIfTI, SEG or RTSTRUCT) of a scan on one
+    grid (ImagingError naming the file otherwise)."""
     image_path, mask_path = raw_dir / scan["local_path"], raw_dir / scan["mask_path"]
     image = read_image(image_path, _CHECKS)
     mask = read_roi_mask(mask_path, image, str(image_path), _CHOICE)
-    return image, mask
+    return _PREP.apply(image, mask), mask
+
+
+def cache_settings(settings: Mapping, preprocessing: Mapping | None) -> dict:
+    """What the cache key hashes: the radiomics settings, plus the preprocessing unless it is
+    the identity (so CT keys stay those of runs before preprocessing existed)."""
+    prep = Preprocessing.from_params(preprocessing)
+    return dict(settings) if prep.identity else {"radiomics": dict(settings), "preprocessing": vars(prep)}
 
 
 def _describe_failure(scan: Mapping, err: Exception) -> str:
@@ -304,16 +327,22 @@ def _analyse_scan(task: tuple[Path, Mapping]) -> dict:
 
 
 def _perturbed_scan(task: tuple) -> dict:
-    """Features of one scan under one perturbation, or {"error": reason}."""
-    raw_dir, scan, kind, seed, noise_sd, shift, _, _ = task
+    """Features of one scan under each perturbation of the task: {kind: features or
+    {"error": reason}} (each kind draws from its own generator, seeded by scan)."""
+    raw_dir, scan, keys, seed, noise_sd, shift, _ = task
     try:
-        image, mask = _load(raw_dir, scan)
-        rng = np.random.default_rng([seed, int(scan["image_occurrence_id"])])
-        image, mask = perturb(image, mask, kind, rng, noise_sd, shift)
-        features = rad.extract_features(_EXTRACTOR, image, mask)
-        return features
+        loaded = _load(raw_dir, scan)
     except Exception as err:  # the subset skips failures; the main pass reports them
-        return {"error": _describe_failure(scan, err)}
+        return dict.fromkeys(keys, {"error": _describe_failure(scan, err)})
+    out = {}
+    for kind in keys:
+        try:
+            rng = np.random.default_rng([seed, int(scan["image_occurrence_id"])])
+            image, mask = perturb(*loaded, kind, rng, noise_sd, shift)
+            out[kind] = rad.extract_features(_EXTRACTOR, image, mask)
+        except Exception as err:  # as above
+            out[kind] = {"error": _describe_failure(scan, err)}
+    return out
 
 
 FINGERPRINT_FIELDS = ("image_occurrence_id", "person_id", "image_series_uid", "local_path",

@@ -101,3 +101,18 @@ def micdm_tables(measured: pd.DataFrame, features: list[str], alg_system: str,
         "meas_event_field_concept_id": pd.Series(pd.NA, index=long.index, dtype="Int64"),
     }, columns=MEASUREMENT_COLUMNS)
     return image_feature, measurement
+
+
+def append_tables(first: tuple[pd.DataFrame, pd.DataFrame],
+                  second: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(image_feature, measurement) of ``first`` followed by those of ``second`` (e.g. CT then
+    MR), with the ids and image_finding_id of ``second`` shifted past those of ``first``."""
+    (feat_a, meas_a), (feat_b, meas_b) = first, second
+    shift = int(feat_a["image_feature_id"].max()) if len(feat_a) else 0
+    finding = int(feat_a["image_finding_id"].max()) if len(feat_a) else 0
+    feat_b = feat_b.assign(image_feature_id=feat_b["image_feature_id"] + shift,
+                           image_feature_event_id=feat_b["image_feature_event_id"] + shift,
+                           image_finding_id=feat_b["image_finding_id"] + finding)
+    meas_b = meas_b.assign(measurement_id=meas_b["measurement_id"] + shift)
+    return (pd.concat([feat_a, feat_b], ignore_index=True),
+            pd.concat([meas_a, meas_b], ignore_index=True))

@@ -12,6 +12,9 @@ intensities (tests/test_imaging_preprocess.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -52,9 +55,11 @@ def normalise(image: sitk.Image, mask: sitk.Image, method: str) -> sitk.Image:
     return out
 
 
-def n4_correct(image: sitk.Image, shrink: int = 2, iterations: tuple[int, ...] = (20, 20)) -> sitk.Image:
+def n4_correct(image: sitk.Image, shrink: int = 4, iterations: tuple[int, ...] = (20, 20)) -> sitk.Image:
     """Bias-field corrected ``image`` (float32): N4 fitted on a ``shrink``-times
-    downsampled copy within the body, the field applied at full resolution."""
+    downsampled copy within the body, the field applied at full resolution. A smooth field
+    needs few samples: shrink 4 (the demo's 96 x 96 x 40 grid fitted on 24 x 24 x 10) takes
+    a quarter of shrink 2's time (~0.8 s vs ~3 s under load)."""
     image = sitk.Cast(image, sitk.sitkFloat32)
     body = body_mask(image)
     small = sitk.Shrink(image, [shrink] * image.GetDimension())
@@ -64,3 +69,42 @@ def n4_correct(image: sitk.Image, shrink: int = 2, iterations: tuple[int, ...] =
     n4.Execute(small, small_body)
     log_bias = n4.GetLogBiasFieldAsImage(image)
     return image / sitk.Exp(log_bias)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Intensity preprocessing of one modality (params ``imaging_features.preprocessing``).
+
+    normalisation : one of :data:`NORMALISATIONS` (:func:`normalise`).
+    n4_bias_correction : apply :func:`n4_correct` first.
+    """
+
+    normalisation: str = "none"
+    n4_bias_correction: bool = False
+
+    @classmethod
+    def from_params(cls, params: Mapping | None) -> Preprocessing:
+        """From a params mapping; unknown keys or methods are an error naming them."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise KeyError(f"imaging_features.preprocessing: unknown key(s) {unknown}; expected "
+                           f"{[f.name for f in fields(cls)]}")
+        out = cls(**params)
+        if out.normalisation not in NORMALISATIONS:
+            raise ValueError(f"imaging_features.preprocessing.normalisation: expected one of "
+                             f"{NORMALISATIONS}, got {out.normalisation!r}")
+        return out
+
+    @property
+    def identity(self) -> bool:
+        """True when the image is passed on unchanged (CT in HU)."""
+        return self.normalisation == "none" and not self.n4_bias_correction
+
+    def apply(self, image: sitk.Image, mask: sitk.Image) -> sitk.Image:
+        """``image`` bias-corrected (if set) and normalised (``mask``: the ROI, image grid)."""
+        if self.identity:
+            return image
+        if self.n4_bias_correction:
+            image = n4_correct(image)
+        return normalise(image, mask, self.normalisation)

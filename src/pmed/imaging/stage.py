@@ -21,6 +21,14 @@ Outputs (``config.path("processed")`` unless noted)
   common.min_cell_size suppressed), :func:`pmed.imaging.selection.selection_report`.
 - ``config.path("interim")``/image_exclusions.csv: excluded scans and reasons (file names;
   never shown in a report).
+
+MR series (params ``imaging_features.mr``, :func:`modality_params`) run through the same
+steps with their own selection rules, intensity preprocessing (:mod:`pmed.imaging.preprocess`)
+and discretisation, and go to their own files: image_features_mr.parquet,
+image_features_settings_mr.json, image_feature_catalog_mr.csv, feature_stability_mr.csv,
+image_series_selection_mr.csv and interim/image_exclusions_mr.csv (empty when MR is disabled);
+their MI-CDM rows follow the CT rows in the omop_image_feature files. No table mixes CT and MR
+features: MR intensities have no unit, so their features are not comparable with CT's.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from scipy import stats
 from pmed import config
 from pmed.imaging import extract, micdm, selection
 from pmed.imaging import radiomics as rad
+from pmed.imaging.preprocess import Preprocessing
 from pmed.imaging.response import delta_table
 from pmed.imaging.stability import stability_table
 
@@ -63,6 +72,7 @@ class StageResult:
     series_selection: pd.DataFrame = field(default_factory=pd.DataFrame)  # step, n (suppressed)
     image_feature: pd.DataFrame = field(default_factory=pd.DataFrame)  # MI-CDM image_feature rows
     feature_measurement: pd.DataFrame = field(default_factory=pd.DataFrame)  # their measurement rows
+    mr: StageResult | None = None  # the MR series' own result (CT result only; never pooled)
 
     @property
     def feature_names(self) -> list[str]:
@@ -74,15 +84,68 @@ class StageResult:
         return self.measured[[*extract.KEY_COLUMNS, *self.feature_names]]
 
 
+MODALITIES = ("CT", "MR")  # analysed apart: CT with the top-level params, MR with imaging_features.mr
+TRUTH_FILES = {"CT": TRUTH_FILE, "MR": "ground_truth_tumours_mr.csv"}  # demo truth per modality
+OUTPUT_SUFFIX = {"CT": "", "MR": "_mr"}  # file name suffix of a modality's outputs
+
+
+def modality_params(imaging: dict, modality: str) -> dict:
+    """The imaging_features params of one modality.
+
+    CT: the top-level keys. MR: the same with the keys of ``imaging_features.mr`` replacing
+    them: ``series_selection`` as a whole (so no CT rule leaks into MR), other mappings
+    (``preprocessing``, ``radiomics``, ``stability``, ...) key by key.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"imaging modality: expected one of {MODALITIES}, got {modality!r}")
+    base = {k: v for k, v in imaging.items() if k != "mr"}
+    if modality == "CT":
+        return base
+    out = dict(base)
+    for key, value in (imaging.get("mr") or {}).items():
+        if key == "enabled":
+            continue
+        merge = isinstance(value, dict) and isinstance(base.get(key), dict) and key != "series_selection"
+        out[key] = {**base[key], **value} if merge else value
+    return out
+
+
+def mr_enabled(imaging: dict) -> bool:
+    """True when params ``imaging_features.mr.enabled`` asks for the MR analysis."""
+    return bool((imaging.get("mr") or {}).get("enabled", False))
+
+
 def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -> StageResult:
-    """Run the imaging feature stage on the workspace data (params as in params.yaml)."""
+    """Run the imaging feature stage on the workspace data (params as in params.yaml).
+
+    Returns the CT result; its ``mr`` attribute holds the MR result (None when
+    ``imaging_features.mr.enabled`` is false or no MR series meets the MR rules). CT and MR
+    never share a table: each has its own selection, preprocessing, features and stability.
+    """
     if cohort is None:
         cohort = pd.read_parquet(config.path("processed") / "cohort.parquet")
     occurrences = extract.load_image_occurrence(config.path("omop"))
-    rules = selection.SeriesRules.from_params(imaging.get("series_selection"))
     considered = in_windows(occurrences, cohort, imaging["baseline_window_days"],
                             imaging["followup_window_days"])
     headers = selection.series_headers(config.path("raw"), considered)
+    result = run_modality(common, modality_params(imaging, "CT"), cohort, occurrences, headers, "CT")
+    if mr_enabled(imaging):
+        mr = run_modality(common, modality_params(imaging, "MR"), cohort, occurrences, headers, "MR",
+                          require=False)
+        if mr is not None:
+            result.mr = mr
+            result.image_feature, result.feature_measurement = micdm.append_tables(
+                (result.image_feature, result.feature_measurement),
+                (mr.image_feature, mr.feature_measurement))
+    return result
+
+
+def run_modality(common: dict, imaging: dict, cohort: pd.DataFrame, occurrences: pd.DataFrame,
+                 headers: pd.DataFrame, modality: str, require: bool = True) -> StageResult | None:
+    """Select, extract and assess the series of one modality (``imaging``: its params,
+    :func:`modality_params`; ``headers``: :func:`selection.series_headers` of the series in
+    the time windows). None when ``require`` is false and no series was selected."""
+    rules = selection.SeriesRules.from_params(imaging.get("series_selection"))
     reasons = selection.apply_rules(headers, rules)
     eligible = headers.loc[reasons == "", "image_occurrence_id"]
     scans = extract.select_scans(
@@ -90,27 +153,28 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
         imaging["mask_path_template"], imaging["baseline_window_days"],
         imaging["followup_window_days"], config.path("raw"), rules.baseline_choice,
     )
+    if scans.empty and not require:
+        return None
     series_report = selection.selection_report(headers, reasons, scans["image_occurrence_id"],
                                                int(common["min_cell_size"]))
     workers = extract.n_workers(imaging["workers"])
     settings = imaging["radiomics"]
+    prep = imaging.get("preprocessing")
     progress = bool(imaging.get("progress", True))
+    reading = (imaging.get("dicom"), imaging.get("masks"), prep)
+    cache = config.path("interim") / "radiomics_cache"
     measured, exclusions, timing = extract.extract_all(
-        scans, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
-        imaging["on_error"], workers, progress, imaging.get("dicom"), imaging.get("masks"),
-    )
+        scans, config.path("raw"), cache, settings, imaging["on_error"], workers, progress, *reading)
     if measured.empty:
-        raise RuntimeError(f"imaging_features: none of {len(scans)} selected scans could be "
-                           f"analysed; see the exclusion reasons")
+        raise RuntimeError(f"imaging_features ({modality}): none of {len(scans)} selected scans "
+                           f"could be analysed; see the exclusion reasons")
     feature_names = [c for c in measured.columns if c not in [*extract.KEY_COLUMNS, *MEASURES]]
     catalog = rad.feature_catalog(feature_names)
     stab_params = imaging["stability"]
     seed = int(common["seed"]) + STABILITY_SEED_OFFSET
     analysed = scans[scans["image_occurrence_id"].isin(measured["image_occurrence_id"])]
     perturbed = extract.perturbation_features(
-        analysed, config.path("raw"), config.path("interim") / "radiomics_cache", settings,
-        stab_params, seed, workers, progress, imaging.get("dicom"), imaging.get("masks"),
-    )
+        analysed, config.path("raw"), cache, settings, stab_params, seed, workers, progress, *reading)
     stability = stability_table(perturbed, float(stab_params["icc_threshold"]),
                                 str(stab_params["icc_type"]))
     catalog = catalog.merge(stability[["feature", "icc", "stable"]], on="feature", how="left")
@@ -118,9 +182,10 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
     resp = imaging["response"]
     response = delta_table(measured, list(resp["key_features"]), float(resp["pr_pct"]),
                            float(resp["pd_pct"]), float(resp["pd_min_increase_mm"]))
-    truth = truth_correlations(measured, config.path("truth") / TRUTH_FILE,
+    truth = truth_correlations(measured, config.path("truth") / TRUTH_FILES[modality],
                                imaging.get("truth_features", {}))
     saved = {
+        "modality": modality,
         "radiomics": settings, "settings_hash": rad.settings_hash(settings),
         "mask_path_template": imaging["mask_path_template"],
         "baseline_window_days": imaging["baseline_window_days"],
@@ -130,12 +195,14 @@ def run_stage(common: dict, imaging: dict, cohort: pd.DataFrame | None = None) -
         "n_features": len(feature_names),
         "n_ibsi_verified": int(catalog["ibsi_verified"].sum()),
     }
+    if prep is not None:
+        saved["preprocessing"] = vars(Preprocessing.from_params(prep))
     saved["series_selection"] = {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in vars(rules).items()}
     site = (occurrences.set_index("image_occurrence_id")["anatomic_site_concept_id"]
             if "anatomic_site_concept_id" in occurrences.columns else None)
-    alg = (f"pmed imaging_features; pyradiomics {radiomics.__version__}; "
-           f"settings {saved['settings_hash']}")
+    key = rad.settings_hash(extract.cache_settings(settings, prep))
+    alg = f"pmed imaging_features {modality}; pyradiomics {radiomics.__version__}; settings {key}"
     image_feature, feature_measurement = micdm.micdm_tables(
         measured, [*extract.MEASURE_COLUMNS[:2], *feature_names], alg, site)
     return StageResult(scans, measured, exclusions, catalog, stability, response, truth,
@@ -216,31 +283,59 @@ def reason_category(reason: str) -> str:
 
 
 def write_outputs(result: StageResult) -> dict[str, Path]:
-    """Write the stage's tables (module docstring) and return their paths."""
+    """Write the stage's tables (module docstring) and return their paths: the CT ones, and
+    the MR ones under ``<name>_mr`` keys (empty tables when no MR series was analysed, so the
+    stage's outputs always exist)."""
+    paths = _write_modality(result, "CT")
+    mr = result.mr if result.mr is not None else _empty_result()
+    paths.update({f"{k}_mr": v for k, v in _write_modality(mr, "MR").items()})
+    return paths
+
+
+def _write_modality(result: StageResult, modality: str) -> dict[str, Path]:
+    """Write one modality's tables; MR file names end in ``_mr`` and have no response or MI-CDM
+    file (MR has no follow-up scan; its MI-CDM rows are appended to the CT result's)."""
     processed, interim = config.path("processed"), config.path("interim")
     processed.mkdir(parents=True, exist_ok=True)
     interim.mkdir(parents=True, exist_ok=True)
+    sfx = OUTPUT_SUFFIX[modality]
     paths = {
-        "features": processed / "image_features.parquet",
-        "settings": processed / "image_features_settings.json",
-        "catalog": processed / "image_feature_catalog.csv",
-        "stability": processed / "feature_stability.csv",
-        "response": processed / "image_response.parquet",
-        "exclusions": interim / "image_exclusions.csv",
-        "series_selection": processed / "image_series_selection.csv",
-        "image_feature": processed / "omop_image_feature.parquet",
-        "feature_measurement": processed / "omop_image_feature_measurement.parquet",
+        "features": processed / f"image_features{sfx}.parquet",
+        "settings": processed / f"image_features_settings{sfx}.json",
+        "catalog": processed / f"image_feature_catalog{sfx}.csv",
+        "stability": processed / f"feature_stability{sfx}.csv",
+        "exclusions": interim / f"image_exclusions{sfx}.csv",
+        "series_selection": processed / f"image_series_selection{sfx}.csv",
     }
+    if modality == "CT":
+        paths.update({
+            "response": processed / "image_response.parquet",
+            "image_feature": processed / "omop_image_feature.parquet",
+            "feature_measurement": processed / "omop_image_feature_measurement.parquet",
+        })
     result.features.to_parquet(paths["features"], index=False)
     paths["settings"].write_text(json.dumps(result.settings, indent=2, sort_keys=True) + "\n")
     result.catalog.to_csv(paths["catalog"], index=False, float_format="%.6g")
     result.stability.to_csv(paths["stability"], index=False, float_format="%.6g")
-    result.response.to_parquet(paths["response"], index=False)
     result.exclusions.to_csv(paths["exclusions"], index=False)
     result.series_selection.to_csv(paths["series_selection"], index=False)
-    result.image_feature.to_parquet(paths["image_feature"], index=False)
-    result.feature_measurement.to_parquet(paths["feature_measurement"], index=False)
+    if modality == "CT":
+        result.response.to_parquet(paths["response"], index=False)
+        result.image_feature.to_parquet(paths["image_feature"], index=False)
+        result.feature_measurement.to_parquet(paths["feature_measurement"], index=False)
     return paths
+
+
+def _empty_result() -> StageResult:
+    """The MR result when no MR series was analysed: empty tables, settings saying so."""
+    empty = pd.DataFrame(columns=extract.KEY_COLUMNS)
+    catalog = pd.DataFrame(columns=["feature", "image_type", "feature_class", "ibsi_tag",
+                                    "ibsi_verified", "note", "icc", "stable"])
+    return StageResult(
+        pd.DataFrame(columns=extract.SCAN_COLUMNS), empty, pd.DataFrame(columns=[*extract.KEY_COLUMNS, "reason"]),
+        catalog, pd.DataFrame(columns=["feature", "icc", "stable", "n_images", "n_perturbations", "icc_type"]),
+        pd.DataFrame(), pd.DataFrame(), {"n_computed": 0, "n_cached": 0, "seconds": 0.0},
+        {"modality": "MR", "analysed": False}, pd.DataFrame(columns=["step", "n"]))
 
 
 def stage_metrics(result: StageResult) -> dict:
@@ -263,4 +358,9 @@ def stage_metrics(result: StageResult) -> dict:
         metrics[f"truth_spearman_{row.trait}"] = {
             "estimate": row.spearman, "ci_low": row.ci_low, "ci_high": row.ci_high,
         }
+    if result.mr is not None:
+        mr = stage_metrics(result.mr)
+        for key in ("n_followup_pairs",):  # MR: baseline series only
+            mr.pop(key)
+        metrics["mr"] = {**mr, "preprocessing": result.mr.settings.get("preprocessing", {})}
     return metrics

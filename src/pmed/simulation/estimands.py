@@ -5,12 +5,16 @@ settings, same seed offsets from the replicate's seed) and returns rows of the r
 table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decision.
 
 - ``cox_mi`` (02_survival): MI (PMM) Cox model, Rubin's rules; truth = the generator's
-  conditional log-HR (given every covariate AND the latent tumour traits, which the EHR model
-  cannot include: with the image signal on, the EHR-only log-HRs are attenuated towards 0).
+  conditional log-HR without image signal; with it, the hazard also depends on tumour traits
+  the EHR model cannot include, and the truth is the model's least-false log-HR
+  (:func:`pmed.simulation.truth.least_false_log_hr`, attenuated towards 0).
 - ``iptw`` (04_treatment): MI IPTW marginal log-HR and 365-day survival difference per arm
-  (Rubin CI), and the bootstrap percentile CI of the survival difference.
+  (Rubin CI), and the bootstrap percentile CI of the survival difference (replicate b on
+  imputed set b mod m, as the stage).
 - ``matched`` (causal.match_nearest, io vs chemo; no report prints it since the multi-arm
-  treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR among io patients.
+  treatment stage): pair-clustered Cox log-HR; truth = marginal log-HR in the population of
+  the matched io patients (the caliper drops io patients without a close control, mostly
+  high PD-L1 ones with the largest benefit: a different population from all io patients).
 - ``policy`` (04_treatment): held-out DR value of the issued recommendations and its gain vs
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
@@ -18,7 +22,8 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
   models (bootstrap CI over people and repeats); truth = slope / intercept of the models
   refitted on the whole replicate, evaluated on a large population against the true 365-day risk.
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
-  the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0),
+  the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0;
+  truth = :func:`true_delta_c`, the fold models' mean delta C in new people),
   the permutation LR test of the pre-validated signature (p <= alpha) and, for comparison, the
   superseded naive chi-square LR p-value of the same fit (p < 0.05).
 """
@@ -33,7 +38,7 @@ from pmed import radiomics_model as rm
 from pmed import survival as sv
 from pmed.demo import model
 from pmed.imputation import mice, nelson_aalen
-from pmed.simulation.truth import conditional_log_hr, true_survival_365
+from pmed.simulation.truth import conditional_log_hr, marginal_log_hr_of, true_survival_365
 
 ROW_FIELDS = ("group", "estimand", "estimate", "se", "ci_low", "ci_high", "true", "reject", "null_true", "ci_kind")
 """Replicate-table columns: ``se`` model SE (for percentile CIs: CI width / 3.92); ``true``
@@ -63,8 +68,9 @@ def labels_of(params: dict) -> list[str]:
     return multiarm.arm_order(list(strat["arms"]), strat["reference"])
 
 
-def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool) -> list[dict]:
-    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules."""
+def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool, pop: dict | None) -> list[dict]:
+    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules.
+    Truth: ``pop["cox_log_hr"]`` (least-false) when given, else the conditional log-HRs."""
     s = params["survival"]
     covariates = list(s["covariates"])
     terms = covariates + list(s["interactions"])
@@ -74,7 +80,7 @@ def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: boo
                    auxiliary=["event_aux", "cumhaz"])
     imputed = [sv.add_interactions(d, s["interactions"]) for d in imputed]
     pooled = sv.fit_cox_mi(imputed, "time_days", "event", terms).set_index("term")
-    truth = conditional_log_hr(terms, heterogeneity)
+    truth = pop["cox_log_hr"] if pop and pop.get("cox_log_hr") else conditional_log_hr(terms, heterogeneity)
     return [_row("cox_mi", f"log-HR {t}", pooled.loc[t, "estimate"], pooled.loc[t, "ci_low"],
                  pooled.loc[t, "ci_high"], truth[t], se=pooled.loc[t, "se"], ci_kind="Rubin")
             for t in terms]
@@ -92,7 +98,7 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     mi = multiarm.mi_iptw(cohort, list(tr["covariates"]), arm, labels, horizon, m=tr["n_imputations"],
                           seed=seed + 401, max_iter=tr["mice_max_iter"],
                           truncate_quantile=tr["weight_truncation_quantile"])
-    boot = multiarm.bootstrap_differences(mi["completed"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
+    boot = multiarm.bootstrap_differences(mi["completed_sets"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
                                           seed + 402, truncate_quantile=tr["weight_truncation_quantile"])
     hr = mi["log_hr"].set_index("term")
     rd = mi["survival_difference"].set_index("term")
@@ -109,9 +115,12 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     return rows, best
 
 
-def run_matched(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> list[dict]:
-    """causal.match_nearest (1:1, caliper 0.2 SD of the logit PS) io vs chemo; pair-clustered Cox."""
-    pair = cohort[cohort["treatment"].isin(["chemo", "io"])].reset_index(drop=True)
+def run_matched(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict,
+                heterogeneity: bool) -> list[dict]:
+    """causal.match_nearest (1:1, caliper 0.2 SD of the logit PS) io vs chemo; pair-clustered Cox.
+    Truth: :func:`marginal_log_hr_of` the matched io persons (``latent`` in cohort row order)."""
+    keep = cohort["treatment"].isin(["chemo", "io"]).to_numpy()
+    pair = cohort[keep].reset_index(drop=True)
     treated = (pair["treatment"] == "io").to_numpy(int)
     X = causal.design_matrix(pair, list(params["treatment"]["covariates"]))
     ps = causal.fit_propensity(X, treated)
@@ -120,7 +129,9 @@ def run_matched(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> lis
                               weights=causal.matching_weights(pairs, len(pair)),
                               cluster=causal.pair_ids(pairs, len(pair))).loc["treated"]
     lo, hi = np.log(fit["ci_low"]), np.log(fit["ci_high"])
-    return [_row("matched", "log-HR io (matched)", fit["coef"], lo, hi, pop["att_log_hr_io"], se=fit["se"])]
+    matched_io = latent.iloc[np.flatnonzero(keep)[pairs[:, 0]]]
+    true = marginal_log_hr_of(matched_io, "io", heterogeneity, np.random.default_rng([seed, 7]))
+    return [_row("matched", "log-HR io (matched)", fit["coef"], lo, hi, true, se=fit["se"])]
 
 
 def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, heterogeneity: bool,
@@ -164,41 +175,54 @@ def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: di
 
 
 def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> list[dict]:
-    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat), percentile bootstrap
-    CIs of the performance over the repeats' out-of-fold risks (``n_boot`` resamples: the
+    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat); calibration slope and
+    intercept per test fold, averaged over the R x k folds (:func:`pmed.validation.fold_calibration`),
+    percentile bootstrap CIs over people with the fold models fixed (``n_boot`` resamples: the
     simulation's own count, params ``simulation.calibration_n_bootstrap``).
 
-    Truth of each model: slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
-    with the true risk as fractional outcome) of the models refitted on the whole replicate
-    (``prediction.fit_models`` on the first imputation, the stage's "full" models), on the
-    population sample of ``pop``.
+    Truth (the stage's estimand, data-adaptive): the mean over the replicate's R x k fold
+    models of their slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
+    with the true 365-day risk as fractional outcome) in new people: the population sample of
+    ``pop``, given the missing predictors of the replicate's cohort (each person the
+    missingness pattern of a random cohort person; the generator's missingness is MCAR) and
+    imputed by one PMM imputation (:func:`pmed.imputation.mice`, predictors only), as the
+    stage's test folds are.
     """
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
     settings = prediction.ModelSettings.from_params(o)
+    features = list(settings.features)
     seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     endpoint = metrics.horizon_outcome(time_, event, horizon)
     y, w = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
     rcv = validation.repeated_cv(cohort, "time_days", "event", y, w, times, settings, n_folds=o["cv_folds"],
-                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1)
+                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1,
+                                 keep_models=True)
     cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
                                            survival={"cox": rcv.cox_survival}, times=times,
                                            max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
-                                           threshold=o["high_risk_threshold"], n_jobs=1)
-    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seeds["impute"],
-                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
-    full = prediction.fit_models(data0, "time_days", "event", y, w, settings, seeds["gb"])
-    popx = sv.add_interactions(pop["population"], settings.interactions)
-    pred, _ = prediction.predict_models(full, popx, times)
+                                           threshold=o["high_risk_threshold"], n_jobs=1, fold=rcv.fold)
+    people = pop["population"].reset_index(drop=True)
+    rng = np.random.default_rng([seed, 305])
+    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
+    masked = people[features].mask(pattern)
+    imputed = mice(masked, features, m=1, seed=seed + 306, max_iter=o["mice_max_iter"])[0]
+    popx = sv.add_interactions(imputed, settings.interactions)
+    true_risk = people["true_risk"].to_numpy()
+    per_model = {name: [] for name in prediction.MODELS}
+    for fitted in (m for repeat in rcv.models for m in repeat):
+        pred, _ = prediction.predict_models(fitted, popx, times)
+        for name, p in pred.items():
+            per_model[name].append(calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9)))
     rows = []
-    for name, p in pred.items():
-        true = calibration.calibration_slope_intercept(popx["true_risk"].to_numpy(), np.clip(p, 1e-9, 1 - 1e-9))
+    for name, fits in per_model.items():
         for stat in ("slope", "intercept"):
             ci = cis[f"{name}.calibration_{stat}"]
             rows.append(_row("calibration", f"calibration {stat} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
-                             true[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+                             float(np.mean([f[stat] for f in fits])), reject=np.nan, null_true=False,
+                             ci_kind="percentile bootstrap"))
     return rows
 
 
@@ -210,6 +234,7 @@ PSEUDO_FEATURES = {  # name -> (trait, transform, noise SD on the transformed sc
     "original_shape_Sphericity": ("irregularity", "neg", 0.05),
 }
 N_NOISE_FEATURES = 10  # pure-noise features original_glrlm_Noise<j>
+PSEUDO_TRAITS = sorted({trait for trait, _, _ in PSEUDO_FEATURES.values()})
 
 
 def pseudo_radiomics(latent: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -237,10 +262,31 @@ def pseudo_radiomics(latent: pd.DataFrame, rng: np.random.Generator) -> pd.DataF
     return pd.DataFrame(out, index=latent.index)
 
 
+def true_delta_c(preds: dict, people: pd.DataFrame, sample: pd.DataFrame, clinical: list[str],
+                 rng: np.random.Generator) -> float:
+    """Mean over the fold models of C(combined) - C(clinical) (Harrell's C) in new people.
+
+    ``preds``: ``rm.cross_validated_predictions`` with ``keep_models``; ``people``: latent
+    population rows (clinical columns, tumour traits, ``time_days``, ``event``: the generator's
+    censoring), given :func:`pseudo_radiomics` features and, per person, the missing clinical
+    values of a random person of ``sample`` (the analysed persons), as the test folds have.
+    The per-fold delta C of the stage estimates this: how much better the fitted combined
+    models rank new people than the fitted clinical ones."""
+    base = sorted({c for t in clinical for c in t.split(":")})
+    pattern = sample[base].isna().to_numpy()[rng.integers(0, len(sample), size=len(people))]
+    frame = sv.add_interactions(people[base].mask(pattern).reset_index(drop=True), [t for t in clinical if ":" in t])
+    frame = pd.concat([frame, pseudo_radiomics(people, rng).reset_index(drop=True)], axis=1)
+    time_, event = people["time_days"].to_numpy(float), people["event"].to_numpy(int)
+    return float(np.mean([metrics.harrell_c(time_, event, comb.predict(frame))
+                          - metrics.harrell_c(time_, event, clin.predict(frame))
+                          for comb, clin in zip(preds["combined"]["models"], preds["clinical"]["models"], strict=True)]))
+
+
 def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, n_imaged: int,
-                image_signal: bool, n_permutations: int) -> list[dict]:
+                image_signal: bool, n_permutations: int, pop: dict) -> list[dict]:
     """Notebook 06 (``rm.added_value``) on ``n_imaged`` random cohort persons with
-    :func:`pseudo_radiomics` features; ``n_permutations`` of the LR test (the simulation's own count)."""
+    :func:`pseudo_radiomics` features; ``n_permutations`` of the LR test (the simulation's own
+    count); delta-C truth :func:`true_delta_c` on ``pop["imaging_population"]``."""
     s = params["imaging_analysis"]
     rng = np.random.default_rng([seed, 6])
     pick = np.sort(rng.choice(len(cohort), size=min(n_imaged, len(cohort)), replace=False))
@@ -251,12 +297,13 @@ def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: d
     time_, event = data["time_days"].to_numpy(float), data["event"].to_numpy(int)
     templates = rm.model_templates(clinical, rm.radiomic_columns(data), [], s)
     res = rm.added_value(data, time_, event, templates, {**s, "n_permutations": n_permutations}, seed=seed + 600,
-                         n_jobs=1)
+                         n_jobs=1, keep_models=True)
     d, lr = res["comparison"]["delta_c"]["combined"], res["lr_test"]
     null = not image_signal
+    true = true_delta_c(res["predictions"], pop["imaging_population"], data, clinical, np.random.default_rng([seed, 8]))
     return [
         _row("imaging", "delta C combined vs clinical (CI above 0)", d["estimate"], d["ci_low"], d["ci_high"],
-             np.nan, se=d["se"], reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="CV-fold corrected t"),
+             true, se=d["se"], reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="CV-fold corrected t"),
         _row("imaging", f"permutation LR test of the signature (p <= {s['alpha']})", lr["p"], np.nan, np.nan,
              np.nan, se=np.nan, reject=bool(lr["p"] <= s["alpha"]), null_true=null, ci_kind="test"),
         _row("imaging", "naive chi-square LR test (p < 0.05; superseded)", lr["p_chi2"], np.nan, np.nan, np.nan,

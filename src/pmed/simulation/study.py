@@ -22,6 +22,7 @@ from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
 CALIBRATION_POPULATION = 20_000  # eligible persons of the population sample passed to the calibration truth
+IMAGING_POPULATION = 10_000  # eligible persons of the population sample passed to the imaging delta-C truth
 
 
 @dataclass
@@ -72,12 +73,21 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     out = {}
     o = settings.params["outcomes"]
     keep = [*o["covariates"], "true_risk"]
+    clinical = settings.params["imaging_analysis"]["clinical_terms"]
+    keep_imaging = sorted({c for t in clinical for c in t.split(":")}
+                          | {*estimands.PSEUDO_TRAITS, "time_days", "event"})
+    s = settings.params["survival"]
+    cox_terms = [*s["covariates"], *s["interactions"]]
     for sc in settings.scenarios:
-        if not {"iptw", "matched", "calibration"} & set(settings.groups(sc)):
+        groups = set(settings.groups(sc))
+        cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+        if not ({"iptw", "matched", "calibration", "imaging"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
-                                     float(settings.params["treatment"]["horizon_days"]))
+                                     float(settings.params["treatment"]["horizon_days"]),
+                                     cox_terms=cox_terms if cox_truth else None)
+        pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
         out[sc.name] = pop
     return out
@@ -94,19 +104,19 @@ def run_replicate(task: tuple) -> dict:
     for g in groups:
         try:
             if g == "cox_mi":
-                rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity)
+                rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity, pop)
             elif g == "iptw":
                 got, best_arm = estimands.run_iptw(cohort, seed, params, pop)
                 rows += got
             elif g == "matched":
-                rows += estimands.run_matched(cohort, seed, params, pop)
+                rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
             elif g == "calibration":
                 rows += estimands.run_calibration(cohort, seed, params, pop, settings.calibration_n_bootstrap)
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
-                                              settings.imaging_n_permutations)
+                                              settings.imaging_n_permutations, pop)
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
@@ -152,6 +162,6 @@ def run(settings: Settings, log=sys.stderr) -> dict:
                "load_average_1_5_15": list(os.getloadavg()), "cpu_count": os.cpu_count(),
                "mean_cohort_size": sum(r["n_cohort"] for r in results) / max(len(results), 1),
                "tasks_done": len(results), "tasks_planned": len(tasks)}
-    truths = {name: {k: v for k, v in p.items() if k != "population"} for name, p in pops.items()}
+    truths = {name: {k: v for k, v in p.items() if not k.endswith("population")} for name, p in pops.items()}
     return {"table": table, "summary": summarise(table) if len(table) else pd.DataFrame(),
             "failures": failures, "runtime": runtime, "truths": truths}
