@@ -130,12 +130,15 @@ def mice(
         for j in incomplete:  # start from random draws of the observed values
             obs = data[~miss[:, j], j]
             filled[miss[:, j], j] = rng.choice(obs, miss[:, j].sum())
+        z = (filled - centre) / scale  # standardised predictors, updated column by column
         for _ in range(max_iter):
             for j in incomplete:
-                z = (filled - centre) / scale
-                x = np.column_stack([np.ones(len(z)), np.delete(z, j, axis=1)])
                 mis = miss[:, j]
-                filled[mis, j] = _pmm_draw(x[~mis], data[~mis, j], x[mis], donors, rng)
+                others = np.delete(z, j, axis=1)
+                x_obs = np.column_stack([np.ones((~mis).sum()), others[~mis]])
+                x_mis = np.column_stack([np.ones(mis.sum()), others[mis]])
+                filled[mis, j] = _pmm_draw(x_obs, data[~mis, j], x_mis, donors, rng)
+                z[:, j] = (filled[:, j] - centre[j]) / scale[j]
         return filled[:, :len(columns)]
 
     return [df.assign(**dict(zip(columns, filled.T, strict=True)))
