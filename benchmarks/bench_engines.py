@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/bench_engines.py --persons 100000 [--engines duckdb postgres spark]
     python benchmarks/bench_engines.py --omop DIR      # an existing OMOP folder (Parquet)
+    python benchmarks/bench_engines.py --persons 100000 --engines spark --quality-plans
+        # the data-quality checks one by one vs in one UNION ALL statement
 
 ``--persons N`` generates the demo's EHR-only data with N persons into
 ``<workdir>/p<N>/raw`` unless it is there (:func:`bench_cohort.generate_demo`). PostgreSQL
