@@ -232,3 +232,17 @@ def test_least_false_log_hr_equals_generator_without_omitted_traits_and_shrinks_
     sig = truth.least_false_log_hr(_latent(40_000, 5, image_signal=True), terms)
     strong = ["age_years", "ecog", "stage_iv", "albumin_g_dl"]
     assert np.mean([sig[t] / cond[t] for t in strong]) < 0.96
+
+
+def test_population_discrimination_by_hand():
+    """Uno's target: concordance of death times among pairs whose earlier death is by the horizon
+    (risk ordered by death time -> 1; reversed -> 0); Brier from the true risk, by hand."""
+    people = pd.DataFrame({"t_death_days": [100.0, 200.0, 500.0, 900.0], "time_days": [100.0, 200.0, 400.0, 400.0],
+                           "event": [1, 1, 0, 0], "true_risk": [0.9, 0.6, 0.2, 0.1]})
+    risk = np.array([0.8, 0.5, 0.3, 0.2])
+    got = estimands.population_discrimination(people, risk, 365.0)
+    assert got["uno_c"] == 1.0 and got["harrell_c"] == 1.0
+    assert estimands.population_discrimination(people, risk[::-1], 365.0)["uno_c"] == 0.0
+    brier = np.mean([0.9 * 0.2**2 + 0.1 * 0.8**2, 0.6 * 0.5**2 + 0.4 * 0.5**2, 0.2 * 0.7**2 + 0.8 * 0.3**2,
+                     0.1 * 0.8**2 + 0.9 * 0.2**2])
+    assert got["brier"] == pytest.approx(brier)

@@ -19,9 +19,11 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
 - ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept per test fold,
-  averaged over the R x k folds (bootstrap CI over people, fold models fixed); truth = mean
-  slope / intercept of the replicate's fold models in the population sample given the
-  cohort's missingness and imputed by PMM, against the true 365-day risk.
+  averaged over the R x k folds, and Harrell's C, Uno's C and the Brier score of the pooled
+  out-of-fold risks (bootstrap CI over people, fold models fixed); truth = mean over the
+  replicate's fold models of the same measure in the population sample given the cohort's
+  missingness and imputed by PMM (:func:`population_discrimination`; slope / intercept
+  against the true 365-day risk).
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
   the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0;
   truth = :func:`true_delta_c`, the fold models' mean delta C in new people),
@@ -216,15 +218,36 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_
     for fitted in (m for repeat in rcv.models for m in repeat):
         pred, _ = prediction.predict_models(fitted, popx, times)
         for name, p in pred.items():
-            per_model[name].append(calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9)))
+            per_model[name].append({**calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9)),
+                                    **population_discrimination(people, p, horizon)})
     rows = []
     for name, fits in per_model.items():
-        for stat in ("slope", "intercept"):
-            ci = cis[f"{name}.calibration_{stat}"]
-            rows.append(_row("calibration", f"calibration {stat} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
+        for stat, label in STATS.items():
+            ci = cis[f"{name}.{stat}"]
+            rows.append(_row("calibration", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
                              float(np.mean([f[stat] for f in fits])), reject=np.nan, null_true=False,
                              ci_kind="percentile bootstrap"))
     return rows
+
+
+STATS = {"calibration_slope": "calibration slope", "calibration_intercept": "calibration intercept",
+         "harrell_c": "Harrell C", "uno_c": "Uno C (365 days)", "brier": "Brier score (365 days)"}
+"""Outcomes-stage metrics of the ``calibration`` group: key of its bootstrap table -> row label."""
+
+
+def population_discrimination(people: pd.DataFrame, risk: np.ndarray, horizon: float) -> dict[str, float]:
+    """What the outcomes stage's Harrell C, Uno C and Brier score of ``risk`` (risk of death by
+    ``horizon``) estimate, in the population rows ``people``: Harrell's C on the observed
+    times (``time_days``, ``event``: the generator's censoring, which Harrell's C depends on);
+    Uno's C as the concordance of uncensored death times (``t_death_days``) among pairs whose
+    earlier death is by the horizon; the Brier score at the horizon from the true risk ``r``,
+    mean of r (1 - p)^2 + (1 - r) p^2 (its IPCW estimate's uncensored target)."""
+    t_death = people["t_death_days"].to_numpy(float)
+    r = people["true_risk"].to_numpy(float)
+    died = (t_death <= horizon).astype(int)
+    return {"harrell_c": metrics.harrell_c(people["time_days"].to_numpy(float), people["event"].to_numpy(int), risk),
+            "uno_c": metrics.harrell_c(np.minimum(t_death, horizon + 1.0), died, risk),
+            "brier": float(np.mean(r * (1 - risk) ** 2 + (1 - r) * risk**2))}
 
 
 PSEUDO_FEATURES = {  # name -> (trait, transform, noise SD on the transformed scale)

@@ -72,7 +72,7 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     every scenario), with the calibration population cut to the columns the models use."""
     out = {}
     o = settings.params["outcomes"]
-    keep = [*o["covariates"], "true_risk"]
+    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
     keep_imaging = sorted({c for t in clinical for c in t.split(":")}
                           | {*estimands.PSEUDO_TRAITS, "time_days", "event"})
