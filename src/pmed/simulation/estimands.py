@@ -218,7 +218,8 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_
     for fitted in (m for repeat in rcv.models for m in repeat):
         pred, _ = prediction.predict_models(fitted, popx, times)
         for name, p in pred.items():
-            per_model[name].append({**calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9)),
+            si = calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9))
+            per_model[name].append({"calibration_slope": si["slope"], "calibration_intercept": si["intercept"],
                                     **population_discrimination(people, p, horizon)})
     rows = []
     for name, fits in per_model.items():
