@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pmed.parallel import run_tasks
-from pmed.simulation import design, estimands, truth
+from pmed.simulation import design, estimands, estimands_survival, truth
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
@@ -81,12 +81,14 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     for sc in settings.scenarios:
         groups = set(settings.groups(sc))
         cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
-        if not ({"iptw", "matched", "calibration", "imaging"} & groups or cox_truth):
+        if not ({"iptw", "matched", "calibration", "imaging", "km", "competing"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
                                      float(settings.params["treatment"]["horizon_days"]),
                                      cox_terms=cox_terms if cox_truth else None)
+        if {"km", "competing"} & groups:  # KM medians, competing-risks truths: the whole population sample
+            pop.update(estimands_survival.population_truths(pop["population"], settings.params))
         pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
         out[sc.name] = pop
@@ -117,6 +119,10 @@ def run_replicate(task: tuple) -> dict:
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
                                               settings.imaging_n_permutations, pop)
+            elif g == "km":
+                rows += estimands_survival.run_km(cohort, pop)
+            elif g == "competing":
+                rows += estimands_survival.run_competing(cohort, params, pop)
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
