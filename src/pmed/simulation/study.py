@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pmed.parallel import run_tasks
-from pmed.simulation import design, estimands, truth
+from pmed.simulation import design, estimands, estimands_monitoring, truth
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
@@ -81,6 +81,9 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     for sc in settings.scenarios:
         groups = set(settings.groups(sc))
         cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+        if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
+            out.setdefault(sc.name, {})["monitoring"] = estimands_monitoring.population_truth(
+                settings.seed, sc, settings.params)
         if not ({"iptw", "matched", "calibration", "imaging"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
@@ -89,7 +92,7 @@ def population_truths(settings: Settings) -> dict[str, dict]:
                                      cox_terms=cox_terms if cox_truth else None)
         pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
-        out[sc.name] = pop
+        out[sc.name] = {**out.get(sc.name, {}), **pop}
     return out
 
 
@@ -99,7 +102,8 @@ def run_replicate(task: tuple) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     seed = design.replicate_seed(settings.seed, r)
     params = settings.params
-    cohort, latent = design.simulate_cohort(seed, scenario, settings.n_persons, params)
+    cohort, latent, *traj = design.simulate_cohort(seed, scenario, settings.n_persons, params,
+                                                   with_trajectories="monitoring" in groups)
     rows, failures, best_arm = [], [], None
     for g in groups:
         try:
@@ -117,6 +121,8 @@ def run_replicate(task: tuple) -> dict:
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
                                               settings.imaging_n_permutations, pop)
+            elif g == "monitoring":
+                rows += estimands_monitoring.run_monitoring(cohort, traj[0], seed, params, pop["monitoring"])
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
