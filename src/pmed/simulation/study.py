@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pmed.parallel import iter_tasks
-from pmed.simulation import design, estimands, estimands_survival, truth
+from pmed.simulation import design, estimands, estimands_monitoring, estimands_survival, truth
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
@@ -82,6 +82,9 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     for sc in settings.scenarios:
         groups = set(settings.groups(sc))
         cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+        if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
+            out.setdefault(sc.name, {})["monitoring"] = estimands_monitoring.population_truth(
+                settings.seed, sc, settings.params)
         if not ({"iptw", "matched", "calibration", "imaging", "km", "competing"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
@@ -92,7 +95,7 @@ def population_truths(settings: Settings) -> dict[str, dict]:
             pop.update(estimands_survival.population_truths(pop["population"], settings.params))
         pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
-        out[sc.name] = pop
+        out[sc.name] = {**out.get(sc.name, {}), **pop}
     return out
 
 
@@ -102,7 +105,8 @@ def run_replicate(task: tuple) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     seed = design.replicate_seed(settings.seed, r)
     params = settings.params
-    cohort, latent = design.simulate_cohort(seed, scenario, settings.n_persons, params)
+    cohort, latent, *traj = design.simulate_cohort(seed, scenario, settings.n_persons, params,
+                                                   with_trajectories="monitoring" in groups)
     rows, failures, best_arm = [], [], None
     for g in groups:
         try:
@@ -124,6 +128,8 @@ def run_replicate(task: tuple) -> dict:
                 rows += estimands_survival.run_km(cohort, pop)
             elif g == "competing":
                 rows += estimands_survival.run_competing(cohort, params, pop)
+            elif g == "monitoring":
+                rows += estimands_monitoring.run_monitoring(cohort, traj[0], seed, params, pop["monitoring"])
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
