@@ -23,10 +23,12 @@ from pmed.demo.generate import generate, latent_chunk
 
 SIZE_NAME = "simulation"  # demo size entry added (in a copy of the demo params) for a replicate
 TRUTH_KEY = 1_000_000  # spawn key of the population-truth stream (never a replicate index)
-ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "imaging")
+ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "imaging", "subgroups", "temporal")
 """Estimand groups: main Cox log-HRs (MI), IPTW marginal HR and 365-day survival difference
 per arm, matched HR (io vs chemo), policy value of the recommendations (+ heterogeneity test),
-calibration slope of the penalised Cox risk, imaging delta C / LR test (feature level)."""
+outcomes-stage calibration, C, Brier, ICI/E50/E90, imaging delta C / C / td-AUC per model /
+LR test (feature level), outcomes-stage subgroup performance (sex, age band, arm) and temporal
+validation (later t0 years)."""
 
 
 @dataclass(frozen=True)

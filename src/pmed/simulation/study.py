@@ -72,16 +72,16 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     every scenario), with the calibration population cut to the columns the models use."""
     out = {}
     o = settings.params["outcomes"]
-    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days"]
+    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days", "t0_year"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
     keep_imaging = sorted({c for t in clinical for c in t.split(":")}
-                          | {*estimands.PSEUDO_TRAITS, "time_days", "event"})
+                          | {*estimands.PSEUDO_TRAITS, "time_days", "event", "t_death_days"})
     s = settings.params["survival"]
     cox_terms = [*s["covariates"], *s["interactions"]]
     for sc in settings.scenarios:
         groups = set(settings.groups(sc))
         cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
-        if not ({"iptw", "matched", "calibration", "imaging"} & groups or cox_truth):
+        if not ({"iptw", "matched", "calibration", "imaging", "subgroups", "temporal"} & groups or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
@@ -101,6 +101,7 @@ def run_replicate(task: tuple) -> dict:
     params = settings.params
     cohort, latent = design.simulate_cohort(seed, scenario, settings.n_persons, params)
     rows, failures, best_arm = [], [], None
+    outcomes_shared = {}  # imputed population and repeated CV of the outcomes groups, computed once
     for g in groups:
         try:
             if g == "cox_mi":
@@ -112,8 +113,9 @@ def run_replicate(task: tuple) -> dict:
                 rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
-            elif g == "calibration":
-                rows += estimands.run_calibration(cohort, seed, params, pop, settings.calibration_n_bootstrap)
+            elif g in ("calibration", "subgroups", "temporal"):
+                rows += estimands.run_outcomes_group(g, cohort, seed, params, pop, settings.calibration_n_bootstrap,
+                                                     outcomes_shared)
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
                                               settings.imaging_n_permutations, pop)
