@@ -28,13 +28,16 @@ process seen in the tree (a killed stage: its processes up to the kill, within 0
 
 A stage still running after ``--timeout`` seconds is killed (its process tree, by pid) and
 reported as exceeding. ``--parallel`` runs the stages of one size at the same time (less wall
-time for the benchmark, more load per stage: compare CPU s, not wall s). With two sizes the
-table ends with growth exponents log(CPU ratio) / log(n-eligible ratio) per stage.
+time for the benchmark, more load per stage: compare CPU s, not wall s). The table ends with
+the cohort-to-treatment chain of each size (total wall time, largest peak RSS) and, with two
+or more sizes, the growth exponents log(CPU ratio) / log(n-eligible ratio) of every stage
+between successive sizes (runs with the same params only).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -231,16 +234,22 @@ def print_table(rows: list[dict]) -> None:
         for seconds, line in r.get("cells", []):
             shown = "running" if math.isinf(seconds) else f"{seconds:7.0f} s"
             print(f"{'':<18}cell {shown:>9}  {line}")
-    sizes = sorted({r["eligible"] for r in rows if r.get("eligible")})
-    if len(sizes) >= 2:
-        print("\ngrowth exponent log(CPU ratio)/log(eligible ratio), "
-              f"{sizes[0]:,d} -> {sizes[-1]:,d} eligible (ok runs only):")
-        for stage in dict.fromkeys(r["stage"] for r in rows):
-            pair = {r["eligible"]: r for r in rows if r["stage"] == stage and r["rc"] == 0
-                    and not r.get("overlay")}
-            if sizes[0] in pair and sizes[-1] in pair:
-                k = math.log(pair[sizes[-1]]["cpu_s"] / pair[sizes[0]]["cpu_s"]) / math.log(sizes[-1] / sizes[0])
-                print(f"  {stage:<16}{k:.2f}")
+    for n in sorted({r["n"] for r in rows}):
+        chain = [r for r in rows if r["n"] == n and r["stage"] not in ("demo", "cdm_fingerprint")]
+        if len(chain) > 1 and all(r["rc"] == 0 for r in chain):
+            print(f"\n{n:,d} persons, {' + '.join(r['stage'] for r in chain)} one after the other: "
+                  f"{sum(r['wall_s'] for r in chain) / 60:.1f} min wall, {sum(r['cpu_s'] for r in chain):.0f} CPU s, "
+                  f"largest peak RSS {max(r['peak_rss_gb'] for r in chain):.2f} GB")
+    print("\ngrowth exponent log(CPU ratio) / log(eligible ratio) between successive sizes, same params (ok runs):")
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        for overlay in dict.fromkeys(r.get("overlay") for r in rows if r["stage"] == stage):
+            runs = sorted((r for r in rows if r["stage"] == stage and r.get("overlay") == overlay
+                           and r["rc"] == 0 and r.get("eligible")), key=lambda r: r["eligible"])
+            steps = [f"{a['eligible']:,d} -> {b['eligible']:,d}: "
+                     f"{math.log(b['cpu_s'] / a['cpu_s']) / math.log(b['eligible'] / a['eligible']):.2f}"
+                     for a, b in itertools.pairwise(runs) if b["eligible"] > a["eligible"]]
+            if steps:
+                print(f"  {stage + (' *' if overlay else ''):<18}" + "; ".join(steps))
 
 
 def main() -> int:

@@ -42,3 +42,17 @@ def test_resamples_are_the_draws_of_one_generator_in_turn():
     got = list(parallel.resamples(50, 4, 11))
     for a, b in zip(got, expected, strict=True):
         npt.assert_array_equal(a, b)
+
+
+def test_iter_tasks_streams_results_in_order():
+    drawn = []
+
+    def items():
+        for i in range(20):
+            drawn.append(i)
+            yield i
+
+    stream = parallel.iter_tasks(lambda x: x * x, items(), 1)
+    assert next(stream) == 0 and drawn == [0]  # one process: items drawn one at a time
+    assert list(stream) == [i * i for i in range(1, 20)]
+    assert list(parallel.iter_tasks(lambda x: x * x, items(), 2)) == [i * i for i in range(20)]

@@ -197,35 +197,13 @@ def test_weights_equal_replicated_rows():
     npt.assert_allclose(weighted.params, repeated.params, rtol=1e-7)
 
 
-def test_out_of_fold_metrics_point_estimates_and_seed(sim):
-    df, y, w, cv = sim
-    t, e = df["time_days"].to_numpy(), df["event"].to_numpy()
-    cis = pr.out_of_fold_metrics(t, e, cv, HORIZON, 0.5, TIMES, n_boot=5, seed=3)
-    for k in pr.MODELS:
-        direct = metrics.risk_metrics(t, e, cv.risk[k], HORIZON, 0.5,
-                                      survival=cv.cox_survival if k == "cox" else None, times=TIMES)
-        for name, value in direct.items():
-            npt.assert_allclose(cis[f"{k}.{name}"]["estimate"], value, rtol=1e-12)
-    assert "cox.ibs" in cis and "gbm.ibs" not in cis
-    npt.assert_allclose(cis["cox.harrell_c"]["estimate"], metrics.harrell_c(t, e, cv.risk["cox"]))
-    assert cis["cox.harrell_c"]["ci_low"] <= cis["cox.harrell_c"]["ci_high"]
-    assert cis == pr.out_of_fold_metrics(t, e, cv, HORIZON, 0.5, TIMES, n_boot=5, seed=3)
-    with pytest.raises(ValueError, match="horizon"):
-        pr.out_of_fold_metrics(t, e, cv, 365.0, 0.5, TIMES, n_boot=5, seed=3)
-
-
 def _ci(est, lo, hi):
     return {"estimate": est, "ci_low": lo, "ci_high": hi, "n_boot": 10}
 
 
-def test_metric_table_and_by_model_on_hand_input():
+def test_metrics_by_model_on_hand_input():
     cis = {"cox.harrell_c": _ci(0.7, 0.65, 0.75), "cox.ibs": _ci(0.2, 0.18, 0.22),
            "gbm.harrell_c": _ci(0.6814, 0.6, 0.7)}
-    table = pr.metric_table(cis, {"cox": "Cox", "gbm": "GBM"})
-    assert list(table.index) == list(pr.METRIC_ORDER)
-    assert table.loc["harrell_c", "Cox"] == "0.700 (0.650-0.750)"
-    assert table.loc["harrell_c", "GBM"] == "0.681 (0.600-0.700)"
-    assert table.loc["ibs", "Cox"] == "0.200 (0.180-0.220)" and pd.isna(table.loc["ibs", "GBM"])
     assert pr.metrics_by_model(cis) == {"cox": {"harrell_c": cis["cox.harrell_c"], "ibs": cis["cox.ibs"]},
                                         "gbm": {"harrell_c": cis["gbm.harrell_c"]}}
 

@@ -10,7 +10,7 @@ and the 2 cores are not oversubscribed (n_jobs processes x 1 thread).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,13 +31,24 @@ def run_tasks(func: Callable[[Any], Any], items: Iterable[Any], n_jobs: int = 1)
     Results come back in the order of ``items``. ``func`` is pickled with cloudpickle
     (closures and lambdas work). ``n_jobs`` must be >= 1.
     """
+    return list(iter_tasks(func, items, n_jobs))
+
+
+def iter_tasks(func: Callable[[Any], Any], items: Iterable[Any], n_jobs: int = 1) -> Iterator[Any]:
+    """As :func:`run_tasks`, but yields each result (in the order of ``items``) as soon as it
+    and those before it are done, while the workers go on with the next items (no barrier
+    between batches: long and short tasks mixed keep every process busy)."""
     if int(n_jobs) != n_jobs or n_jobs < 1:
         raise ValueError(f"run_tasks: n_jobs must be an integer >= 1, got {n_jobs!r}")
     if n_jobs == 1:
-        with threadpool_limits(limits=1):
-            return [func(x) for x in items]
+        for x in items:
+            with threadpool_limits(limits=1):
+                result = func(x)
+            yield result
+        return
     with parallel_config(backend="loky", inner_max_num_threads=1):
-        return Parallel(n_jobs=int(n_jobs), pre_dispatch="2*n_jobs")(delayed(_one_thread)(func, x) for x in items)
+        yield from Parallel(n_jobs=int(n_jobs), pre_dispatch="2*n_jobs", return_as="generator")(
+            delayed(_one_thread)(func, x) for x in items)
 
 
 def resamples(n: int, n_boot: int, seed: int):

@@ -16,9 +16,7 @@ Three models predict the risk of death by ``horizon`` days after t0:
 :func:`cross_validated_predictions` returns out-of-fold predictions (each person's risk comes
 from models fitted without that person's fold; folds fitted in parallel processes) and the
 held-out permutation importance of the gradient boosting model (on at most
-``permutation_max_rows`` held-out people per fold); :func:`out_of_fold_metrics` evaluates them with
-:func:`pmed.metrics.risk_metrics` and percentile bootstrap CIs (:func:`pmed.metrics.bootstrap`,
-models not refitted).
+``permutation_max_rows`` held-out people per fold); :mod:`pmed.validation` evaluates them.
 """
 
 from __future__ import annotations
@@ -34,13 +32,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import KFold
 
-from pmed import metrics
 from pmed import survival as sv
 from pmed.parallel import run_tasks
 
 __all__ = [
     "MODELS",
-    "METRIC_ORDER",
     "ModelSettings",
     "CVPredictions",
     "fold_splits",
@@ -52,8 +48,6 @@ __all__ = [
     "fit_models",
     "predict_models",
     "cross_validated_predictions",
-    "out_of_fold_metrics",
-    "metric_table",
     "metrics_by_model",
     "importance_table",
     "high_risk_groups",
@@ -61,12 +55,6 @@ __all__ = [
 
 MODELS = ("cox", "logistic", "gbm")
 """Keys of the three models, in the order they are fitted and reported."""
-
-METRIC_ORDER = (
-    "harrell_c", "uno_c", "td_auc", "auroc", "auprc", "brier", "ibs", "calibration_slope",
-    "calibration_intercept", "oe_ratio", "net_benefit", "sensitivity", "ppv",
-)
-"""Row order of :func:`metric_table` (names of :func:`pmed.metrics.risk_metrics`)."""
 
 
 @dataclass(frozen=True)
@@ -367,68 +355,6 @@ def cross_validated_predictions(
     importances = np.array([r[3] for r in results])
     models = [r[4] for r in results] if keep_models else None
     return CVPredictions(risk=risk, cox_survival=cox_surv, importances=importances, fold=fold, models=models)
-
-
-def _all_metrics(idx, time, event, cv: CVPredictions, horizon, threshold, times) -> dict[str, float]:
-    res = metrics.risk_metrics_by_model(time[idx], event[idx], {k: r[idx] for k, r in cv.risk.items()},
-                                        horizon, threshold, {"cox": cv.cox_survival[idx]}, times)
-    return {f"{k}.{name}": v for k, m in res.items() for name, v in m.items()}
-
-
-def out_of_fold_metrics(
-    time,
-    event,
-    cv: CVPredictions,
-    horizon: float,
-    threshold: float,
-    times: Sequence[float],
-    n_boot: int,
-    seed: int,
-    n_jobs: int = 1,
-) -> dict[str, dict]:
-    """:func:`pmed.metrics.risk_metrics` of every model's out-of-fold risk, with bootstrap CIs.
-
-    Parameters
-    ----------
-    time, event : array, shape (n,)
-        Follow-up (days) and death indicator of the people in ``cv``.
-    horizon : float
-        Days; the risk is of death by then (``times[-1]`` must equal it).
-    threshold : float
-        Predicted risk at or above which a person is "high risk".
-    n_boot, seed, n_jobs : int
-        Bootstrap resamples of people (models not refitted), their seed, joblib processes.
-
-    Returns
-    -------
-    ``{"<model>.<metric>": {"estimate", "ci_low", "ci_high", "n_boot"}}`` (see
-    :func:`pmed.metrics.ci_table`), models in :data:`MODELS` order; ``ibs`` for Cox only.
-    """
-    time = np.asarray(time, dtype=float)
-    event = np.asarray(event, dtype=int)
-    if float(times[-1]) != float(horizon):
-        raise ValueError(f"out_of_fold_metrics: times must end at the horizon ({horizon}), got {list(times)}")
-    if time.shape != cv.fold.shape:
-        raise ValueError(f"out_of_fold_metrics: {time.size} times for {cv.fold.size} predictions")
-    statistic = partial(_all_metrics, time=time, event=event, cv=cv, horizon=horizon,
-                        threshold=threshold, times=times)
-    point = statistic(np.arange(time.size))
-    reps = metrics.bootstrap(statistic, time.size, n_boot, seed, n_jobs=n_jobs)
-    return metrics.ci_table(point, reps)
-
-
-def metric_table(cis: Mapping[str, dict], labels: Mapping[str, str], digits: int = 3) -> pd.DataFrame:
-    """Wide table "estimate (ci_low-ci_high)": rows :data:`METRIC_ORDER`, columns model labels.
-
-    ``cis`` as returned by :func:`out_of_fold_metrics`; ``labels`` maps model keys to column
-    names. Metrics a model lacks (``ibs`` except Cox) are NaN.
-    """
-    rows = []
-    for name, v in cis.items():
-        model, metric = name.split(".", 1)
-        value = f"{v['estimate']:.{digits}f} ({v['ci_low']:.{digits}f}-{v['ci_high']:.{digits}f})"
-        rows.append({"model": labels[model], "metric": metric, "value": value})
-    return pd.DataFrame(rows).pivot(index="metric", columns="model", values="value").reindex(list(METRIC_ORDER))
 
 
 def metrics_by_model(cis: Mapping[str, dict]) -> dict[str, dict[str, dict]]:

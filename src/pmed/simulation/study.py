@@ -3,8 +3,9 @@
 A task simulates its replicate (:func:`pmed.simulation.design.simulate_cohort`) and runs the
 scenario's estimand groups (:mod:`pmed.simulation.estimands`); a group that raises is recorded
 as a failure (error type and message, no data values) and left out of that estimand's
-replicates. Tasks run in :func:`pmed.parallel.run_tasks` processes (one BLAS thread each), in
-batches so that progress can be printed to stderr; results do not depend on ``workers``.
+replicates. Tasks stream through :func:`pmed.parallel.iter_tasks` processes (one BLAS thread
+each; no barrier between long and short tasks), progress is printed to stderr; results do not
+depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from pmed.parallel import run_tasks
+from pmed.parallel import iter_tasks
 from pmed.simulation import design, estimands, truth
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
@@ -129,9 +130,9 @@ def run_replicate(task: tuple) -> dict:
 
 
 def run(settings: Settings, log=sys.stderr) -> dict:
-    """Run the study; with ``settings.max_minutes``, no new batch of tasks starts after that
-    many minutes (the summary then covers the replicates done: ``n_rep`` per estimand). Returns ``table`` (replicate table), ``summary`` (performance measures),
-    ``failures``, ``runtime`` (wall and CPU seconds, load average) and ``truths`` (scalars)."""
+    """Run the study; with ``settings.max_minutes``, no new task starts after that many minutes
+    (the summary then covers the replicates done: ``n_rep`` per estimand). Returns ``table``
+    (replicate table), ``summary`` (performance measures), ``failures``, ``runtime`` (wall and CPU seconds, load average) and ``truths`` (scalars)."""
     start = time.perf_counter()
     print(f"simulation: population truths ({settings.truth_n_persons} persons per scenario) ...", file=log, flush=True)
     pops = population_truths(settings)
@@ -141,19 +142,26 @@ def run(settings: Settings, log=sys.stderr) -> dict:
             groups = settings.groups(sc)
             if groups:
                 tasks.append((sc, r, settings, groups, pops.get(sc.name)))
-    results, batch = [], max(1, 2 * settings.workers)
     print(f"simulation: {len(tasks)} tasks ({settings.replicates} replicates x scenarios) on "
           f"{settings.workers} workers", file=log, flush=True)
-    for i in range(0, len(tasks), batch):
-        if settings.max_minutes is not None and time.perf_counter() - start > 60 * settings.max_minutes:
-            print(f"simulation: time budget of {settings.max_minutes} min reached: stopping after "
-                  f"{len(results)} of {len(tasks)} tasks", file=log, flush=True)
-            break
-        results += run_tasks(run_replicate, tasks[i:i + batch], n_jobs=settings.workers)
+
+    def within_budget():
+        for task in tasks:  # drawn as workers free up: no new task after the time budget
+            if settings.max_minutes is not None and time.perf_counter() - start > 60 * settings.max_minutes:
+                print(f"simulation: time budget of {settings.max_minutes} min reached: no new tasks",
+                      file=log, flush=True)
+                return
+            yield task
+
+    results = []
+    step = max(1, len(tasks) // 20)
+    for res in iter_tasks(run_replicate, within_budget(), n_jobs=settings.workers):
+        results.append(res)
         done = len(results)
-        elapsed = time.perf_counter() - start
-        print(f"simulation: {done}/{len(tasks)} tasks, {elapsed:.0f} s elapsed, "
-              f"about {elapsed / done * (len(tasks) - done):.0f} s to go", file=log, flush=True)
+        if done % step == 0 or done == len(tasks):
+            elapsed = time.perf_counter() - start
+            print(f"simulation: {done}/{len(tasks)} tasks, {elapsed:.0f} s elapsed, "
+                  f"about {elapsed / done * (len(tasks) - done):.0f} s to go", file=log, flush=True)
     table = pd.DataFrame([row for res in results for row in res["rows"]])
     cols = ["scenario", "replicate", *estimands.ROW_FIELDS]
     table = table[cols] if len(table) else pd.DataFrame(columns=cols)
