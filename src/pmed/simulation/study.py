@@ -73,10 +73,10 @@ def population_truths(settings: Settings) -> dict[str, dict]:
     every scenario), with the calibration population cut to the columns the models use."""
     out = {}
     o = settings.params["outcomes"]
-    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days"]
+    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days", "t0_year"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
     keep_imaging = sorted({c for t in clinical for c in t.split(":")}
-                          | {*estimands.PSEUDO_TRAITS, "time_days", "event"})
+                          | {*estimands.PSEUDO_TRAITS, "time_days", "event", "t_death_days"})
     s = settings.params["survival"]
     cox_terms = [*s["covariates"], *s["interactions"]]
     for sc in settings.scenarios:
@@ -85,7 +85,8 @@ def population_truths(settings: Settings) -> dict[str, dict]:
         if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
             out.setdefault(sc.name, {})["monitoring"] = estimands_monitoring.population_truth(
                 settings.seed, sc, settings.params)
-        if not ({"iptw", "matched", "calibration", "imaging", "km", "competing"} & groups or cox_truth):
+        if not ({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging", "km", "competing"} & groups
+                or cox_truth):
             continue
         pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
@@ -108,6 +109,7 @@ def run_replicate(task: tuple) -> dict:
     cohort, latent, *traj = design.simulate_cohort(seed, scenario, settings.n_persons, params,
                                                    with_trajectories="monitoring" in groups)
     rows, failures, best_arm = [], [], None
+    outcomes_shared = {}  # imputed population and repeated CV of the outcomes groups, computed once
     for g in groups:
         try:
             if g == "cox_mi":
@@ -119,8 +121,9 @@ def run_replicate(task: tuple) -> dict:
                 rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
-            elif g == "calibration":
-                rows += estimands.run_calibration(cohort, seed, params, pop, settings.calibration_n_bootstrap)
+            elif g in ("calibration", "subgroups", "temporal"):
+                rows += estimands.run_outcomes_group(g, cohort, seed, params, pop, settings.calibration_n_bootstrap,
+                                                     outcomes_shared)
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
                                               settings.imaging_n_permutations, pop)
