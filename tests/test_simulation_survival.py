@@ -126,6 +126,19 @@ def test_fine_gray_truth_recovers_the_coefficients_of_a_true_fine_gray_model():
         assert abs(got[term] - b[k]) <= 4 * se[term]
 
 
+def test_truth_sample_same_persons_in_every_scenario():
+    """The truth sample's own stream: the scenario switches change death times only (same arms and
+    covariates, other linear predictors); eligible rows only; other master seed, other persons."""
+    rates = config.load_params()["demo"]["rates"]
+    cols = ["arm", "copd", "age_years", "lp"]
+    on = es.truth_sample(5, rates, True, True, 3000, cols)
+    off = es.truth_sample(5, rates, False, True, 3000, cols)
+    pd.testing.assert_frame_equal(on[cols[:3]], off[cols[:3]])
+    assert not np.allclose(on["lp"], off["lp"])
+    assert 0.6 < len(on) / 3000 < 0.9  # eligible share of the generator (about 0.77)
+    assert not es.truth_sample(6, rates, True, True, 3000, cols)[cols[:3]].equals(on[cols[:3]])
+
+
 def _small_settings() -> study.Settings:
     p = copy.deepcopy(config.load_params())
     p["simulation"].update(replicates=2, n_persons=1000, truth_n_persons=20000, workers=1, scenarios={

@@ -2,7 +2,9 @@
 
 Each ``run_<group>`` makes 02's calls on a replicate cohort (same helpers, same params.yaml
 settings) and returns rows of the replicate table (:data:`pmed.simulation.estimands.ROW_FIELDS`);
-the truths come once per scenario from the large population sample (:func:`population_truths`).
+the truths come once per scenario from a large sample of the generator's persons
+(:func:`population_truths`; :data:`TRUTH_SCALE` times params ``simulation.truth_n_persons``: at
+100,000 persons the least-false Fine-Gray log-SHRs still vary by SD 0.02-0.08 between samples).
 
 - ``km``: Kaplan-Meier median OS per treatment arm with 02's 95% CI
   (:func:`pmed.survival.median_survival`: log-log band, R ``print.survfit``'s rule). Truth: the
@@ -35,9 +37,12 @@ from scipy import optimize
 from pmed import competing as cr
 from pmed import survival as sv
 from pmed.demo import model
+from pmed.simulation import design
 from pmed.simulation.estimands import _row
 
 CIF_DAYS = 365.0  # day of the cumulative incidence checked (one of 02's survival.km_times_days)
+TRUTH_SCALE = 10  # persons of the truth sample per person of params simulation.truth_n_persons
+TRUTH_CHUNK = 200_000  # persons simulated at a time for the truth sample (memory)
 GENERATOR_HAZARDS = {"pneumonitis": model.PNEUMONITIS_LOG_HR}
 """Competing outcome name -> the generator's true cause-specific log-HRs (terms absent = 0)."""
 
@@ -100,20 +105,41 @@ def competing_terms(params: dict) -> list[str]:
     return arms + list(params["survival"]["competing_covariates"])
 
 
-def population_truths(population: pd.DataFrame, params: dict) -> dict:
-    """Truths of ``km`` and ``competing`` from the eligible latent rows ``population``
-    (:func:`pmed.simulation.truth.population_truth`'s ``population``: true covariates, ``arm``,
-    arm indicators, ``lp``, observed outcome columns with the generator's censoring).
+def truth_sample(seed: int, rates: dict, heterogeneity: bool, image_signal: bool, n_persons: int,
+                 columns: list[str]) -> pd.DataFrame:
+    """``columns`` of the eligible latent rows of ``n_persons`` simulated persons (in chunks of
+    :data:`TRUTH_CHUNK`), from the stream ``SeedSequence(seed, spawn_key=(design.TRUTH_KEY, 1))``
+    (not a replicate's, not :func:`pmed.simulation.design.truth_rng`'s; the same persons in
+    every scenario, whose switches change death times only)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(design.TRUTH_KEY, 1)))
+    parts = []
+    for start in range(0, n_persons, TRUTH_CHUNK):
+        lat = model.simulate_latent(min(TRUTH_CHUNK, n_persons - start), start + 1, rng, rates,
+                                    image_signal=image_signal, heterogeneity=heterogeneity)
+        parts.append(lat.loc[lat["reason"] == "eligible", columns])
+    return pd.concat(parts, ignore_index=True)
+
+
+def population_truths(params: dict, seed: int, heterogeneity: bool, image_signal: bool, n_persons: int) -> dict:
+    """Truths of ``km`` and ``competing`` in one scenario, from :func:`truth_sample` of ``n_persons``
+    persons (true covariates, ``arm``, arm indicators, ``lp``, observed outcome columns with the
+    generator's censoring).
 
     Returns ``{"km_median_days": {arm: days}, "competing": {name: {"cause_specific": {term: log-HR},
     "fine_gray": {term: log-SHR}, "cif": {arm: CIF at CIF_DAYS}}}}``.
     """
+    terms = competing_terms(params)
+    names = list(params["survival"]["competing_outcomes"])
+    hazard_cols = {c for name in names for t in _generator_hazard(name) for c in t.split(":")}
+    outcome_cols = [f"{name}_{suffix}" for name in names for suffix in ("time_days", "status")]
+    columns = sorted(set(terms) | hazard_cols | {"arm", "lp", *model.ARM_COLUMN.values(), *outcome_cols})
+    population = truth_sample(seed, params["demo"]["rates"], heterogeneity, image_signal, n_persons, columns)
     arm = population["arm"].to_numpy()
     arms = sorted(np.unique(arm))
     lp = population["lp"].to_numpy(float)
-    out = {"km_median_days": {a: arm_median_days(lp[arm == a]) for a in arms}, "competing": {}}
-    terms = competing_terms(params)
-    for name in params["survival"]["competing_outcomes"]:
+    out = {"km_median_days": {a: arm_median_days(lp[arm == a]) for a in arms}, "competing": {},
+           "n_eligible_survival_truths": len(population)}
+    for name in names:
         lp_event = model.linear_predictor(population, _generator_hazard(name))  # arm terms from the indicators
         out["competing"][name] = {
             "cause_specific": cause_specific_truth(population, name, terms),

@@ -92,8 +92,10 @@ def population_truths(settings: Settings) -> dict[str, dict]:
                                      sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
                                      float(settings.params["treatment"]["horizon_days"]),
                                      cox_terms=cox_terms if cox_truth else None)
-        if {"km", "competing"} & groups:  # KM medians, competing-risks truths: the whole population sample
-            pop.update(estimands_survival.population_truths(pop["population"], settings.params))
+        if {"km", "competing"} & groups:  # KM medians, competing-risks truths: their own larger sample
+            pop.update(estimands_survival.population_truths(settings.params, settings.seed, sc.heterogeneity,
+                                                            sc.image_signal,
+                                                            estimands_survival.TRUTH_SCALE * settings.truth_n_persons))
         pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
         pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
         out[sc.name] = {**out.get(sc.name, {}), **pop}
