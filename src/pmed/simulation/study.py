@@ -69,9 +69,24 @@ class Settings:
 
 
 def population_truths(settings: Settings) -> dict[str, dict]:
-    """Per scenario needing one: :func:`pmed.simulation.truth.population_truth` (same persons in
-    every scenario), with the calibration population cut to the columns the models use."""
-    out = {}
+    """Per scenario needing one: :func:`scenario_truth`, the scenarios in parallel processes."""
+    needed = [sc for sc in settings.scenarios if _needs_population(settings, sc)]
+    truths = iter_tasks(scenario_truth, [(settings, sc) for sc in needed],
+                        n_jobs=max(1, min(settings.workers, len(needed))))
+    return {sc.name: pop for sc, pop in zip(needed, truths, strict=True)}
+
+
+def _needs_population(settings: Settings, sc: Scenario) -> bool:
+    groups = set(settings.groups(sc))
+    return bool({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging", "km", "competing",
+                 "monitoring"} & groups or ("cox_mi" in groups and sc.image_signal))
+
+
+def scenario_truth(task: tuple) -> dict:
+    """Population truths of one scenario: :func:`pmed.simulation.truth.population_truth` (same
+    persons in every scenario), with the calibration population cut to the columns the models
+    use, plus the km / competing and monitoring groups' own population values."""
+    settings, sc = task
     o = settings.params["outcomes"]
     keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days", "t0_year"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
@@ -79,27 +94,24 @@ def population_truths(settings: Settings) -> dict[str, dict]:
                           | {*estimands.PSEUDO_TRAITS, "time_days", "event", "t_death_days"})
     s = settings.params["survival"]
     cox_terms = [*s["covariates"], *s["interactions"]]
-    for sc in settings.scenarios:
-        groups = set(settings.groups(sc))
-        cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
-        if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
-            out.setdefault(sc.name, {})["monitoring"] = estimands_monitoring.population_truth(
-                settings.seed, sc, settings.params)
-        if not ({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging", "km", "competing"} & groups
-                or cox_truth):
-            continue
-        pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
-                                     sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
-                                     float(settings.params["treatment"]["horizon_days"]),
-                                     cox_terms=cox_terms if cox_truth else None)
-        if {"km", "competing"} & groups:  # KM medians, competing-risks truths: their own larger sample
-            pop.update(estimands_survival.population_truths(settings.params, settings.seed, sc.heterogeneity,
-                                                            sc.image_signal,
-                                                            estimands_survival.TRUTH_SCALE * settings.truth_n_persons))
-        pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
-        pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
-        out[sc.name] = {**out.get(sc.name, {}), **pop}
-    return out
+    groups = set(settings.groups(sc))
+    cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+    out = {}
+    if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
+        out["monitoring"] = estimands_monitoring.population_truth(settings.seed, sc, settings.params)
+    if {"km", "competing"} & groups:  # KM medians, competing-risks truths: their own large sample
+        out.update(estimands_survival.population_truths(settings.params, settings.seed, sc.heterogeneity,
+                                                        sc.image_signal,
+                                                        estimands_survival.TRUTH_SCALE * settings.truth_n_persons))
+    if not ({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging"} & groups or cox_truth):
+        return out
+    pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
+                                 sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
+                                 float(settings.params["treatment"]["horizon_days"]),
+                                 cox_terms=cox_terms if cox_truth else None)
+    pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
+    pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
+    return {**out, **pop}
 
 
 def run_replicate(task: tuple) -> dict:
