@@ -145,26 +145,10 @@ def sample_persons(traj: pd.DataFrame, max_persons: int | None, seed: int) -> pd
     return traj[traj["person_id"].isin(np.concatenate(keep))].reset_index(drop=True)
 
 
-def fit_slope_model(
-    traj: pd.DataFrame, arms: Sequence[str], baseline: pd.DataFrame | None = None, level: float = 0.95
-):
-    """Adjusted MixedLM of log(lab): slopes per arm and slope differences vs the reference.
-
-    Parameters
-    ----------
-    traj : :func:`load_trajectories` frame (``person_id``, ``treatment``, ``months``,
-        ``value`` > 0).
-    arms : arm labels, the reference first (:func:`pmed.multiarm.arm_order`).
-    baseline : optional, indexed by ``person_id``: complete numeric baseline covariates Z
-        (centred here), entering as main effects and ``months:Z`` interactions.
-
-    Returns
-    -------
-    (summary, result): ``summary`` has ``slope_<arm>`` (mean slope of log(lab) per 30 days at
-    the covariate means) and ``slope_difference_<arm>`` (non-reference arms, vs the reference),
-    each {"estimate", "ci_low", "ci_high"}, plus ``n_persons``, ``n_measurements``,
-    ``converged``, ``scale`` ("log"); ``result`` is the statsmodels MixedLMResults.
-    """
+def slope_mixedlm(traj: pd.DataFrame, arms: Sequence[str], baseline: pd.DataFrame | None = None):
+    """The unfitted statsmodels MixedLM of :func:`fit_slope_model` (same arguments): log(value)
+    on ``months``, ``arm_<a>``, ``months:arm_<a>`` and the centred ``z_<c>``, ``months:z_<c>``,
+    grouped by ``person_id`` with a random intercept and slope in ``months``."""
     arms = list(arms)
     present = set(traj["treatment"].unique())
     if not present <= set(arms) or len(present) < 2 or arms[0] not in present:
@@ -187,7 +171,31 @@ def fit_slope_model(
             data[f"z_{c}"] = (z[c] - baseline[c].mean()).to_numpy(float)
             terms += [f"z_{c}", f"months:z_{c}"]
     formula = "log_value ~ months" + "".join(f" + {t}" for t in terms)
-    model = smf.mixedlm(formula, data, groups=data["person_id"], re_formula="~months")
+    return smf.mixedlm(formula, data, groups=data["person_id"], re_formula="~months")
+
+
+def fit_slope_model(
+    traj: pd.DataFrame, arms: Sequence[str], baseline: pd.DataFrame | None = None, level: float = 0.95
+):
+    """Adjusted MixedLM of log(lab): slopes per arm and slope differences vs the reference.
+
+    Parameters
+    ----------
+    traj : :func:`load_trajectories` frame (``person_id``, ``treatment``, ``months``,
+        ``value`` > 0).
+    arms : arm labels, the reference first (:func:`pmed.multiarm.arm_order`).
+    baseline : optional, indexed by ``person_id``: complete numeric baseline covariates Z
+        (centred here), entering as main effects and ``months:Z`` interactions.
+
+    Returns
+    -------
+    (summary, result): ``summary`` has ``slope_<arm>`` (mean slope of log(lab) per 30 days at
+    the covariate means) and ``slope_difference_<arm>`` (non-reference arms, vs the reference),
+    each {"estimate", "ci_low", "ci_high"}, plus ``n_persons``, ``n_measurements``,
+    ``converged``, ``scale`` ("log"); ``result`` is the statsmodels MixedLMResults.
+    """
+    arms = list(arms)
+    model = slope_mixedlm(traj, arms, baseline)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         # L-BFGS often stops early on these data (random-effect covariance at a bad

@@ -18,16 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pmed import longitudinal as lg
 from pmed.cohort import extract_cohort, parse_definition
 from pmed.demo.generate import generate, latent_chunk
 
 SIZE_NAME = "simulation"  # demo size entry added (in a copy of the demo params) for a replicate
 TRUTH_KEY = 1_000_000  # spawn key of the population-truth stream (never a replicate index)
-ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "imaging", "km", "competing")
+ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "subgroups", "temporal", "imaging", "km",
+             "competing", "monitoring")
 """Estimand groups: main Cox log-HRs (MI), IPTW marginal HR and 365-day survival difference
 per arm, matched HR (io vs chemo), policy value of the recommendations (+ heterogeneity test),
-calibration slope of the penalised Cox risk, imaging delta C / LR test (feature level),
-KM median OS per arm, competing risks (cause-specific and Fine-Gray log-HRs, CIF per arm)."""
+outcomes-stage calibration, C, Brier, ICI/E50/E90, its subgroup performance (sex, age band,
+arm) and temporal validation (later t0 years), imaging delta C / C / td-AUC per model / LR test
+(feature level), KM median OS per arm, competing risks (cause-specific and Fine-Gray log-HRs,
+CIF per arm), lab-trajectory slopes and the early-response landmark HR (monitoring)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def demo_params_for(demo: dict, n_persons: int) -> dict:
     return out
 
 
-def simulate_cohort(seed: int, scenario: Scenario, n_persons: int, params: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_cohort(seed: int, scenario: Scenario, n_persons: int, params: dict,
+                    with_trajectories: bool = False) -> tuple[pd.DataFrame, ...]:
     """One replicate: the cohort stage's table from the generator's OMOP files, and the latent rows.
 
     The demo generator writes the OMOP tables of ``n_persons`` persons (seed ``seed``, the
@@ -87,7 +92,10 @@ def simulate_cohort(seed: int, scenario: Scenario, n_persons: int, params: dict)
 
     Returns (cohort, latent): cohort one row per eligible person (the cohort contract);
     latent the generator's latent rows of the same persons (true covariates, tumour traits,
-    ``lp_x``), indexed by ``person_id``, in cohort row order.
+    ``lp_x``), indexed by ``person_id``, in cohort row order. With ``with_trajectories``:
+    (cohort, latent, trajectories), the monitored lab's values loaded from the OMOP files as
+    notebook 04 does (:func:`pmed.longitudinal.load_trajectories`, params.yaml
+    ``treatment.monitoring``).
     """
     demo = demo_params_for(params["demo"], n_persons)
     with tempfile.TemporaryDirectory(prefix="pmed-sim-") as tmp:
@@ -95,10 +103,16 @@ def simulate_cohort(seed: int, scenario: Scenario, n_persons: int, params: dict)
                  heterogeneity=scenario.heterogeneity)
         result = extract_cohort(Path(tmp) / "omop", parse_definition(params["cohort"]), threads=1,
                                 check_quality=False)
-    cohort = result.cohort.reset_index(drop=True)
+        cohort = result.cohort.reset_index(drop=True)
+        if with_trajectories:
+            mon = params["treatment"]["monitoring"]
+            traj = lg.load_trajectories(Path(tmp) / "omop", cohort, mon["concept_ids"],
+                                        {int(k): float(v) for k, v in mon["units"].items()},
+                                        mon["baseline_window_days"], mon["followup_days"], tuple(mon["plausible"]))
     lat = latent_chunk(seed, demo, SIZE_NAME, image_signal=scenario.image_signal,
                        heterogeneity=scenario.heterogeneity).set_index("person_id")
     missing = set(cohort["person_id"]) - set(lat.index)
     if missing:
         raise RuntimeError(f"simulate_cohort: {len(missing)} cohort persons are not in the latent table")
-    return cohort, lat.loc[cohort["person_id"].to_numpy()]
+    latent = lat.loc[cohort["person_id"].to_numpy()]
+    return (cohort, latent, traj) if with_trajectories else (cohort, latent)
