@@ -271,3 +271,78 @@ def test_status_table_hides_small_counts_and_their_complements():
     for line in [*(hidden.loc[r] for r in table.index), *(hidden[c] for c in table.columns)]:
         assert line.sum() != 1
     assert table.loc["total", "persons"] == "806"
+
+
+def test_cif_ci_without_events_is_the_exact_one_sided_bound():
+    # no event of cause 1; censored at 2 and 4 (m: persons not censored by t)
+    t, s = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([2, 0, 2, 0, 0])
+    cur = cr.cumulative_incidence(t, s).set_index("time")
+    m = pd.Series([5, 5, 4, 4, 3, 2], index=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(cur["ci_high"], 1 - 0.025 ** (1 / m), rtol=1e-12)
+    assert (cur["cif"] == 0).all() and (cur["ci_low"] == 0).all()
+    # after the first event the log(-log) interval again; before it the bound
+    cur = cr.cumulative_incidence([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 0]).set_index("time")
+    assert cur.loc[1.0, "ci_high"] == pytest.approx(1 - 0.025 ** (1 / 3))
+    assert 0 < cur.loc[2.0, "ci_low"] < cur.loc[2.0, "cif"] < cur.loc[2.0, "ci_high"] < 1
+
+
+@pytest.mark.parametrize("n, rate1, rate2, cens_max", [(40, 0.1, 0.05, 1e9), (20, 0.3, 0.5, 1.25)])
+def test_cif_bound_without_events_misses_at_most_alpha_half(n, rate1, rate2, cens_max):
+    """P(no event by t and true F(t) above the upper bound) <= 0.025, over many small samples
+    (no seed). Case 1 has no censoring and F(1) just above the bound for 0 of 40 (missed with
+    probability (1 - F)^40 = 0.020); case 2 censors heavily, where a bound from all n persons
+    would miss in ~5.5% of samples and the [0, 0] interval in every sample without an event."""
+    rng, draws, t0 = np.random.default_rng(), 3000, 1.0
+    truth = rate1 / (rate1 + rate2) * (1 - np.exp(-(rate1 + rate2) * t0))
+    missed, zero = np.zeros(draws, bool), np.zeros(draws, bool)
+    for i in range(draws):
+        t, s = _competing_sample(rng, n, rate1, rate2, cens_max)
+        at = cr.cif_at(cr.cumulative_incidence(t, s), [t0]).iloc[0]
+        zero[i] = at["cif"] == 0
+        missed[i] = zero[i] and not (at["ci_low"] <= truth <= at["ci_high"])
+    limit = 0.025 + 3 * np.sqrt(0.025 * 0.975 / draws)
+    assert missed.mean() <= limit
+    if cens_max < 10:  # the test can fail: without the bound every sample without an event misses
+        assert zero.mean() > limit and truth > 1 - 0.025 ** (1 / n)
+
+
+def _sparse_arm_data(rng, n=300):
+    """Three arms (reference "a": no event of cause 1), a covariate x; death competes."""
+    arm = rng.choice(["a", "b", "c"], n)
+    x = rng.normal(size=n)
+    t1 = rng.exponential(np.where(arm == "a", np.inf, 2.0) * np.exp(-0.3 * x))
+    t2, c = rng.exponential(3.0, n), rng.uniform(0, 4, n)
+    t = np.minimum(np.minimum(t1, t2), c)
+    status = np.where(t == c, 0, np.where(t1 < t2, 1, 2))
+    return pd.DataFrame({"time": t, "status": status, "arm_b": (arm == "b").astype(int),
+                         "arm_c": (arm == "c").astype(int), "x": x, "z": (rng.random(n) < 0.5).astype(int)})
+
+
+def test_fit_competing_models_leaves_out_arms_without_reference_events():
+    df = _sparse_arm_data(np.random.default_rng())
+    res = cr.fit_competing_models(df, "time", "status", ["arm_b", "arm_c", "x", "z"], one_hot=[["arm_b", "arm_c"]])
+    assert res["not_estimable"] == ["arm_b", "arm_c"] and res["terms"] == ["x", "z"]
+    assert res["failed"] == {} and res["n_persons"] == len(df)
+    for key in ("cs", "fg"):
+        tab = res[key].set_index("term")
+        assert list(tab.index) == ["x", "z"] and np.isfinite(tab["se"]).all() and (tab["se"] < 1).all()
+    # a 0/1 term with no event at one level is left out too, the others fitted
+    df["w"] = ((df["status"] == 1) | (np.arange(len(df)) % 2 == 0)).astype(int)  # every event at w = 1
+    res = cr.fit_competing_models(df.assign(status=df["status"].where(df["arm_b"] + df["arm_c"] > 0, 0)),
+                                  "time", "status", ["x", "w"])
+    assert res["not_estimable"] == ["w"] and res["terms"] == ["x"] and res["cs"] is not None
+
+
+def test_fit_competing_models_reports_too_few_events_without_counts():
+    df = _sparse_arm_data(np.random.default_rng()).head(40)
+    df["status"] = np.where(np.arange(40) < 3, 1, df["status"].replace(1, 0))  # 3 events
+    res = cr.fit_competing_models(df, "time", "status", ["x"])
+    assert res["cs"] is None and res["fg"] is None and res["terms"] == ["x"]
+    assert res["failed"]["cs"].startswith("not estimable: fewer than 5 events") and "3" not in res["failed"]["cs"]
+
+
+def test_fine_gray_failure_is_not_converged_error():
+    df = _sparse_arm_data(np.random.default_rng())
+    model = cr._FineGrayRisk(df["time"].to_numpy(), df["status"].to_numpy(), df[["x", "z"]].to_numpy(float), 1)
+    with pytest.raises(cr.NotConvergedError, match="did not converge in 1 iterations"):
+        cr._newton(model, 2, max_iter=1)

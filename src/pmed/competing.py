@@ -10,7 +10,8 @@ Each estimator reproduces a published R implementation; tests compare with outpu
 
 - :func:`cumulative_incidence`: ``cmprsk::cuminc`` estimate and variance (Aalen-Johansen
   estimator; delta-method variance with the hypergeometric tie correction of Gray's ``cinc``),
-  with a pointwise CI on the log(-log) scale (cmprsk gives no CI).
+  with a pointwise CI on the log(-log) scale (cmprsk gives no CI); before the first event of
+  the cause an exact one-sided bound instead.
 - :func:`gray_test`: the k-sample test of ``cmprsk::cuminc`` (Gray 1988, rho = 0 by default).
 - :func:`fit_cause_specific`: ``coxph(Surv(time, status == cause) ~ x)`` (Efron ties).
 - :func:`fit_fine_gray`: ``coxph(Surv(fgstart, fgstop, fgstatus) ~ x + cluster(id),
@@ -20,17 +21,26 @@ Each estimator reproduces a published R implementation; tests compare with outpu
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from scipy import stats
 
 from pmed.plots import risk_table_figure, style_risk_table
 from pmed.privacy import format_count, release_counts, release_km
-from pmed.survival import cox_table, require_columns, require_events
+from pmed.survival import (
+    MIN_EVENTS,
+    TooFewEventsError,
+    cox_table,
+    estimable_terms,
+    require_columns,
+    require_events,
+)
 
 #: lifelines' Newton-Raphson stops at a step below 1e-7 by default: coefficients then differ
 #: from R's coxph by up to ~1e-4; 1e-10 brings them within 1e-7 (tests/test_competing.py).
@@ -47,8 +57,14 @@ __all__ = [
     "gray_test",
     "fit_cause_specific",
     "fit_fine_gray",
+    "fit_competing_models",
+    "NotConvergedError",
     "cif_plot",
 ]
+
+
+class NotConvergedError(RuntimeError):
+    """A cause-specific or Fine-Gray fit did not converge (its estimates do not exist or are unusable)."""
 
 
 def check_competing_data(time, status, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +107,14 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
     + g(d_oj) [(F(t) - F(t_j)) / S(t_j)]^2}, with d_oj the competing events and
     g(d) = d (n_j - d) / (n_j - 1) (= 1 for d = 1), the delta-method variance of
     ``cmprsk::cuminc`` (Gray's ``cinc`` routine).
+
+    CI: log(-log) scale, ``est ** exp(-+ z se / (est log est))``. Where no event of the cause
+    happened up to t (F(t) = 0, SE 0) that interval would be [0, 0] and never cover; there the
+    CI is [0, 1 - (alpha/2)^(1/m)], m the persons not censored by t (an event of either cause
+    by t, or follow-up past t). Given m (censoring independent), each of the m had the event by
+    t with probability F(t), so seeing none has probability (1 - F(t))^m <= alpha/2 whenever
+    F(t) is above the bound: the exact (Clopper-Pearson) upper bound for 0 events in m, about
+    3.7/m at alpha = 0.05 (the "rule of three" is alpha = 0.1); 1 when m = 0.
 
     Returns one row per distinct time (a row at 0 first when no time is 0): ``time``, ``cif``,
     ``variance``, ``se``, ``ci_low``, ``ci_high`` (1 - alpha), ``n_at_risk`` (time >= t),
@@ -146,6 +170,12 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
         out = pd.concat([first, out], ignore_index=True)
     out["se"] = np.sqrt(np.maximum(out["variance"].to_numpy(), 0.0))
     out["ci_low"], out["ci_high"] = _loglog_ci(out["cif"].to_numpy(), out["se"].to_numpy(), alpha)
+    # no event of the cause up to t: exact one-sided bound from the m persons not censored by t
+    m = t.size - np.cumsum(out["n_censored"].to_numpy())
+    none = out["cif"].to_numpy() == 0
+    bound = np.where(m > 0, 1 - (alpha / 2) ** (1 / np.maximum(m, 1)), 1.0)
+    out.loc[none, "ci_low"] = 0.0
+    out.loc[none, "ci_high"] = bound[none]
     return out[["time", "cif", "variance", "se", "ci_low", "ci_high", "n_at_risk", "n_event", "n_competing", "n_censored"]]
 
 
@@ -343,6 +373,8 @@ def fit_cause_specific(
 
     Complete-case on ``covariates``; ``strata`` columns get separate baseline hazards. The
     table of cause-specific HRs is :func:`pmed.survival.cox_table` of the result.
+    :class:`NotConvergedError` when Newton-Raphson fails (e.g. a term with no event at a level:
+    :func:`fit_competing_models` leaves such terms out first).
     """
     require_columns(df, [duration_col, status_col, *covariates, *strata], "fit_cause_specific")
     _other(cause)
@@ -353,7 +385,13 @@ def fit_cause_specific(
     require_events(f"cause-specific Cox model ({status_col} == {cause})", frame["_cs_event"].sum(),
                    len(covariates))
     cph = CoxPHFitter(alpha=alpha)
-    cph.fit(frame, duration_col, "_cs_event", strata=list(strata) or None, fit_options=_FIT_OPTIONS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*failed to converge", category=ConvergenceWarning)
+        try:
+            cph.fit(frame, duration_col, "_cs_event", strata=list(strata) or None, fit_options=_FIT_OPTIONS)
+        except (ConvergenceError, ConvergenceWarning) as err:
+            raise NotConvergedError(f"cause-specific Cox model ({status_col} == {cause}) did not converge "
+                                    f"({type(err).__name__})") from None
     return cph
 
 
@@ -473,7 +511,7 @@ def _newton(model: _FineGrayRisk, p: int, tol: float = 1e-10, max_iter: int = 10
         loglik, score, info = new[:3]
         if np.max(np.abs(step)) < tol:
             return beta, info
-    raise RuntimeError(f"Fine-Gray model: Newton-Raphson did not converge in {max_iter} iterations")
+    raise NotConvergedError(f"Fine-Gray model: Newton-Raphson did not converge in {max_iter} iterations")
 
 
 def fit_fine_gray(
@@ -495,7 +533,7 @@ def fit_fine_gray(
     ``se="cluster"``: sandwich variance from the per-person score residuals (R ``+ cluster(id)``,
     close to ``cmprsk::crr``'s SE); ``se="naive"``: inverse information. Returns the table of
     :func:`pmed.survival.cox_table` (``log_hr`` = log subdistribution HR, ``se``, CIs, ``hr``,
-    ``p_value``) plus ``se_naive``.
+    ``p_value``) plus ``se_naive``. :class:`NotConvergedError` when Newton-Raphson fails.
     """
     if se not in ("cluster", "naive"):
         raise ValueError(f"fit_fine_gray: se must be 'cluster' or 'naive', got {se!r}")
@@ -516,6 +554,53 @@ def fit_fine_gray(
     table["se_naive"] = np.sqrt(np.diag(naive))
     table.attrs.update(n_persons=len(frame), n_events=int((s == cause).sum()))
     return table
+
+
+def fit_competing_models(
+    df: pd.DataFrame,
+    duration_col: str,
+    status_col: str,
+    terms: Sequence[str],
+    cause: int = 1,
+    min_events: int = MIN_EVENTS,
+    one_hot: Sequence[Sequence[str]] = (),
+) -> dict:
+    """Cause-specific Cox and Fine-Gray models of ``cause`` on the estimable ``terms``; no error on sparse data.
+
+    Terms are checked first among the complete cases of ``df[terms]``
+    (:func:`pmed.survival.estimable_terms`): a term that does not vary, or a 0/1 term (e.g. an
+    arm indicator) with fewer than ``min_events`` events of ``cause`` at a level (default
+    :data:`pmed.survival.MIN_EVENTS`, the events rule of every fit), is left out of both
+    models: with no event in an arm the arm's log-HR has no finite estimate (Cox diverges,
+    Fine-Gray fails). ``one_hot`` (e.g. ``[arm indicators]``): the reference level needs as
+    many events, else the group's terms are all left out. A model that still cannot be fitted (too few events in all,
+    :class:`pmed.survival.TooFewEventsError`, or :class:`NotConvergedError`) is None with a reason.
+
+    Returns ``{"terms": fitted terms, "not_estimable": left-out terms, "n_persons": complete
+    cases of the fitted terms, "cs": cause-specific table (:func:`pmed.survival.cox_table`) or
+    None, "fg": Fine-Gray table (:func:`fit_fine_gray`) or None, "failed": {"cs"/"fg": reason}}``.
+    Reasons hold no count of the data (privacy): safe to print.
+    """
+    require_columns(df, [duration_col, status_col, *terms], "fit_competing_models")
+    frame = df[[duration_col, status_col, *terms]].assign(_cr_event=(df[status_col] == cause).astype(int))
+    kept = estimable_terms(frame, list(terms), min_per_level=min_events, event="_cr_event", min_events=min_events,
+                           one_hot=one_hot)
+    out = {"terms": kept, "not_estimable": [t for t in terms if t not in kept],
+           "n_persons": len(frame[[duration_col, status_col, *kept]].dropna()), "cs": None, "fg": None, "failed": {}}
+    fits = {"cs": lambda: cox_table(fit_cause_specific(frame, duration_col, status_col, kept, cause)),
+            "fg": lambda: fit_fine_gray(frame, duration_col, status_col, kept, cause)}
+    for key, fit in fits.items():
+        if not kept:
+            out["failed"][key] = "not estimable: no term has enough events at each level"
+            continue
+        try:
+            out[key] = fit()
+        except TooFewEventsError:
+            out["failed"][key] = (f"not estimable: fewer than {max(MIN_EVENTS, len(kept))} events among the "
+                                  f"complete cases (>= {MIN_EVENTS} and >= 1 per term needed)")
+        except NotConvergedError:
+            out["failed"][key] = "not estimable: the fit did not converge"
+    return out
 
 
 class _Coefs:

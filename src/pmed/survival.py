@@ -254,22 +254,41 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> Non
         raise KeyError(f"{table}: missing column(s) {missing}; expected them per the cohort contract")
 
 
-def estimable_terms(df: pd.DataFrame, terms: Sequence[str], min_per_level: int = 10) -> list[str]:
+def estimable_terms(
+    df: pd.DataFrame, terms: Sequence[str], min_per_level: int = 10, event: str | None = None,
+    min_events: int = MIN_EVENTS, one_hot: Sequence[Sequence[str]] = (),
+) -> list[str]:
     """The ``terms`` a Cox model can estimate among the complete cases of ``df[terms]``.
 
     Drops a term that does not vary there, and a 0/1 term with fewer than ``min_per_level``
     complete cases at either level (e.g. an arm x driver product when one driver-positive
-    patient of that arm has complete data: its likelihood has no finite maximum).
+    patient of that arm has complete data: its likelihood has no finite maximum). With
+    ``event`` (a 0/1 column of ``df``, e.g. "outcome of interest happened"), a 0/1 term also
+    needs ``min_events`` events at each level (default :data:`MIN_EVENTS`): with none at one
+    level its log-HR diverges; a rare outcome can have no event in a small arm. ``one_hot``:
+    groups of 0/1 terms coding one categorical variable (e.g. the arm indicators); its
+    reference level (all of the group 0) needs as many persons and events as a level, else the
+    whole group is dropped (with no event in the reference arm no arm contrast is estimable,
+    yet each indicator has events at both of its own levels).
     """
     complete = df[list(terms)].dropna()
+    events = None if event is None else df.loc[complete.index, event].to_numpy() == 1
     keep = []
     for t in terms:
         values = complete[t]
         if values.nunique() < 2:
             continue
-        if set(values.unique()) <= {0, 1} and min((values == 1).sum(), (values == 0).sum()) < min_per_level:
-            continue
+        if set(values.unique()) <= {0, 1}:
+            level = values.to_numpy() == 1
+            if min(level.sum(), (~level).sum()) < min_per_level:
+                continue
+            if events is not None and min((events & level).sum(), (events & ~level).sum()) < min_events:
+                continue
         keep.append(t)
+    for group in one_hot:
+        ref = (complete[list(group)] == 0).all(axis=1).to_numpy()
+        if ref.sum() < min_per_level or (events is not None and (events & ref).sum() < min_events):
+            keep = [t for t in keep if t not in group]
     return keep
 
 
