@@ -277,8 +277,9 @@ def test_cif_ci_without_events_is_the_exact_one_sided_bound():
     # no event of cause 1; censored at 2 and 4 (m: persons not censored by t)
     t, s = np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([2, 0, 2, 0, 0])
     cur = cr.cumulative_incidence(t, s).set_index("time")
-    m = pd.Series([5, 5, 4, 4, 3, 2], index=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
-    np.testing.assert_allclose(cur["ci_high"], 1 - 0.025 ** (1 / m), rtol=1e-12)
+    m = pd.Series([5, 4, 4, 3, 2], index=[1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(cur.loc[m.index, "ci_high"], 1 - 0.025 ** (1 / m), rtol=1e-12)
+    assert cur.loc[0.0, "ci_high"] == 0  # the added row at 0, before any follow-up
     assert (cur["cif"] == 0).all() and (cur["ci_low"] == 0).all()
     # after the first event the log(-log) interval again; before it the bound
     cur = cr.cumulative_incidence([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 0]).set_index("time")

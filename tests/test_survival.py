@@ -325,3 +325,19 @@ def test_estimable_terms_drops_constant_and_sparse_columns_among_complete_cases(
     # b is 0 wherever a is known; d has one complete case at 1; c has 5 at 0 (>= 5)
     assert sv.estimable_terms(df, ["a", "b", "c", "d"], min_per_level=5) == ["a", "c"]
     assert sv.estimable_terms(df, ["a", "c"], min_per_level=6) == ["a"]
+
+
+def test_estimable_terms_needs_events_at_each_level_and_in_the_reference_of_a_one_hot_group():
+    # arms: ref (rows 0-9), b (10-19), c (20-29); events: 0 in ref, 6 in b, 6 in c; e: every event at e = 1
+    df = pd.DataFrame({"b": [0] * 10 + [1] * 10 + [0] * 10, "c": [0] * 20 + [1] * 10,
+                       "ev": [0] * 10 + [1] * 6 + [0] * 4 + [1] * 6 + [0] * 4})
+    df["e"] = np.where(df["ev"] == 1, 1, np.arange(30) % 2)
+    df["x"] = np.linspace(0, 1, 30)
+    terms = ["b", "c", "e", "x"]
+    assert sv.estimable_terms(df, terms, min_per_level=5) == terms  # persons rule only
+    # each arm indicator has >= 5 events at both of its levels; e has none at e = 0
+    assert sv.estimable_terms(df, terms, min_per_level=5, event="ev", min_events=5) == ["b", "c", "x"]
+    # with the reference arm (b = c = 0, no event) checked, no arm contrast is estimable
+    assert sv.estimable_terms(df, terms, min_per_level=5, event="ev", one_hot=[["b", "c"]]) == ["x"]
+    df.loc[[0, 1, 2, 3, 4], "ev"] = 1
+    assert sv.estimable_terms(df, ["b", "c", "x"], min_per_level=5, event="ev", one_hot=[["b", "c"]]) == ["b", "c", "x"]

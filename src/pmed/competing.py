@@ -114,7 +114,8 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
     by t, or follow-up past t). Given m (censoring independent), each of the m had the event by
     t with probability F(t), so seeing none has probability (1 - F(t))^m <= alpha/2 whenever
     F(t) is above the bound: the exact (Clopper-Pearson) upper bound for 0 events in m, about
-    3.7/m at alpha = 0.05 (the "rule of three" is alpha = 0.1); 1 when m = 0.
+    3.7/m at alpha = 0.05 (the "rule of three" is alpha = 0.1); 1 when m = 0. The row added
+    at time 0 (no observed time there, before anyone's follow-up) keeps [0, 0].
 
     Returns one row per distinct time (a row at 0 first when no time is 0): ``time``, ``cif``,
     ``variance``, ``se``, ``ci_low``, ``ci_high`` (1 - alpha), ``n_at_risk`` (time >= t),
@@ -172,7 +173,7 @@ def cumulative_incidence(time, status, cause: int = 1, alpha: float = 0.05) -> p
     out["ci_low"], out["ci_high"] = _loglog_ci(out["cif"].to_numpy(), out["se"].to_numpy(), alpha)
     # no event of the cause up to t: exact one-sided bound from the m persons not censored by t
     m = t.size - np.cumsum(out["n_censored"].to_numpy())
-    none = out["cif"].to_numpy() == 0
+    none = (out["cif"].to_numpy() == 0) & (out["time"].to_numpy() >= u[0])  # not the added row at 0
     bound = np.where(m > 0, 1 - (alpha / 2) ** (1 / np.maximum(m, 1)), 1.0)
     out.loc[none, "ci_low"] = 0.0
     out.loc[none, "ci_high"] = bound[none]
