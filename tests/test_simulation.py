@@ -101,7 +101,7 @@ def _small_params() -> dict:
     p["imaging_analysis"].update(n_alphas=10, inner_folds=3, n_repeats=1, clinical_terms=[
         "age_years", "sex_female", "ecog", "stage_iv", "albumin_g_dl", "ldh_u_l", "pdl1_pct", "arm_io", "arm_chemo_io"])
     p["simulation"].update(replicates=2, n_persons=1000, n_imaged=200, truth_n_persons=20000, workers=1,
-                           calibration_n_bootstrap=10, imaging_n_permutations=4, scenarios={
+                           calibration_n_bootstrap=10, iptw_n_bootstrap=10, imaging_n_permutations=4, scenarios={
         "small": {"heterogeneity": True, "image_signal": True,
                   "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration", "subgroups", "temporal"]},
         "small_null_image": {"heterogeneity": True, "image_signal": False, "estimands": ["imaging"]}})

@@ -956,6 +956,7 @@ class Simulation(Model):
     truth_n_persons: Count
     workers: Count
     calibration_n_bootstrap: Count
+    iptw_n_bootstrap: Count
     imaging_n_permutations: Count
     estimands: SimEstimands | None = None
     scenarios: Annotated[dict[Name, SimulationScenario], Field(min_length=1)]

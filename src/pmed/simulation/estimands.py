@@ -99,8 +99,11 @@ def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: boo
             for t in terms]
 
 
-def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[list[dict], str]:
-    """Notebook 04: MI IPTW log-HR and survival difference per arm, bootstrap CI of the difference.
+def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> tuple[list[dict], str]:
+    """Notebook 04: MI IPTW log-HR and survival difference per arm, bootstrap CI of the difference
+    (``n_boot`` replicates: params ``simulation.iptw_n_bootstrap``, fewer than the stage's
+    ``treatment.n_bootstrap`` for cost; a percentile CI from fewer replicates is narrower on
+    average, so its coverage here is a lower bound for the stage's).
 
     Returns (rows, best arm by the IPTW survival difference: the policy's average-effect arm)."""
     tr = params["treatment"]
@@ -111,7 +114,7 @@ def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> tuple[
     mi = multiarm.mi_iptw(cohort, list(tr["covariates"]), arm, labels, horizon, m=tr["n_imputations"],
                           seed=seed + 401, max_iter=tr["mice_max_iter"],
                           truncate_quantile=tr["weight_truncation_quantile"])
-    boot = multiarm.bootstrap_differences(mi["completed_sets"], time_, event, arm, labels, horizon, tr["n_bootstrap"],
+    boot = multiarm.bootstrap_differences(mi["completed_sets"], time_, event, arm, labels, horizon, n_boot,
                                           seed + 402, truncate_quantile=tr["weight_truncation_quantile"])
     hr = mi["log_hr"].set_index("term")
     rd = mi["survival_difference"].set_index("term")

@@ -167,7 +167,10 @@ def run_competing(cohort: pd.DataFrame, params: dict, pop: dict) -> list[dict]:
     """Notebook 02's competing-risks cell per outcome: cause-specific Cox and Fine-Gray log-HRs
     of every term (Wald CIs; "reject" = CI excludes 0, null true where the truth is 0) and the
     cumulative incidence at :data:`CIF_DAYS` per arm (``cif_table``; model SE = the
-    Aalen-Johansen SE); truths ``pop["competing"]`` (:func:`population_truths`)."""
+    Aalen-Johansen SE); truths ``pop["competing"]`` (:func:`population_truths`). The models
+    come from :func:`pmed.competing.fit_competing_models` as in 02: where a term is not
+    estimable (too few events at a level, e.g. none in the reference arm) 02 leaves it out and
+    says so, and this replicate gives no model rows (the model's estimand would differ)."""
     min_cell = params["common"]["min_cell_size"]
     arm_terms = sorted(c for c in cohort.columns if c.startswith("arm_"))
     terms = arm_terms + list(params["survival"]["competing_covariates"])
@@ -186,10 +189,12 @@ def run_competing(cohort: pd.DataFrame, params: dict, pop: dict) -> list[dict]:
             rows.append(_row("competing", f"CIF {name} {CIF_DAYS:g} days {g}", shown.loc[g, "cif"],
                              shown.loc[g, "ci_low"], shown.loc[g, "ci_high"], truth["cif"][g], se=se,
                              reject=np.nan, null_true=False, ci_kind="Aalen-Johansen log(-log)"))
-        cs = sv.cox_table(cr.fit_cause_specific(cohort, tcol, scol, terms)).set_index("term")
-        fg = cr.fit_fine_gray(cohort, tcol, scol, terms).set_index("term")
-        for label, table, key, kind in (("cause-specific log-HR", cs, "cause_specific", "wald"),
-                                        ("Fine-Gray log-SHR", fg, "fine_gray", "wald (robust)")):
+        fits = cr.fit_competing_models(cohort, tcol, scol, terms, one_hot=[arm_terms])
+        if fits["not_estimable"] or fits["failed"]:  # 02 reports "not estimable": no model rows (n_rep < R)
+            continue
+        for label, table, key, kind in (("cause-specific log-HR", fits["cs"].set_index("term"), "cause_specific", "wald"),
+                                        ("Fine-Gray log-SHR", fits["fg"].set_index("term"), "fine_gray",
+                                         "wald (robust)")):
             for t in terms:
                 true = truth[key][t]
                 rows.append(_row("competing", f"{label} {name} {t}", table.loc[t, "log_hr"], table.loc[t, "ci_low"],

@@ -37,6 +37,7 @@ class Settings:
     truth_n_persons: int
     workers: int
     calibration_n_bootstrap: int
+    iptw_n_bootstrap: int
     imaging_n_permutations: int
     scenarios: list[Scenario]
     max_minutes: float | None = None
@@ -53,12 +54,13 @@ class Settings:
         if bad:
             raise ValueError(f"simulation estimands {bad} unknown; expected some of {list(design.ESTIMANDS)}")
         for key in ("replicates", "n_persons", "n_imaged", "truth_n_persons", "workers", "calibration_n_bootstrap",
-                    "imaging_n_permutations"):
+                    "iptw_n_bootstrap", "imaging_n_permutations"):
             if int(sim[key]) != sim[key] or sim[key] < 1:
                 raise ValueError(f"params.yaml simulation.{key}: expected an integer >= 1, got {sim[key]!r}")
         return cls(seed=int(sim["seed"]), replicates=int(sim["replicates"]), n_persons=int(sim["n_persons"]),
                    n_imaged=int(sim["n_imaged"]), truth_n_persons=int(sim["truth_n_persons"]),
                    workers=int(sim["workers"]), calibration_n_bootstrap=int(sim["calibration_n_bootstrap"]),
+                   iptw_n_bootstrap=int(sim["iptw_n_bootstrap"]),
                    imaging_n_permutations=int(sim["imaging_n_permutations"]),
                    scenarios=design.parse_scenarios(sim["scenarios"]),
                    estimands=chosen, params=params)
@@ -129,7 +131,7 @@ def run_replicate(task: tuple) -> dict:
             if g == "cox_mi":
                 rows += estimands.run_cox_mi(cohort, seed, params, scenario.heterogeneity, pop)
             elif g == "iptw":
-                got, best_arm = estimands.run_iptw(cohort, seed, params, pop)
+                got, best_arm = estimands.run_iptw(cohort, seed, params, pop, settings.iptw_n_bootstrap)
                 rows += got
             elif g == "matched":
                 rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
