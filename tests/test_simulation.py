@@ -103,7 +103,7 @@ def _small_params() -> dict:
     p["simulation"].update(replicates=2, n_persons=1000, n_imaged=200, truth_n_persons=20000, workers=1,
                            calibration_n_bootstrap=10, imaging_n_permutations=4, scenarios={
         "small": {"heterogeneity": True, "image_signal": True,
-                  "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration"]},
+                  "estimands": ["cox_mi", "iptw", "matched", "policy", "calibration", "subgroups", "temporal"]},
         "small_null_image": {"heterogeneity": True, "image_signal": False, "estimands": ["imaging"]}})
     return p
 
@@ -146,7 +146,9 @@ def test_imaging_rows_follow_their_decision_rules(small_run):
     null marked true; both replicates present."""
     table = small_run[1]["table"]
     img = table[table["group"] == "imaging"]
-    assert sorted(img["replicate"].unique()) == [0, 1] and img["null_true"].all()
+    per_model = img["estimand"].str.startswith(("Harrell C", "td-AUC"))  # estimates without a test
+    assert sorted(img["replicate"].unique()) == [0, 1] and img[~per_model]["null_true"].all()
+    assert per_model.sum() == 12 and not img[per_model]["null_true"].any()  # 3 models x C, td-AUC x 2
     dc = img[img["estimand"].str.startswith("delta C")]
     perm = img[img["estimand"].str.startswith("permutation LR")]
     naive = img[img["estimand"].str.startswith("naive")]
@@ -155,6 +157,33 @@ def test_imaging_rows_follow_their_decision_rules(small_run):
     # truth: the fold models' delta C in new people; no image signal -> about 0 (noise features only)
     assert np.isfinite(dc["true"]).all() and (dc["true"].abs() < 0.03).all()
     assert (perm["reject"] == (perm["estimate"] <= 0.05)).all() and (perm["estimate"] >= 1 / 5).all()  # 4 permutations
+
+
+def test_outcomes_rows_have_truths_and_imaging_per_model_rows(small_run):
+    """ICI/E50/E90, subgroup and temporal rows for both replicates with finite truths; ICI truths
+    in [0, 1) and E50 <= E90; subgroup labels from the stage's groups; under no image signal the
+    imaging-only model's true C and td-AUC are about 0.5 and C(combined) - C(clinical) equals the
+    delta-C truth."""
+    table = small_run[1]["table"]
+    for group in ("subgroups", "temporal"):
+        rows = table[table["group"] == group]
+        assert sorted(rows["replicate"].unique()) == [0, 1] and np.isfinite(rows["true"]).all()
+    cal = table[table["group"] == "calibration"].set_index(["replicate", "estimand"])["true"]
+    for r in (0, 1):
+        for m in ("cox", "logistic", "gbm"):
+            assert 0 <= cal[(r, f"ICI (365 days) {m}")] < 1
+            assert cal[(r, f"E50 (365 days) {m}")] <= cal[(r, f"E90 (365 days) {m}")]
+    sub = table[table["group"] == "subgroups"]["estimand"]
+    assert sub.str.contains("sex female").any() and sub.str.contains("arm chemo").any()
+    temporal = table[table["group"] == "temporal"]["estimand"]
+    assert {"Harrell C cox (t0 year > 2020)", "ICI (365 days) gbm (t0 year > 2020)",
+            "Harrell C gbm - cox (t0 year > 2020)"} <= set(temporal)
+    img = table[table["group"] == "imaging"].set_index(["replicate", "estimand"])["true"]
+    for r in (0, 1):
+        assert img[(r, "Harrell C imaging")] == pytest.approx(0.5, abs=0.03)
+        assert img[(r, "td-AUC (365 days) imaging")] == pytest.approx(0.5, abs=0.03)
+        delta = img[(r, "Harrell C combined")] - img[(r, "Harrell C clinical")]
+        assert delta == pytest.approx(img[(r, "delta C combined vs clinical (CI above 0)")], abs=1e-12)
 
 
 def test_replicate_does_not_depend_on_workers_or_r(small_run):

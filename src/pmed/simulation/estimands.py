@@ -19,22 +19,32 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
 - ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept per test fold,
-  averaged over the R x k folds, and Harrell's C, Uno's C and the Brier score of the pooled
-  out-of-fold risks (bootstrap CI over people, fold models fixed); truth = mean over the
-  replicate's fold models of the same measure in the population sample given the cohort's
-  missingness and imputed by PMM (:func:`population_discrimination`; slope / intercept
-  against the true 365-day risk).
+  averaged over the R x k folds, and Harrell's C, Uno's C, the Brier score and the smoothed
+  calibration errors ICI, E50, E90 of the pooled out-of-fold risks (bootstrap CI over people,
+  fold models fixed); truth = mean over the replicate's fold models of the same measure in the
+  population sample given the cohort's missingness and imputed by PMM
+  (:func:`population_discrimination`; slope / intercept against the true 365-day risk; ICI etc.
+  of the pooled fold-model risks against E[true risk | p], :func:`true_calibration_errors`).
+- ``subgroups`` (03_outcomes): Harrell's C, calibration intercept and O/E of the Cox model's
+  out-of-fold risks by sex, age band and arm (small groups suppressed and skipped); truth =
+  :func:`subgroup_truth` of the pooled fold-model risks in the population's subgroup.
+- ``temporal`` (03_outcomes): models fitted on the earlier t0 years, bootstrap CIs in the later
+  ones; truth = these models' measures in the population's persons of the later years.
 - ``imaging`` (06_imaging_analysis, feature level, see :func:`pseudo_radiomics`): delta C of
-  the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0;
-  truth = :func:`true_delta_c`, the fold models' mean delta C in new people),
-  the permutation LR test of the pre-validated signature (p <= alpha) and, for comparison, the
-  superseded naive chi-square LR p-value of the same fit (p < 0.05).
+  the combined vs the clinical model (paired per-fold corrected-t CI; "reject" = CI above 0),
+  Harrell's C and td-AUC per model (same intervals); truths :func:`true_fold_performance`, the
+  fold models' mean in new people; the permutation LR test of the pre-validated signature
+  (p <= alpha) and, for comparison, the superseded naive chi-square LR p-value of the same fit
+  (p < 0.05).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from pmed import calibration, causal, hte, metrics, multiarm, policy, prediction, validation
 from pmed import radiomics_model as rm
@@ -177,63 +187,268 @@ def run_policy(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: di
     return rows
 
 
-def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> list[dict]:
-    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat); calibration slope and
-    intercept per test fold, averaged over the R x k folds (:func:`pmed.validation.fold_calibration`),
-    percentile bootstrap CIs over people with the fold models fixed (``n_boot`` resamples: the
-    simulation's own count, params ``simulation.calibration_n_bootstrap``).
-
-    Truth (the stage's estimand, data-adaptive): the mean over the replicate's R x k fold
-    models of their slope / intercept (:func:`pmed.calibration.calibration_slope_intercept`
-    with the true 365-day risk as fractional outcome) in new people: the population sample of
-    ``pop``, given the missing predictors of the replicate's cohort (each person the
-    missingness pattern of a random cohort person; the generator's missingness is MCAR) and
-    imputed by one PMM imputation (:func:`pmed.imputation.mice`, predictors only), as the
-    stage's test folds are.
-    """
+def _outcomes_settings(params: dict) -> tuple[dict, float, list[float], prediction.ModelSettings]:
+    """Notebook 03's params: (outcomes section, horizon, IBS time grid, model settings without the
+    permutation importance, which is not an estimand and would cost ~8 CPU-s per replicate)."""
     o = params["outcomes"]
     horizon = float(o["horizon_days"])
     times = [horizon * (i + 1) / o["brier_grid_points"] for i in range(o["brier_grid_points"])]
-    settings = prediction.ModelSettings.from_params({**o, "permutation_repeats": 0})  # importance: not an estimand
+    return o, horizon, times, prediction.ModelSettings.from_params({**o, "permutation_repeats": 0})
+
+
+@dataclass
+class OutcomesPopulation:
+    """New people for the outcomes-stage truths: ``people`` population rows (``true_risk``,
+    ``time_days``, ``event``, ``t_death_days``, ``t0_year``, true predictors), ``popx`` their
+    predictors given the missingness of random cohort persons, PMM-imputed, with interactions."""
+
+    people: pd.DataFrame
+    popx: pd.DataFrame
+
+
+@dataclass
+class OutcomesCV:
+    """Notebook 03's repeated CV of one replicate with its fold models' risks in new people.
+
+    ``fold_risk[r][k]``: {model: (N,) risk by the horizon of the N population people from the
+    model fitted without fold k of repeat r}; ``pooled``: {model: (R, N)}, each person's risk
+    from the fold model of a random fold per repeat (equal shares), the population analogue of
+    the pooled out-of-fold risks that the stage's ICI, subgroup and O/E estimates use."""
+
+    rcv: validation.RepeatedCV
+    fold_risk: list[list[dict[str, np.ndarray]]]
+    pooled: dict[str, np.ndarray]
+
+
+def outcomes_population(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> OutcomesPopulation:
+    """``pop["population"]`` given the missing predictors of the replicate's cohort (each person
+    the missingness pattern of a random cohort person; the generator's missingness is MCAR) and
+    imputed by one PMM imputation (:func:`pmed.imputation.mice`, predictors only), as the
+    stage's test folds are."""
+    o, _, _, settings = _outcomes_settings(params)
     features = list(settings.features)
-    seeds = {"impute": seed + 301, "cv": seed + 302, "gb": seed + 303}
+    people = pop["population"].reset_index(drop=True)
+    rng = np.random.default_rng([seed, 305])
+    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
+    imputed = mice(people[features].mask(pattern), features, m=1, seed=seed + 306, max_iter=o["mice_max_iter"])[0]
+    return OutcomesPopulation(people, sv.add_interactions(imputed, settings.interactions))
+
+
+def outcomes_cv(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation) -> OutcomesCV:
+    """Notebook 03's :func:`pmed.validation.repeated_cv` (same seeds, fold models kept) and the
+    fold models' risks in ``population``."""
+    o, horizon, times, settings = _outcomes_settings(params)
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     endpoint = metrics.horizon_outcome(time_, event, horizon)
-    y, w = endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy()
-    rcv = validation.repeated_cv(cohort, "time_days", "event", y, w, times, settings, n_folds=o["cv_folds"],
-                                 n_repeats=o["cv_repeats"], seeds=seeds, mice_max_iter=o["mice_max_iter"], n_jobs=1,
-                                 keep_models=True)
+    rcv = validation.repeated_cv(cohort, "time_days", "event", endpoint["y"].to_numpy(), endpoint["ipcw"].to_numpy(),
+                                 times, settings, n_folds=o["cv_folds"], n_repeats=o["cv_repeats"],
+                                 seeds={"impute": seed + 301, "cv": seed + 302, "gb": seed + 303},
+                                 mice_max_iter=o["mice_max_iter"], n_jobs=1, keep_models=True)
+    fold_risk = [[prediction.predict_models(m, population.popx, times)[0] for m in repeat] for repeat in rcv.models]
+    n = len(population.people)
+    fold_of = np.random.default_rng([seed, 307]).integers(0, o["cv_folds"], size=(len(fold_risk), n))
+    pooled = {name: np.stack([np.stack([f[name] for f in repeat])[fold_of[r], np.arange(n)]
+                              for r, repeat in enumerate(fold_risk)]) for name in prediction.MODELS}
+    return OutcomesCV(rcv, fold_risk, pooled)
+
+
+def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation, cv: OutcomesCV,
+                    n_boot: int) -> list[dict]:
+    """Notebook 03: repeated k-fold CV (PMM imputation redrawn per repeat); calibration slope and
+    intercept per test fold, averaged over the R x k folds (:func:`pmed.validation.fold_calibration`),
+    Harrell C, Uno C, Brier and the smoothed-calibration errors ICI, E50, E90 of the pooled
+    out-of-fold risks of each repeat, averaged over the repeats; percentile bootstrap CIs over
+    people with the fold models fixed (``n_boot`` resamples: the simulation's own count, params
+    ``simulation.calibration_n_bootstrap``).
+
+    Truth (the stage's estimand, data-adaptive), in new people (:func:`outcomes_population`):
+    slope / intercept / C / Brier: the mean over the replicate's R x k fold models of the same
+    measure (:func:`pmed.calibration.calibration_slope_intercept` with the true 365-day risk as
+    fractional outcome; :func:`population_discrimination`); ICI / E50 / E90: the mean over the
+    repeats of :func:`true_calibration_errors` of the pooled fold-model risks (``cv.pooled``).
+    The ICI estimate is a mean absolute error of a smoothed curve: its sampling noise adds to it
+    (finite-sample upward bias, larger when the model is well calibrated).
+    """
+    o, horizon, times, _ = _outcomes_settings(params)
+    rcv, people = cv.rcv, population.people
+    time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
                                            survival={"cox": rcv.cox_survival}, times=times,
                                            max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
                                            threshold=o["high_risk_threshold"], n_jobs=1, fold=rcv.fold)
-    people = pop["population"].reset_index(drop=True)
-    rng = np.random.default_rng([seed, 305])
-    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
-    masked = people[features].mask(pattern)
-    imputed = mice(masked, features, m=1, seed=seed + 306, max_iter=o["mice_max_iter"])[0]
-    popx = sv.add_interactions(imputed, settings.interactions)
     true_risk = people["true_risk"].to_numpy()
     per_model = {name: [] for name in prediction.MODELS}
-    for fitted in (m for repeat in rcv.models for m in repeat):
-        pred, _ = prediction.predict_models(fitted, popx, times)
+    for pred in (f for repeat in cv.fold_risk for f in repeat):
         for name, p in pred.items():
             si = calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9))
             per_model[name].append({"calibration_slope": si["slope"], "calibration_intercept": si["intercept"],
                                     **population_discrimination(people, p, horizon)})
     rows = []
     for name, fits in per_model.items():
-        for stat, label in STATS.items():
+        truth = {stat: float(np.mean([f[stat] for f in fits])) for stat in STATS}
+        errors = [true_calibration_errors(true_risk, p) for p in cv.pooled[name]]
+        truth.update({stat: float(np.mean([e[stat] for e in errors])) for stat in ERROR_STATS})
+        for stat, label in {**STATS, **ERROR_STATS}.items():
             ci = cis[f"{name}.{stat}"]
             rows.append(_row("calibration", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
-                             float(np.mean([f[stat] for f in fits])), reject=np.nan, null_true=False,
-                             ci_kind="percentile bootstrap"))
+                             truth[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
     return rows
 
 
 STATS = {"calibration_slope": "calibration slope", "calibration_intercept": "calibration intercept",
          "harrell_c": "Harrell C", "uno_c": "Uno C (365 days)", "brier": "Brier score (365 days)"}
 """Outcomes-stage metrics of the ``calibration`` group: key of its bootstrap table -> row label."""
+ERROR_STATS = {"ici": "ICI (365 days)", "e50": "E50 (365 days)", "e90": "E90 (365 days)"}
+"""Smoothed-calibration errors (Austin & Steyerberg 2019) of the ``calibration`` group."""
+TRUTH_KNOTS = 5  # knots of the spline of E[true risk - p | p] in the population (the stage: outcomes.calibration_knots)
+
+
+def true_calibration_errors(true_risk: np.ndarray, risk: np.ndarray, n_knots: int = TRUTH_KNOTS) -> dict[str, float]:
+    """ICI, E50, E90 (and Emax) of predicted risks ``risk`` whose true risks are ``true_risk``
+    (shape (N,) each, N large: a population sample): |p - E[r | p]| with E[r | p] = p + the
+    least-squares fit of r - p on a restricted cubic spline (:func:`pmed.validation.rcs_basis`)
+    of cloglog(p) with ``n_knots`` knots, the stage's scale of p.
+
+    What the stage's smoothed observed risk (a Cox model of the observed follow-up on a 3-knot
+    spline) estimates when the true risk is known: no censoring model is needed, and with
+    N = 20,000 a 5-knot spline's variance is negligible, so the finer smoother is used (less
+    smoothing bias). Fitting r - p rather than r makes perfectly calibrated risks (r = p) give
+    exactly 0."""
+    r, p = np.asarray(true_risk, dtype=float), np.asarray(risk, dtype=float)
+    x = np.log(-np.log1p(-np.clip(p, 1e-10, 1 - 1e-10)))
+    X = np.column_stack([np.ones(p.size), validation.rcs_basis(x, validation.rcs_knots(x, n_knots))])
+    coef = np.linalg.lstsq(X, r - p, rcond=None)[0]
+    return validation.calibration_errors(p + X @ coef, p)
+
+
+def outcome_subgroups(sex_female, age_years, arm, age_edges) -> dict[str, np.ndarray]:
+    """Notebook 03's subgroups: sex (1 = female, else male), age band
+    (:func:`pmed.validation.age_bands` of ``outcomes.subgroup_age_edges``), arm label."""
+    return {"sex": np.where(np.asarray(sex_female) == 1, "female", "male"),
+            "age band (years)": validation.age_bands(age_years, age_edges),
+            "arm": np.asarray(arm, dtype=object).astype(str)}
+
+
+SUBGROUP_STATS = {"harrell_c": "Harrell C", "calibration_intercept": "calibration intercept", "oe_ratio": "O/E"}
+"""Subgroup metrics notebook 03 prints (Cox model) -> row label."""
+
+
+def subgroup_truth(people: pd.DataFrame, risk: np.ndarray) -> dict[str, float]:
+    """What :func:`pmed.validation.subgroup_performance` estimates for risks ``risk`` of the
+    population rows ``people`` (one subgroup): Harrell's C on the observed times (the
+    generator's censoring), the calibration intercept against the true risk
+    (:func:`pmed.calibration.calibration_slope_intercept`) and O/E = mean true risk / mean
+    predicted risk."""
+    r = people["true_risk"].to_numpy(float)
+    return {"harrell_c": metrics.harrell_c(people["time_days"].to_numpy(float), people["event"].to_numpy(int), risk),
+            "calibration_intercept": calibration.calibration_slope_intercept(
+                r, np.clip(risk, 1e-9, 1 - 1e-9))["intercept"],
+            "oe_ratio": float(r.mean() / np.mean(risk))}
+
+
+def arm_labels(frame: pd.DataFrame) -> np.ndarray:
+    """Arm label of each row from the ``arm_<label>`` indicators (reference arm when all are 0)."""
+    out = np.full(len(frame), model.REFERENCE_ARM, dtype=object)
+    for arm, col in model.ARM_COLUMN.items():
+        out[frame[col].to_numpy() == 1] = arm
+    return out
+
+
+def run_subgroups(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation, cv: OutcomesCV,
+                  n_boot: int) -> list[dict]:
+    """Notebook 03's :func:`pmed.validation.subgroup_performance` of the Cox model's out-of-fold
+    risks (sex, age band, arm; groups with a small count suppressed and skipped, as the stage;
+    ``n_boot`` resamples). Truth: mean over the repeats of :func:`subgroup_truth` of the pooled
+    fold-model risks (``cv.pooled``) in the population's persons of the same subgroup."""
+    o, horizon, _, _ = _outcomes_settings(params)
+    edges = o["subgroup_age_edges"]
+    groups = outcome_subgroups(cohort["sex_female"], cohort["age_years"], cohort["treatment"], edges)
+    sub = validation.subgroup_performance(cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int),
+                                          cv.rcv.risk["cox"], groups, horizon, n_boot, seed + 305,
+                                          params["common"]["min_cell_size"], max_rows=o["bootstrap_max_rows"])
+    people = population.people
+    pop_groups = outcome_subgroups(people["sex_female"], people["age_years"], arm_labels(people), edges)
+    rows = []
+    for g in sub[~sub["suppressed"]].itertuples():
+        members = pop_groups[g.variable] == g.group
+        truths = [subgroup_truth(people[members], p[members]) for p in cv.pooled["cox"]]
+        for stat, label in SUBGROUP_STATS.items():
+            rows.append(_row("subgroups", f"{label} cox, {g.variable} {g.group}", getattr(g, stat),
+                             getattr(g, f"{stat}_ci_low"), getattr(g, f"{stat}_ci_high"),
+                             float(np.mean([t[stat] for t in truths])), reject=np.nan, null_true=False,
+                             ci_kind="percentile bootstrap"))
+    return rows
+
+
+TEMPORAL_STATS = {**STATS, "oe_ratio": "O/E", "ici": "ICI (365 days)"}
+"""Metrics of the ``temporal`` group (notebook 03's temporal-validation table) -> row label."""
+
+
+def run_temporal(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation,
+                 n_boot: int) -> list[dict]:
+    """Notebook 03's temporal validation: the three models fitted on the persons with t0 year <=
+    ``outcomes.temporal_train_until_year`` (predictors imputed once, as the stage's first
+    repeat), :func:`pmed.validation.bootstrap_performance` of their risks in the later persons
+    (``n_boot`` resamples; paired C differences vs Cox).
+
+    Truth: the same measures of these fitted models in the population's persons with a later t0
+    year (the generator's hazard has no calendar trend; case mix (arm uptake) and follow-up do
+    change with the year): slope / intercept against the true risk, C and Brier by
+    :func:`population_discrimination`, O/E = mean true risk / mean risk, ICI by
+    :func:`true_calibration_errors`."""
+    o, horizon, times, settings = _outcomes_settings(params)
+    split = o["temporal_train_until_year"]
+    time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
+    dev, val = validation.temporal_split(cohort["t0_year"], split, params["common"]["min_cell_size"])
+    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seed + 301,
+                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
+    end_dev = metrics.horizon_outcome(time_[dev], event[dev], horizon)
+    fitted = prediction.fit_models(data0.iloc[dev], "time_days", "event", end_dev["y"], end_dev["ipcw"], settings,
+                                   seed + 303)
+    risk_val, surv_val = prediction.predict_models(fitted, data0.iloc[val], times)
+    pairs = [("gbm", "cox"), ("logistic", "cox")]
+    cis = validation.bootstrap_performance(time_[val], event[val], risk_val, horizon, n_boot, seed + 306,
+                                           survival={"cox": surv_val[None]}, times=times, pairs=pairs,
+                                           max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"], n_jobs=1)
+    later = (population.people["t0_year"] > split).to_numpy()
+    people = population.people[later]
+    r = people["true_risk"].to_numpy()
+    pred, _ = prediction.predict_models(fitted, population.popx[later], times)
+    truth = {}
+    for name, p in pred.items():
+        si = calibration.calibration_slope_intercept(r, np.clip(p, 1e-9, 1 - 1e-9))
+        truth[name] = {"calibration_slope": si["slope"], "calibration_intercept": si["intercept"],
+                       "oe_ratio": float(r.mean() / p.mean()), "ici": true_calibration_errors(r, p)["ici"],
+                       **population_discrimination(people, p, horizon)}
+    later_years = f"(t0 year > {split})"
+    rows = [_row("temporal", f"{label} {name} {later_years}", cis[f"{name}.{stat}"]["estimate"], cis[f"{name}.{stat}"]["ci_low"],
+                 cis[f"{name}.{stat}"]["ci_high"], truth[name][stat], reject=np.nan, null_true=False,
+                 ci_kind="percentile bootstrap")
+            for name in prediction.MODELS for stat, label in TEMPORAL_STATS.items()]
+    for a, b in pairs:
+        ci = cis[f"{a}-{b}.harrell_c"]
+        true = truth[a]["harrell_c"] - truth[b]["harrell_c"]
+        rows.append(_row("temporal", f"Harrell C {a} - {b} {later_years}", ci["estimate"], ci["ci_low"], ci["ci_high"], true,
+                         null_true=False, ci_kind="percentile bootstrap"))
+    return rows
+
+
+def run_outcomes_group(group: str, cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int,
+                       shared: dict) -> list[dict]:
+    """Run ``calibration`` (``n_boot`` bootstrap resamples), ``subgroups`` or ``temporal`` (half
+    as many: their percentile CIs cost about 2 CPU-s per 200 resamples each); ``shared`` (one
+    dict per replicate) keeps the imputed population and the repeated CV for the replicate's
+    next outcomes group, so each is computed once."""
+    if "population" not in shared:
+        shared["population"] = outcomes_population(cohort, seed, params, pop)
+    split_boot = max(1, n_boot // 2)
+    if group == "temporal":
+        return run_temporal(cohort, seed, params, shared["population"], split_boot)
+    if "cv" not in shared:
+        shared["cv"] = outcomes_cv(cohort, seed, params, shared["population"])
+    if group == "subgroups":
+        return run_subgroups(cohort, seed, params, shared["population"], shared["cv"], split_boot)
+    return run_calibration(cohort, seed, params, shared["population"], shared["cv"], n_boot)
 
 
 def population_discrimination(people: pd.DataFrame, risk: np.ndarray, horizon: float) -> dict[str, float]:
@@ -287,31 +502,47 @@ def pseudo_radiomics(latent: pd.DataFrame, rng: np.random.Generator) -> pd.DataF
     return pd.DataFrame(out, index=latent.index)
 
 
-def true_delta_c(preds: dict, people: pd.DataFrame, sample: pd.DataFrame, clinical: list[str],
-                 rng: np.random.Generator) -> float:
-    """Mean over the fold models of C(combined) - C(clinical) (Harrell's C) in new people.
+def true_fold_performance(preds: dict, people: pd.DataFrame, sample: pd.DataFrame, clinical: list[str],
+                          rng: np.random.Generator, horizon: float) -> dict[str, dict[str, float]]:
+    """What the stage's per-fold C, td-AUC and delta C estimate: the fold models' mean in new people.
 
     ``preds``: ``rm.cross_validated_predictions`` with ``keep_models``; ``people``: latent
     population rows (clinical columns, tumour traits, ``time_days``, ``event``: the generator's
-    censoring), given :func:`pseudo_radiomics` features and, per person, the missing clinical
-    values of a random person of ``sample`` (the analysed persons), as the test folds have.
-    The per-fold delta C of the stage estimates this: how much better the fitted combined
-    models rank new people than the fitted clinical ones."""
+    censoring, ``t_death_days``), given :func:`pseudo_radiomics` features and, per person, the
+    missing clinical values of a random person of ``sample`` (the analysed persons), as the test
+    folds have. Per fold model: Harrell's C of its linear predictor on the observed times; the
+    cumulative/dynamic AUC at ``horizon`` on the uncensored death times (cases: death by the
+    horizon, controls: alive after it; ties 1/2); C(model) - C(clinical) (paired, same model
+    fits). Returns {"c_index" | "td_auc" | "delta_c": {model: mean over the fold models}}
+    ("delta_c" for every model but ``clinical``)."""
     base = sorted({c for t in clinical for c in t.split(":")})
     pattern = sample[base].isna().to_numpy()[rng.integers(0, len(sample), size=len(people))]
     frame = sv.add_interactions(people[base].mask(pattern).reset_index(drop=True), [t for t in clinical if ":" in t])
     frame = pd.concat([frame, pseudo_radiomics(people, rng).reset_index(drop=True)], axis=1)
     time_, event = people["time_days"].to_numpy(float), people["event"].to_numpy(int)
-    return float(np.mean([metrics.harrell_c(time_, event, comb.predict(frame))
-                          - metrics.harrell_c(time_, event, clin.predict(frame))
-                          for comb, clin in zip(preds["combined"]["models"], preds["clinical"]["models"], strict=True)]))
+    case = people["t_death_days"].to_numpy(float) <= horizon
+    c_index, auc = {}, {}
+    for name, p in preds.items():
+        lps = [m.predict(frame) for m in p["models"]]
+        c_index[name] = np.array([metrics.harrell_c(time_, event, lp) for lp in lps])
+        auc[name] = np.array([_auc(lp[case], lp[~case]) for lp in lps])
+    return {"c_index": {k: float(v.mean()) for k, v in c_index.items()},
+            "td_auc": {k: float(v.mean()) for k, v in auc.items()},
+            "delta_c": {k: float(np.mean(v - c_index["clinical"])) for k, v in c_index.items() if k != "clinical"}}
+
+
+def _auc(cases: np.ndarray, controls: np.ndarray) -> float:
+    """P(score of a case > score of a control), ties 1/2 (Mann-Whitney, by midranks)."""
+    ranks = stats.rankdata(np.concatenate([cases, controls]))
+    n1, n0 = cases.size, controls.size
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: dict, n_imaged: int,
                 image_signal: bool, n_permutations: int, pop: dict) -> list[dict]:
     """Notebook 06 (``rm.added_value``) on ``n_imaged`` random cohort persons with
     :func:`pseudo_radiomics` features; ``n_permutations`` of the LR test (the simulation's own
-    count); delta-C truth :func:`true_delta_c` on ``pop["imaging_population"]``."""
+    count); C, td-AUC and delta-C truths :func:`true_fold_performance` on ``pop["imaging_population"]``."""
     s = params["imaging_analysis"]
     rng = np.random.default_rng([seed, 6])
     pick = np.sort(rng.choice(len(cohort), size=min(n_imaged, len(cohort)), replace=False))
@@ -325,12 +556,19 @@ def run_imaging(cohort: pd.DataFrame, latent: pd.DataFrame, seed: int, params: d
                          n_jobs=1, keep_models=True)
     d, lr = res["comparison"]["delta_c"]["combined"], res["lr_test"]
     null = not image_signal
-    true = true_delta_c(res["predictions"], pop["imaging_population"], data, clinical, np.random.default_rng([seed, 8]))
+    true = true_fold_performance(res["predictions"], pop["imaging_population"], data, clinical,
+                                 np.random.default_rng([seed, 8]), float(s["horizon_days"]))
+    per_model = [_row("imaging", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"], true[kind][name],
+                      se=ci["se"], reject=np.nan, null_true=False, ci_kind="CV-fold corrected t")
+                 for kind, label in (("c_index", "Harrell C"), ("td_auc", "td-AUC (365 days)"))
+                 for name, ci in res["comparison"][kind].items()]
     return [
         _row("imaging", "delta C combined vs clinical (CI above 0)", d["estimate"], d["ci_low"], d["ci_high"],
-             true, se=d["se"], reject=bool(d["ci_low"] > 0), null_true=null, ci_kind="CV-fold corrected t"),
+             true["delta_c"]["combined"], se=d["se"], reject=bool(d["ci_low"] > 0), null_true=null,
+             ci_kind="CV-fold corrected t"),
         _row("imaging", f"permutation LR test of the signature (p <= {s['alpha']})", lr["p"], np.nan, np.nan,
              np.nan, se=np.nan, reject=bool(lr["p"] <= s["alpha"]), null_true=null, ci_kind="test"),
         _row("imaging", "naive chi-square LR test (p < 0.05; superseded)", lr["p_chi2"], np.nan, np.nan, np.nan,
              se=np.nan, reject=bool(lr["p_chi2"] < 0.05), null_true=null, ci_kind="test"),
+        *per_model,
     ]

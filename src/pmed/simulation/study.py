@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pmed.parallel import iter_tasks
-from pmed.simulation import design, estimands, estimands_monitoring, truth
+from pmed.simulation import design, estimands, estimands_monitoring, estimands_survival, truth
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
@@ -69,32 +69,49 @@ class Settings:
 
 
 def population_truths(settings: Settings) -> dict[str, dict]:
-    """Per scenario needing one: :func:`pmed.simulation.truth.population_truth` (same persons in
-    every scenario), with the calibration population cut to the columns the models use."""
-    out = {}
+    """Per scenario needing one: :func:`scenario_truth`, the scenarios in parallel processes."""
+    needed = [sc for sc in settings.scenarios if _needs_population(settings, sc)]
+    truths = iter_tasks(scenario_truth, [(settings, sc) for sc in needed],
+                        n_jobs=max(1, min(settings.workers, len(needed))))
+    return {sc.name: pop for sc, pop in zip(needed, truths, strict=True)}
+
+
+def _needs_population(settings: Settings, sc: Scenario) -> bool:
+    groups = set(settings.groups(sc))
+    return bool({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging", "km", "competing",
+                 "monitoring"} & groups or ("cox_mi" in groups and sc.image_signal))
+
+
+def scenario_truth(task: tuple) -> dict:
+    """Population truths of one scenario: :func:`pmed.simulation.truth.population_truth` (same
+    persons in every scenario), with the calibration population cut to the columns the models
+    use, plus the km / competing and monitoring groups' own population values."""
+    settings, sc = task
     o = settings.params["outcomes"]
-    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days"]
+    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days", "t0_year"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
     keep_imaging = sorted({c for t in clinical for c in t.split(":")}
-                          | {*estimands.PSEUDO_TRAITS, "time_days", "event"})
+                          | {*estimands.PSEUDO_TRAITS, "time_days", "event", "t_death_days"})
     s = settings.params["survival"]
     cox_terms = [*s["covariates"], *s["interactions"]]
-    for sc in settings.scenarios:
-        groups = set(settings.groups(sc))
-        cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
-        if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
-            out.setdefault(sc.name, {})["monitoring"] = estimands_monitoring.population_truth(
-                settings.seed, sc, settings.params)
-        if not ({"iptw", "matched", "calibration", "imaging"} & groups or cox_truth):
-            continue
-        pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
-                                     sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
-                                     float(settings.params["treatment"]["horizon_days"]),
-                                     cox_terms=cox_terms if cox_truth else None)
-        pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
-        pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
-        out[sc.name] = {**out.get(sc.name, {}), **pop}
-    return out
+    groups = set(settings.groups(sc))
+    cox_truth = "cox_mi" in groups and sc.image_signal  # EHR model misspecified: least-false truth
+    out = {}
+    if "monitoring" in groups:  # its own population (OMOP files of the generator): least-false values
+        out["monitoring"] = estimands_monitoring.population_truth(settings.seed, sc, settings.params)
+    if {"km", "competing"} & groups:  # KM medians, competing-risks truths: their own large sample
+        out.update(estimands_survival.population_truths(settings.params, settings.seed, sc.heterogeneity,
+                                                        sc.image_signal,
+                                                        estimands_survival.TRUTH_SCALE * settings.truth_n_persons))
+    if not ({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging"} & groups or cox_truth):
+        return out
+    pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
+                                 sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
+                                 float(settings.params["treatment"]["horizon_days"]),
+                                 cox_terms=cox_terms if cox_truth else None)
+    pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
+    pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
+    return {**out, **pop}
 
 
 def run_replicate(task: tuple) -> dict:
@@ -106,6 +123,7 @@ def run_replicate(task: tuple) -> dict:
     cohort, latent, *traj = design.simulate_cohort(seed, scenario, settings.n_persons, params,
                                                    with_trajectories="monitoring" in groups)
     rows, failures, best_arm = [], [], None
+    outcomes_shared = {}  # imputed population and repeated CV of the outcomes groups, computed once
     for g in groups:
         try:
             if g == "cox_mi":
@@ -117,11 +135,16 @@ def run_replicate(task: tuple) -> dict:
                 rows += estimands.run_matched(cohort, latent, seed, params, scenario.heterogeneity)
             elif g == "policy":
                 rows += estimands.run_policy(cohort, latent, seed, params, scenario.heterogeneity, best_arm)
-            elif g == "calibration":
-                rows += estimands.run_calibration(cohort, seed, params, pop, settings.calibration_n_bootstrap)
+            elif g in ("calibration", "subgroups", "temporal"):
+                rows += estimands.run_outcomes_group(g, cohort, seed, params, pop, settings.calibration_n_bootstrap,
+                                                     outcomes_shared)
             elif g == "imaging":
                 rows += estimands.run_imaging(cohort, latent, seed, params, settings.n_imaged, scenario.image_signal,
                                               settings.imaging_n_permutations, pop)
+            elif g == "km":
+                rows += estimands_survival.run_km(cohort, pop)
+            elif g == "competing":
+                rows += estimands_survival.run_competing(cohort, params, pop)
             elif g == "monitoring":
                 rows += estimands_monitoring.run_monitoring(cohort, traj[0], seed, params, pop["monitoring"])
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study

@@ -1,0 +1,56 @@
+"""Truths of the simulation study's outcomes-stage rows (ICI/E50/E90, subgroups, temporal) and
+imaging per-model C / td-AUC: hand-checkable cases. The 2-replicate run of these groups is in
+tests/test_simulation.py (``small_run``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit, logit
+
+from pmed.simulation import estimands
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_calibration_errors_of_perfect_and_shifted_risks(seed):
+    """p = true risk: ICI = E50 = E90 = 0 exactly; p = expit(logit(r) + 0.4) (monotone in r, so
+    E[r | p] = expit(logit(p) - 0.4) exactly): the errors of that curve, computed by hand."""
+    r = np.random.default_rng(seed).beta(2, 2.5, 20_000)
+    assert estimands.true_calibration_errors(r, r) == {"ici": 0.0, "e50": 0.0, "e90": 0.0, "emax": 0.0}
+    p = expit(logit(r) + 0.4)
+    d = np.abs(p - expit(logit(p) - 0.4))
+    got = estimands.true_calibration_errors(r, p)
+    assert got["ici"] == pytest.approx(d.mean(), abs=5e-4)
+    assert got["e50"] == pytest.approx(np.median(d), abs=3e-3)
+    assert got["e90"] == pytest.approx(np.quantile(d, 0.9), abs=3e-3)
+
+
+def test_subgroup_truth_by_hand():
+    """O/E = mean true risk / mean risk; risks equal to the true risks: O/E 1 and intercept 0;
+    halved risks: O/E 2; Harrell's C of risks ordered like the death times: 1."""
+    people = pd.DataFrame({"time_days": [50.0, 120.0, 300.0, 400.0, 800.0], "event": [1, 1, 1, 0, 0],
+                           "true_risk": [0.9, 0.7, 0.5, 0.3, 0.2]})
+    r = people["true_risk"].to_numpy()
+    same = estimands.subgroup_truth(people, r)
+    assert same["oe_ratio"] == pytest.approx(1.0) and same["calibration_intercept"] == pytest.approx(0.0, abs=1e-8)
+    assert same["harrell_c"] == 1.0
+    half = estimands.subgroup_truth(people, r / 2)
+    assert half["oe_ratio"] == pytest.approx(2.0) and half["calibration_intercept"] > 0
+    assert estimands.subgroup_truth(people, r[::-1])["harrell_c"] == 0.0
+
+
+def test_subgroup_labels_and_arms():
+    frame = pd.DataFrame({"arm_io": [0, 1, 0, 0], "arm_chemo_io": [0, 0, 1, 0]})
+    assert list(estimands.arm_labels(frame)) == ["chemo", "io", "chemo_io", "chemo"]
+    g = estimands.outcome_subgroups([1, 0, 1, 0], [59.9, 60.0, 70.0, 85.0], ["chemo", "io", "chemo_io", "chemo"],
+                                    [60, 70])
+    assert list(g["sex"]) == ["female", "male", "female", "male"]
+    assert list(g["age band (years)"]) == ["<60", "60-70", ">=70", ">=70"]
+    assert list(g["arm"]) == ["chemo", "io", "chemo_io", "chemo"]
+
+
+def test_auc_by_hand():
+    """Cases 3, 2; controls 1, 2: pairs (3,1) (3,2) (2,1) concordant, (2,2) tied -> 3.5 / 4."""
+    assert estimands._auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+    assert estimands._auc(np.array([0.0]), np.array([1.0, 2.0])) == 0.0
