@@ -326,8 +326,10 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: O
 
     Also the rest of the stage's CI table (:data:`POOLED_STATS`): IPA (truth 1 - Brier /
     :func:`null_brier` per fold model), O/E (mean true risk / mean risk), sensitivity, PPV and net
-    benefit at ``outcomes.high_risk_threshold`` (:func:`true_threshold_metrics`), each of the
-    pooled fold-model risks averaged over the repeats; and the paired differences of
+    benefit at ``outcomes.high_risk_threshold`` (:func:`true_threshold_metrics`; left out for a
+    model whose small counts make the stage hide them, ``validation.release_threshold_metrics``,
+    and PPV when no one is flagged),
+    each of the pooled fold-model risks averaged over the repeats; and the paired differences of
     :data:`PAIRS` (``validation.DIFF_METRICS``: Harrell C, Uno C, Brier, IPA, ICI) from the same
     resamples, truth = difference of the two models' truths ("reject" = CI excludes 0).
     """
@@ -339,6 +341,8 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: O
                                            survival={"cox": rcv.cox_survival}, times=times, pairs=PAIRS,
                                            max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
                                            threshold=threshold, n_jobs=1, fold=rcv.fold)
+    y = metrics.horizon_outcome(time_, event, horizon)["y"].to_numpy()
+    cis, _ = validation.release_threshold_metrics(cis, y, rcv.risk, threshold, params["common"]["min_cell_size"])
     true_risk = people["true_risk"].to_numpy()
     brier_null = null_brier(true_risk)
     per_model = {name: [] for name in prediction.MODELS}
@@ -357,6 +361,8 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: O
         truths[name] = truth
         for stat, label in {**STATS, "ipa": "IPA (365 days)", **ERROR_STATS, **POOLED_STATS}.items():
             ci = cis[f"{name}.{stat}"]
+            if ci.get("suppressed") or not np.isfinite(ci["estimate"]):  # hidden by the stage, or PPV with
+                continue  # no one flagged (NaN)
             rows.append(_row("calibration", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
                              truth[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
     for a, b in PAIRS:
