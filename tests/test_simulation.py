@@ -275,3 +275,36 @@ def test_population_discrimination_by_hand():
     brier = np.mean([0.9 * 0.2**2 + 0.1 * 0.8**2, 0.6 * 0.5**2 + 0.4 * 0.5**2, 0.2 * 0.7**2 + 0.8 * 0.3**2,
                      0.1 * 0.8**2 + 0.9 * 0.2**2])
     assert got["brier"] == pytest.approx(brier)
+
+
+def test_complete_case_apparent_c_and_paired_difference_rows(small_run):
+    """cox_mi: a complete-case row per estimable term with the MI row's truth (MCAR) when every
+    term is estimable, else the smaller model's least-false truths; the
+    apparent-C row with a truth in (0.5, 1); calibration: per pair and DIFF metric the estimate
+    and truth are the differences of the two models' rows, 'reject' = CI excludes 0; the further
+    CI-table rows (IPA, O/E, threshold metrics) have finite truths in their ranges."""
+    table = small_run[1]["table"]
+    for r in (0, 1):
+        rows = table[(table["replicate"] == r) & (table["scenario"] == "small")].set_index("estimand")
+        cc = [e for e in rows.index if e.endswith(" (complete cases)")]
+        mi = [e for e in rows.index if e.startswith("log-HR ") and e + " (complete cases)" in cc]
+        assert len(cc) == len(mi) >= 20
+        same = [rows.loc[e, "true"] == rows.loc[e + " (complete cases)", "true"] for e in mi]
+        n_terms = sum(rows["group"].eq("cox_mi") & rows.index.str.startswith("log-HR ")
+                      & ~rows.index.str.endswith(")"))
+        assert all(same) if len(cc) == n_terms else not all(same)  # a term left out: a smaller model's truth
+        c = rows.loc["apparent Harrell C (MI Cox)"]
+        assert 0.5 < c["true"] < 1 and c["ci_low"] <= c["estimate"] <= c["ci_high"]
+        for a, b in estimands.PAIRS:
+            for label in estimands.DIFF_LABELS.values():
+                d = rows.loc[f"{label} {a} - {b}"]
+                assert d["true"] == pytest.approx(rows.loc[f"{label} {a}", "true"] - rows.loc[f"{label} {b}", "true"])
+                assert d["estimate"] == pytest.approx(rows.loc[f"{label} {a}", "estimate"]
+                                                      - rows.loc[f"{label} {b}", "estimate"], abs=1e-12)
+                assert d["reject"] == (d["ci_low"] > 0 or d["ci_high"] < 0)
+        for m in ("cox", "logistic", "gbm"):
+            assert 0 < rows.loc[f"IPA (365 days) {m}", "true"] < 1 and 0.5 < rows.loc[f"O/E {m}", "true"] < 2
+            if f"sensitivity at threshold {m}" in rows.index:  # else the stage hides it (small counts)
+                assert 0 <= rows.loc[f"sensitivity at threshold {m}", "true"] <= 1
+                if f"PPV at threshold {m}" in rows.index:  # else no one flagged
+                    assert np.isfinite(rows.loc[f"PPV at threshold {m}", ["estimate", "true"]].astype(float)).all()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
+from pmed import calibration, metrics
 from pmed.simulation import estimands
 
 
@@ -54,3 +55,52 @@ def test_auc_by_hand():
     """Cases 3, 2; controls 1, 2: pairs (3,1) (3,2) (2,1) concordant, (2,2) tied -> 3.5 / 4."""
     assert estimands._auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
     assert estimands._auc(np.array([0.0]), np.array([1.0, 2.0])) == 0.0
+
+
+def test_threshold_truths_by_hand():
+    """r = (0.9, 0.6, 0.2, 0.1), risks (0.8, 0.75, 0.3, 0.72), threshold 0.7: flagged 1, 2, 4;
+    sum r f = 1.6, sum r = 1.8 -> sensitivity 8/9; PPV 1.6/3; net benefit
+    (1.6 - 1.4 x 0.7/0.3) / 4. No one flagged: sensitivity 0, PPV NaN, net benefit 0."""
+    r = np.array([0.9, 0.6, 0.2, 0.1])
+    got = estimands.true_threshold_metrics(r, np.array([0.8, 0.75, 0.3, 0.72]), 0.7)
+    assert got["sensitivity"] == pytest.approx(8 / 9) and got["ppv"] == pytest.approx(1.6 / 3)
+    assert got["net_benefit"] == pytest.approx((1.6 - 1.4 * 0.7 / 0.3) / 4)
+    none = estimands.true_threshold_metrics(r, np.full(4, 0.1), 0.7)
+    assert none["sensitivity"] == 0 and np.isnan(none["ppv"]) and none["net_benefit"] == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_threshold_and_null_brier_truths_are_the_estimators_with_known_outcomes(seed):
+    """With r in {0, 1} (outcomes known) the truths equal the stage's estimators on y = r
+    (metrics.sensitivity_ppv, calibration.net_benefit; null Brier = Brier of the overall risk);
+    with r in (0, 1), the estimators on y ~ Bernoulli(r) of 200,000 people are within 4 SE."""
+    rng = np.random.default_rng(seed)
+    p = rng.random(300)
+    y = (rng.random(300) < p).astype(float)
+    got = estimands.true_threshold_metrics(y, p, 0.6)
+    ref = metrics.sensitivity_ppv(y, p >= 0.6)
+    assert got["sensitivity"] == pytest.approx(ref["sensitivity"]) and got["ppv"] == pytest.approx(ref["ppv"])
+    assert got["net_benefit"] == pytest.approx(calibration.net_benefit(y, p, 0.6))
+    assert estimands.null_brier(y) == pytest.approx(np.mean((y - y.mean()) ** 2))
+    r = rng.beta(2, 3, 200_000)
+    p = np.clip(r + rng.normal(0, 0.1, r.size), 0.001, 0.999)
+    y = (rng.random(r.size) < r).astype(float)
+    truth = estimands.true_threshold_metrics(r, p, 0.5)
+    f = p >= 0.5
+    sens, ppv = y[f].sum() / y.sum(), y[f].mean()
+    assert sens == pytest.approx(truth["sensitivity"], abs=4 * np.sqrt(sens * (1 - sens) / y.sum()))
+    assert ppv == pytest.approx(truth["ppv"], abs=4 * np.sqrt(ppv * (1 - ppv) / f.sum()))
+    assert np.mean((y - y.mean()) ** 2) == pytest.approx(estimands.null_brier(r), abs=0.002)
+
+
+def test_apparent_c_truth_without_missing_values_is_the_c_of_the_true_covariates():
+    """A cohort without missing predictors imposes none, so the truth is Harrell's C of the
+    population's own covariates x beta (interaction column built as a product)."""
+    rng = np.random.default_rng(4)
+    people = pd.DataFrame({"a": rng.normal(size=400), "b": rng.integers(0, 2, 400).astype(float),
+                           "time_days": rng.exponential(300, 400), "event": rng.integers(0, 2, 400)})
+    cohort = people[["a", "b"]].iloc[:50]
+    beta = np.array([0.5, -1.0, 0.3])
+    got = estimands.apparent_c_truth(cohort, people, ["a", "b"], ["a:b"], ["a", "b", "a:b"], beta, 1, 2)
+    lp = 0.5 * people["a"] - people["b"] + 0.3 * people["a"] * people["b"]
+    assert got == metrics.harrell_c(people["time_days"], people["event"], lp.to_numpy())

@@ -4,10 +4,13 @@ Each ``run_<group>`` makes the calls of its notebook (same helpers, same params.
 settings, same seed offsets from the replicate's seed) and returns rows of the replicate
 table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decision.
 
-- ``cox_mi`` (02_survival): MI (PMM) Cox model, Rubin's rules; truth = the generator's
+- ``cox_mi`` (02_survival): MI (PMM) Cox model, Rubin's rules, and the complete-case model of
+  its sensitivity analysis; truth (both) = the generator's
   conditional log-HR without image signal; with it, the hazard also depends on tumour traits
   the EHR model cannot include, and the truth is the model's least-false log-HR
-  (:func:`pmed.simulation.truth.least_false_log_hr`, attenuated towards 0).
+  (:func:`pmed.simulation.truth.least_false_log_hr`, attenuated towards 0). The bootstrap CI of
+  the apparent Harrell's C; truth = the C of the fitted model in new people (optimism: see
+  :func:`run_cox_mi`).
 - ``iptw`` (04_treatment): MI IPTW marginal log-HR and 365-day survival difference per arm
   (Rubin CI), and the bootstrap percentile CI of the survival difference (replicate b on
   imputed set b mod m, as the stage).
@@ -19,8 +22,9 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
   the best single arm (percentile CI); truth = the true mean S(365) of this policy on the
   replicate's persons; heterogeneity test (Holm) per contrast.
 - ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept per test fold,
-  averaged over the R x k folds, and Harrell's C, Uno's C, the Brier score and the smoothed
-  calibration errors ICI, E50, E90 of the pooled out-of-fold risks (bootstrap CI over people,
+  averaged over the R x k folds, and Harrell's C, Uno's C, the Brier score, IPA, O/E, the smoothed
+  calibration errors ICI, E50, E90, sensitivity / PPV / net benefit at the high-risk threshold
+  of the pooled out-of-fold risks, paired model differences (gbm - cox, logistic - cox) (bootstrap CI over people,
   fold models fixed); truth = mean over the replicate's fold models of the same measure in the
   population sample given the cohort's missingness and imputed by PMM
   (:func:`population_discrimination`; slope / intercept against the true 365-day risk; ICI etc.
@@ -51,7 +55,12 @@ from pmed import radiomics_model as rm
 from pmed import survival as sv
 from pmed.demo import model
 from pmed.imputation import mice, nelson_aalen
-from pmed.simulation.truth import conditional_log_hr, marginal_log_hr_of, true_survival_365
+from pmed.simulation.truth import (
+    conditional_log_hr,
+    least_false_log_hr,
+    marginal_log_hr_of,
+    true_survival_365,
+)
 
 ROW_FIELDS = ("group", "estimand", "estimate", "se", "ci_low", "ci_high", "true", "reject", "null_true", "ci_kind")
 """Replicate-table columns: ``se`` model SE (for percentile CIs: CI width / 3.92); ``true``
@@ -82,8 +91,24 @@ def labels_of(params: dict) -> list[str]:
 
 
 def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: bool, pop: dict | None) -> list[dict]:
-    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules.
-    Truth: ``pop["cox_log_hr"]`` (least-false) when given, else the conditional log-HRs."""
+    """Notebook 02: PMM MI (event + Nelson-Aalen as auxiliaries), pooled Cox, Rubin's rules; the
+    complete-case Cox model of its sensitivity analysis (terms kept by :func:`pmed.survival.estimable_terms`
+    with ``common.min_cell_size``, Wald CI); the bootstrap CI of the apparent Harrell's C of the
+    pooled model (linear predictor on the first imputed set, ``survival.n_bootstrap`` resamples).
+
+    Truths: log-HRs ``pop["cox_log_hr"]`` (least-false) when given, else the conditional log-HRs,
+    for the MI and the complete-case model alike: the generator's missingness is MCAR (each
+    record missing with its own probability, independent of everything, ``model.simulate_latent``),
+    so the complete cases are a random subsample with the same conditional / least-false log-HRs.
+    When the estimable-terms rule leaves a term out (at n_persons 1,500: ``arm_io:driver_positive``
+    in most replicates, too few complete-case io driver-positive persons), the complete-case
+    model is a smaller one; with ``pop["population"]`` its truth is then that model's own
+    least-false log-HRs (:func:`pmed.simulation.truth.least_false_log_hr` of ``cc_terms`` on the
+    population sample): e.g. the driver_positive and arm_chemo_io:driver_positive log-HRs absorb
+    part of the omitted io x driver interaction (-0.10 and 0.40 instead of -0.28 and 0.57).
+    Apparent C (with ``pop["population"]``): :func:`apparent_c_truth`, the C of the fitted linear
+    predictor in new people; the apparent C is optimistic by design (the model is fitted to the
+    same people), so its CI is expected to sit above that truth a little."""
     s = params["survival"]
     covariates = list(s["covariates"])
     terms = covariates + list(s["interactions"])
@@ -94,9 +119,45 @@ def run_cox_mi(cohort: pd.DataFrame, seed: int, params: dict, heterogeneity: boo
     imputed = [sv.add_interactions(d, s["interactions"]) for d in imputed]
     pooled = sv.fit_cox_mi(imputed, "time_days", "event", terms).set_index("term")
     truth = pop["cox_log_hr"] if pop and pop.get("cox_log_hr") else conditional_log_hr(terms, heterogeneity)
-    return [_row("cox_mi", f"log-HR {t}", pooled.loc[t, "estimate"], pooled.loc[t, "ci_low"],
+    rows = [_row("cox_mi", f"log-HR {t}", pooled.loc[t, "estimate"], pooled.loc[t, "ci_low"],
                  pooled.loc[t, "ci_high"], truth[t], se=pooled.loc[t, "se"], ci_kind="Rubin")
             for t in terms]
+    cc_data = sv.add_interactions(cohort, s["interactions"])
+    cc_terms = sv.estimable_terms(cc_data, terms, params["common"]["min_cell_size"])
+    cc = sv.cox_table(sv.fit_cox(cc_data, "time_days", "event", cc_terms)).set_index("term")
+    has_population = bool(pop) and pop.get("population") is not None
+    cc_truth = (least_false_log_hr(pop["population"], cc_terms) if has_population and len(cc_terms) < len(terms)
+                else truth)  # a term left out: a smaller model, its own least-false log-HRs
+    rows += [_row("cox_mi", f"log-HR {t} (complete cases)", cc.loc[t, "log_hr"], cc.loc[t, "ci_low"],
+                  cc.loc[t, "ci_high"], cc_truth[t], se=cc.loc[t, "se"]) for t in cc_terms]
+    if has_population:
+        time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
+        beta = pooled.loc[terms, "estimate"].to_numpy(float)
+        lp = imputed[0][terms].to_numpy(float) @ beta
+        reps = metrics.bootstrap(lambda i: {"harrell_c": metrics.harrell_c(time_[i], event[i], lp[i])},
+                                 len(cohort), s["n_bootstrap"], seed + 202)
+        c = metrics.ci_table({"harrell_c": metrics.harrell_c(time_, event, lp)}, reps)["harrell_c"]
+        true_c = apparent_c_truth(cohort, pop["population"], covariates, s["interactions"], terms, beta, seed,
+                                  s["mice_max_iter"])
+        rows.append(_row("cox_mi", "apparent Harrell C (MI Cox)", c["estimate"], c["ci_low"], c["ci_high"], true_c,
+                         reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+    return rows
+
+
+APPARENT_C_PERSONS = 10_000  # population persons of the apparent-C truth (its PMM imputation: ~0.15 CPU-s)
+
+
+def apparent_c_truth(cohort: pd.DataFrame, people: pd.DataFrame, covariates: list[str], interactions: list[str],
+                     terms: list[str], beta: np.ndarray, seed: int, max_iter: int) -> float:
+    """Harrell's C of the linear predictor ``beta`` (over ``terms``) in new people: ``people``
+    (population rows, the generator's censoring) given the cohort's missing predictors and
+    PMM-imputed (:func:`impute_like_cohort`, without outcome auxiliaries: a new patient's outcome
+    is unknown); only the first :data:`APPARENT_C_PERSONS` rows (cost)."""
+    people = people.iloc[:APPARENT_C_PERSONS].reset_index(drop=True)
+    x = sv.add_interactions(impute_like_cohort(cohort, people, covariates, np.random.default_rng([seed, 203]),
+                                               seed + 203, max_iter), interactions)
+    return metrics.harrell_c(people["time_days"].to_numpy(float), people["event"].to_numpy(int),
+                             x[terms].to_numpy(float) @ beta)
 
 
 def run_iptw(cohort: pd.DataFrame, seed: int, params: dict, pop: dict, n_boot: int) -> tuple[list[dict], str]:
@@ -231,10 +292,18 @@ def outcomes_population(cohort: pd.DataFrame, seed: int, params: dict, pop: dict
     o, _, _, settings = _outcomes_settings(params)
     features = list(settings.features)
     people = pop["population"].reset_index(drop=True)
-    rng = np.random.default_rng([seed, 305])
-    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
-    imputed = mice(people[features].mask(pattern), features, m=1, seed=seed + 306, max_iter=o["mice_max_iter"])[0]
+    imputed = impute_like_cohort(cohort, people, features, np.random.default_rng([seed, 305]), seed + 306,
+                                 o["mice_max_iter"])
     return OutcomesPopulation(people, sv.add_interactions(imputed, settings.interactions))
+
+
+def impute_like_cohort(cohort: pd.DataFrame, people: pd.DataFrame, features: list[str], rng: np.random.Generator,
+                       seed: int, max_iter: int) -> pd.DataFrame:
+    """``people[features]`` (population rows, true values) with the missingness pattern of a
+    random ``cohort`` person each (``rng``), imputed by one PMM imputation (:func:`pmed.imputation.mice`,
+    ``seed``, predictors only). Rows in ``people`` order."""
+    pattern = cohort[features].isna().to_numpy()[rng.integers(0, len(cohort), size=len(people))]
+    return mice(people[features].mask(pattern), features, m=1, seed=seed, max_iter=max_iter)[0]
 
 
 def outcomes_cv(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation) -> OutcomesCV:
@@ -271,38 +340,74 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: O
     repeats of :func:`true_calibration_errors` of the pooled fold-model risks (``cv.pooled``).
     The ICI estimate is a mean absolute error of a smoothed curve: its sampling noise adds to it
     (finite-sample upward bias, larger when the model is well calibrated).
+
+    Also the rest of the stage's CI table (:data:`POOLED_STATS`): IPA (truth 1 - Brier /
+    :func:`null_brier` per fold model), O/E (mean true risk / mean risk), sensitivity, PPV and net
+    benefit at ``outcomes.high_risk_threshold`` (:func:`true_threshold_metrics`; left out for a
+    model whose small counts make the stage hide them, ``validation.release_threshold_metrics``,
+    and PPV when no one is flagged),
+    each of the pooled fold-model risks averaged over the repeats; and the paired differences of
+    :data:`PAIRS` (``validation.DIFF_METRICS``: Harrell C, Uno C, Brier, IPA, ICI) from the same
+    resamples, truth = difference of the two models' truths ("reject" = CI excludes 0).
     """
     o, horizon, times, _ = _outcomes_settings(params)
     rcv, people = cv.rcv, population.people
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
+    threshold = float(o["high_risk_threshold"])
     cis = validation.bootstrap_performance(time_, event, rcv.risk, horizon, n_boot, seed + 304,
-                                           survival={"cox": rcv.cox_survival}, times=times,
+                                           survival={"cox": rcv.cox_survival}, times=times, pairs=PAIRS,
                                            max_rows=o["bootstrap_max_rows"], n_knots=o["calibration_knots"],
-                                           threshold=o["high_risk_threshold"], n_jobs=1, fold=rcv.fold)
+                                           threshold=threshold, n_jobs=1, fold=rcv.fold)
+    y = metrics.horizon_outcome(time_, event, horizon)["y"].to_numpy()
+    cis, _ = validation.release_threshold_metrics(cis, y, rcv.risk, threshold, params["common"]["min_cell_size"])
     true_risk = people["true_risk"].to_numpy()
+    brier_null = null_brier(true_risk)
     per_model = {name: [] for name in prediction.MODELS}
     for pred in (f for repeat in cv.fold_risk for f in repeat):
         for name, p in pred.items():
             si = calibration.calibration_slope_intercept(true_risk, np.clip(p, 1e-9, 1 - 1e-9))
+            disc = population_discrimination(people, p, horizon)
             per_model[name].append({"calibration_slope": si["slope"], "calibration_intercept": si["intercept"],
-                                    **population_discrimination(people, p, horizon)})
-    rows = []
+                                    "ipa": 1 - disc["brier"] / brier_null, **disc})
+    rows, truths = [], {}
     for name, fits in per_model.items():
-        truth = {stat: float(np.mean([f[stat] for f in fits])) for stat in STATS}
-        errors = [true_calibration_errors(true_risk, p) for p in cv.pooled[name]]
-        truth.update({stat: float(np.mean([e[stat] for e in errors])) for stat in ERROR_STATS})
-        for stat, label in {**STATS, **ERROR_STATS}.items():
+        truth = {stat: float(np.mean([f[stat] for f in fits])) for stat in (*STATS, "ipa")}
+        pooled = [{**true_calibration_errors(true_risk, p), **true_threshold_metrics(true_risk, p, threshold),
+                   "oe_ratio": float(true_risk.mean() / p.mean())} for p in cv.pooled[name]]
+        truth.update({stat: float(np.mean([e[stat] for e in pooled])) for stat in (*ERROR_STATS, *POOLED_STATS)})
+        truths[name] = truth
+        for stat, label in {**STATS, "ipa": "IPA (365 days)", **ERROR_STATS, **POOLED_STATS}.items():
             ci = cis[f"{name}.{stat}"]
+            if ci.get("suppressed") or not np.isfinite(ci["estimate"]):  # hidden by the stage, or PPV with
+                continue  # no one flagged (NaN)
             rows.append(_row("calibration", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
                              truth[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+    for a, b in PAIRS:
+        for stat in validation.DIFF_METRICS:
+            ci = cis[f"{a}-{b}.{stat}"]
+            rows.append(_row("calibration", f"{DIFF_LABELS[stat]} {a} - {b}", ci["estimate"], ci["ci_low"],
+                             ci["ci_high"], truths[a][stat] - truths[b][stat], null_true=False,
+                             ci_kind="percentile bootstrap"))
     return rows
 
 
+PAIRS = (("gbm", "cox"), ("logistic", "cox"))
+"""Notebook 03's paired model differences (``PAIRS``: boosting and logistic vs the Cox model)."""
 STATS = {"calibration_slope": "calibration slope", "calibration_intercept": "calibration intercept",
          "harrell_c": "Harrell C", "uno_c": "Uno C (365 days)", "brier": "Brier score (365 days)"}
 """Outcomes-stage metrics of the ``calibration`` group: key of its bootstrap table -> row label."""
 ERROR_STATS = {"ici": "ICI (365 days)", "e50": "E50 (365 days)", "e90": "E90 (365 days)"}
 """Smoothed-calibration errors (Austin & Steyerberg 2019) of the ``calibration`` group."""
+POOLED_STATS = {"oe_ratio": "O/E", "sensitivity": "sensitivity at threshold", "ppv": "PPV at threshold",
+                "net_benefit": "net benefit at threshold"}
+"""Further metrics of notebook 03's CI table (``validation.ci_table_wide``) in the ``calibration``
+group, their truths from the pooled fold-model risks (``OutcomesCV.pooled``); the threshold
+metrics at ``outcomes.high_risk_threshold`` (the stage hides them when a count is small; the
+simulation keeps them). IPA ("IPA (365 days)") is the CI table's other metric, its truth per
+fold model (a linear function of the Brier score)."""
+DIFF_LABELS = {"harrell_c": "Harrell C", "uno_c": "Uno C (365 days)", "brier": "Brier score (365 days)",
+               "ipa": "IPA (365 days)", "ici": "ICI (365 days)"}
+"""Row labels of the paired differences (:data:`pmed.validation.DIFF_METRICS`)."""
 TRUTH_KNOTS = 5  # knots of the spline of E[true risk - p | p] in the population (the stage: outcomes.calibration_knots)
 
 
@@ -322,6 +427,27 @@ def true_calibration_errors(true_risk: np.ndarray, risk: np.ndarray, n_knots: in
     X = np.column_stack([np.ones(p.size), validation.rcs_basis(x, validation.rcs_knots(x, n_knots))])
     coef = np.linalg.lstsq(X, r - p, rcond=None)[0]
     return validation.calibration_errors(p + X @ coef, p)
+
+
+def null_brier(true_risk: np.ndarray) -> float:
+    """Brier score at the horizon of the null model (everyone given the overall risk pbar = mean
+    true risk) in people with true risks r: mean of r (1 - pbar)^2 + (1 - r) pbar^2 = pbar (1 - pbar),
+    the denominator of IPA = 1 - Brier / null Brier (:func:`pmed.validation.performance`)."""
+    pbar = float(np.mean(true_risk))
+    return pbar * (1 - pbar)
+
+
+def true_threshold_metrics(true_risk: np.ndarray, risk: np.ndarray, threshold: float) -> dict[str, float]:
+    """What the stage's sensitivity, PPV and net benefit of "risk >= ``threshold``" estimate (IPCW
+    counts of deaths by the horizon) in people with true risks r, shape (N,) each: with
+    f = 1[risk >= threshold], sensitivity = sum r f / sum r, PPV = sum r f / sum f (NaN when
+    no one is flagged), net benefit = mean(r f) - mean((1 - r) f) t / (1 - t)
+    (:func:`pmed.calibration.net_benefit` with r for y)."""
+    r = np.asarray(true_risk, dtype=float)
+    f = np.asarray(risk, dtype=float) >= threshold
+    tp = float(np.sum(r * f))
+    return {"sensitivity": tp / float(r.sum()), "ppv": tp / f.sum() if f.any() else float("nan"),
+            "net_benefit": (tp - float(np.sum((1 - r) * f)) * threshold / (1 - threshold)) / r.size}
 
 
 def outcome_subgroups(sex_female, age_years, arm, age_edges) -> dict[str, np.ndarray]:
