@@ -134,14 +134,16 @@ def index_columns(table: str, columns: list[str]) -> list[str]:
 
 
 def spark_session(folder: Path, cores: int = 2, memory: str = "1g"):
-    """A local SparkSession (``cores`` threads, warehouse in ``folder``, UI off, UTC; shuffle
-    partitions left to the engine, :func:`pmed.cohort.engine.local_shuffle_partitions`)."""
+    """A local SparkSession (``cores`` threads, warehouse in ``folder``, UI off, UTC, no cap on
+    the result size returned to the client; shuffle partitions left to the engine,
+    :func:`pmed.cohort.engine.local_shuffle_partitions`)."""
     from pyspark.sql import SparkSession
 
     return (SparkSession.builder.master(f"local[{cores}]").appName("pmed-local")
             .config("spark.sql.warehouse.dir", str(Path(folder) / "warehouse"))
             .config("spark.ui.enabled", "false")
             .config("spark.driver.memory", memory)
+            .config("spark.driver.maxResultSize", "0")  # the cohort comes back whole (1g default: ~4M rows)
             .config("spark.sql.session.timeZone", "UTC")
             .getOrCreate())
 

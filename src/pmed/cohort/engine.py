@@ -439,6 +439,20 @@ class SparkEngine(Engine):
         df = self.spark.sql(sql)
         return df.columns, [tuple(r) for r in df.collect()]
 
+    def frame(self, sql):
+        """Through Arrow (columnar batches; ``collect()``'s Python rows would cost several GB and
+        minutes for millions of cohort rows); the session's Arrow setting is restored after."""
+        key = "spark.sql.execution.arrow.pyspark.enabled"
+        before = self.spark.conf.get(key, None)
+        self.spark.conf.set(key, "true")
+        try:
+            return self.spark.sql(self.render(sql)).toPandas()
+        finally:
+            if before is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, before)
+
     def describe_error(self, err):
         cond = getattr(err, "getCondition", None) or getattr(err, "getErrorClass", None)
         kind = cond() if cond else None
