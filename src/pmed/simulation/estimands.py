@@ -262,8 +262,8 @@ def _outcomes_settings(params: dict) -> tuple[dict, float, list[float], predicti
 
 @dataclass
 class OutcomesPopulation:
-    """New people for the outcomes-stage truths: ``people`` population rows (``true_risk``,
-    ``time_days``, ``event``, ``t_death_days``, ``t0_year``, true predictors), ``popx`` their
+    """New people for the outcomes-stage truths: ``people`` population rows (``true_risk``, ``lp``
+    (true log hazard), ``time_days``, ``event``, ``t_death_days``, ``t0_year``, true predictors), ``popx`` their
     predictors given the missingness of random cohort persons, PMM-imputed, with interactions."""
 
     people: pd.DataFrame
@@ -277,11 +277,14 @@ class OutcomesCV:
     ``fold_risk[r][k]``: {model: (N,) risk by the horizon of the N population people from the
     model fitted without fold k of repeat r}; ``pooled``: {model: (R, N)}, each person's risk
     from the fold model of a random fold per repeat (equal shares), the population analogue of
-    the pooled out-of-fold risks that the stage's ICI, subgroup and O/E estimates use."""
+    the pooled out-of-fold risks that the stage's ICI, subgroup and O/E estimates use;
+    ``fold_ibs``: :func:`true_integrated_brier` of each Cox fold model's survival curves in the
+    N people (R x k values)."""
 
     rcv: validation.RepeatedCV
     fold_risk: list[list[dict[str, np.ndarray]]]
     pooled: dict[str, np.ndarray]
+    fold_ibs: list[float]
 
 
 def outcomes_population(cohort: pd.DataFrame, seed: int, params: dict, pop: dict) -> OutcomesPopulation:
@@ -316,12 +319,59 @@ def outcomes_cv(cohort: pd.DataFrame, seed: int, params: dict, population: Outco
                                  times, settings, n_folds=o["cv_folds"], n_repeats=o["cv_repeats"],
                                  seeds={"impute": seed + 301, "cv": seed + 302, "gb": seed + 303},
                                  mice_max_iter=o["mice_max_iter"], n_jobs=1, keep_models=True)
-    fold_risk = [[prediction.predict_models(m, population.popx, times)[0] for m in repeat] for repeat in rcv.models]
+    true_surv = true_survival_at(population.people["lp"].to_numpy(float), times)
+    fold_risk, fold_ibs = [], []
+    for repeat in rcv.models:
+        fold_risk.append([])
+        for m in repeat:
+            risk, surv = prediction.predict_models(m, population.popx, times)
+            fold_risk[-1].append(risk)
+            fold_ibs.append(true_integrated_brier(true_surv, surv, times))
     n = len(population.people)
     fold_of = np.random.default_rng([seed, 307]).integers(0, o["cv_folds"], size=(len(fold_risk), n))
     pooled = {name: np.stack([np.stack([f[name] for f in repeat])[fold_of[r], np.arange(n)]
                               for r, repeat in enumerate(fold_risk)]) for name in prediction.MODELS}
-    return OutcomesCV(rcv, fold_risk, pooled)
+    return OutcomesCV(rcv, fold_risk, pooled, fold_ibs)
+
+
+def least_false_log_or(people: pd.DataFrame, features: list[str], interactions: list[str],
+                       horizon: float) -> dict[str, float]:
+    """Log odds ratios of death by ``horizon`` that notebook 03's logistic model (main effects
+    ``features`` + product terms ``interactions``) converges to: its fit (unweighted, no
+    censoring) to the population rows ``people`` with the TRUE covariate values and the true
+    status 1[``t_death_days`` <= horizon]. {term: log-OR} for features then interactions.
+
+    The target is the full-data model on true covariates, not the model on covariates imputed
+    as the stage imputes them (predictors only, no outcome): that imputation attenuates the
+    log-ORs of the imputed columns, a bias of the method, not a different scientific quantity.
+    The model is misspecified (the generator's risk is a Weibull PH model with tumour traits),
+    so these are least-false values, not the generator's coefficients."""
+    x = sv.add_interactions(people, interactions)[[*features, *interactions]].astype(float)
+    died = (people["t_death_days"].to_numpy(float) <= horizon).astype(float)
+    fit = prediction.fit_weighted_logistic(x, died, np.ones(died.size))
+    return {t: float(fit.params[t]) for t in x.columns}
+
+
+def true_survival_at(lp: np.ndarray, times) -> np.ndarray:
+    """(N, k) true P(T > t) at each of ``times`` (days) of people with true log hazard ``lp``
+    (shape (N,), the generator's Weibull PH model). Death days are whole days rounded up
+    (:func:`pmed.demo.model.weibull_time`), so T > t iff the continuous time exceeds floor(t)."""
+    return np.column_stack([model.survival_at(float(np.floor(t)), np.asarray(lp, dtype=float)) for t in times])
+
+
+def true_integrated_brier(true_surv: np.ndarray, surv: np.ndarray, times) -> float:
+    """What the stage's integrated Brier score (:func:`pmed.metrics.integrated_brier_score`, IPCW)
+    of predicted survival ``surv`` estimates in people whose true survival is ``true_surv``
+    (both (N, k) at the k ``times``): the uncensored Brier score at t, mean of
+    S (1 - s)^2 + (1 - S) s^2 (S true, s predicted: the expectation of (1[T > t] - s)^2),
+    integrated by the trapezoid rule over ``times`` and divided by their range, as the estimator."""
+    S, s = np.asarray(true_surv, dtype=float), np.asarray(surv, dtype=float)
+    times = np.asarray(times, dtype=float)
+    if S.shape != s.shape or S.ndim != 2 or S.shape[1] != times.size or times.size < 2:
+        raise ValueError(f"true_integrated_brier: need (N, k) curves at k >= 2 times, got {S.shape}, {s.shape}, "
+                         f"{times.size} times")
+    brier = np.mean(S * (1 - s) ** 2 + (1 - S) * s**2, axis=0)
+    return float(np.trapezoid(brier, times) / (times[-1] - times[0]))
 
 
 def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation, cv: OutcomesCV,
@@ -382,6 +432,9 @@ def run_calibration(cohort: pd.DataFrame, seed: int, params: dict, population: O
                 continue  # no one flagged (NaN)
             rows.append(_row("calibration", f"{label} {name}", ci["estimate"], ci["ci_low"], ci["ci_high"],
                              truth[stat], reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
+    ibs = cis["cox.ibs"]
+    rows.append(_row("calibration", "integrated Brier score cox", ibs["estimate"], ibs["ci_low"], ibs["ci_high"],
+                     float(np.mean(cv.fold_ibs)), reject=np.nan, null_true=False, ci_kind="percentile bootstrap"))
     for a, b in PAIRS:
         for stat in validation.DIFF_METRICS:
             ci = cis[f"{a}-{b}.{stat}"]
@@ -513,11 +566,19 @@ TEMPORAL_STATS = {**STATS, "oe_ratio": "O/E", "ici": "ICI (365 days)"}
 """Metrics of the ``temporal`` group (notebook 03's temporal-validation table) -> row label."""
 
 
+def first_imputation(cohort: pd.DataFrame, seed: int, params: dict) -> pd.DataFrame:
+    """Notebook 03's ``data0``: the cohort with its predictors imputed once by PMM as the first CV
+    repeat (predictors only, seed + 301), interaction columns added."""
+    o, _, _, settings = _outcomes_settings(params)
+    return sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seed + 301,
+                                    max_iter=o["mice_max_iter"])[0], settings.interactions)
+
+
 def run_temporal(cohort: pd.DataFrame, seed: int, params: dict, population: OutcomesPopulation,
-                 n_boot: int) -> list[dict]:
+                 n_boot: int, data0: pd.DataFrame) -> list[dict]:
     """Notebook 03's temporal validation: the three models fitted on the persons with t0 year <=
     ``outcomes.temporal_train_until_year`` (predictors imputed once, as the stage's first
-    repeat), :func:`pmed.validation.bootstrap_performance` of their risks in the later persons
+    repeat, ``data0`` of :func:`first_imputation`), :func:`pmed.validation.bootstrap_performance` of their risks in the later persons
     (``n_boot`` resamples; paired C differences vs Cox).
 
     Truth: the same measures of these fitted models in the population's persons with a later t0
@@ -529,8 +590,6 @@ def run_temporal(cohort: pd.DataFrame, seed: int, params: dict, population: Outc
     split = o["temporal_train_until_year"]
     time_, event = cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int)
     dev, val = validation.temporal_split(cohort["t0_year"], split, params["common"]["min_cell_size"])
-    data0 = sv.add_interactions(mice(cohort, list(settings.features), m=1, seed=seed + 301,
-                                     max_iter=o["mice_max_iter"])[0], settings.interactions)
     end_dev = metrics.horizon_outcome(time_[dev], event[dev], horizon)
     fitted = prediction.fit_models(data0.iloc[dev], "time_days", "event", end_dev["y"], end_dev["ipcw"], settings,
                                    seed + 303)
@@ -570,14 +629,33 @@ def run_outcomes_group(group: str, cohort: pd.DataFrame, seed: int, params: dict
     next outcomes group, so each is computed once."""
     if "population" not in shared:
         shared["population"] = outcomes_population(cohort, seed, params, pop)
+    if group in ("temporal", "calibration") and "data0" not in shared:
+        shared["data0"] = first_imputation(cohort, seed, params)
     split_boot = max(1, n_boot // 2)
     if group == "temporal":
-        return run_temporal(cohort, seed, params, shared["population"], split_boot)
+        return run_temporal(cohort, seed, params, shared["population"], split_boot, shared["data0"])
     if "cv" not in shared:
         shared["cv"] = outcomes_cv(cohort, seed, params, shared["population"])
     if group == "subgroups":
         return run_subgroups(cohort, seed, params, shared["population"], shared["cv"], split_boot)
-    return run_calibration(cohort, seed, params, shared["population"], shared["cv"], n_boot)
+    return (run_calibration(cohort, seed, params, shared["population"], shared["cv"], n_boot)
+            + run_logistic_or(cohort, params, shared["data0"], pop["logistic_log_or"]))
+
+
+def run_logistic_or(cohort: pd.DataFrame, params: dict, data0: pd.DataFrame, truth: dict[str, float]) -> list[dict]:
+    """Notebook 03's odds-ratio table: the IPCW-weighted logistic model of death by the horizon
+    fitted to everyone with known status on ``data0`` (:func:`first_imputation`), robust (HC0)
+    Wald CIs (:func:`pmed.prediction.fit_weighted_logistic`, ``odds_ratio_table``); one row per
+    term on the log-OR scale. Truth: ``truth`` = :func:`least_false_log_or` of the population
+    (true covariates, uncensored status; computed once per scenario)."""
+    _, horizon, _, settings = _outcomes_settings(params)
+    end = metrics.horizon_outcome(cohort["time_days"].to_numpy(float), cohort["event"].to_numpy(int), horizon)
+    known = end["known"].to_numpy()
+    fit = prediction.fit_weighted_logistic(data0.loc[known, settings.terms], end["y"].to_numpy()[known],
+                                           end["ipcw"].to_numpy()[known], cov_type="HC0")
+    ci = fit.conf_int()
+    return [_row("calibration", f"log-OR {t} (logistic)", fit.params[t], ci.loc[t, 0], ci.loc[t, 1], truth[t],
+                 se=fit.bse[t], ci_kind="Wald (HC0)") for t in settings.terms]
 
 
 def population_discrimination(people: pd.DataFrame, risk: np.ndarray, horizon: float) -> dict[str, float]:

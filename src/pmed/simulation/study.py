@@ -87,10 +87,11 @@ def _needs_population(settings: Settings, sc: Scenario) -> bool:
 def scenario_truth(task: tuple) -> dict:
     """Population truths of one scenario: :func:`pmed.simulation.truth.population_truth` (same
     persons in every scenario), with the calibration population cut to the columns the models
-    use, plus the km / competing and monitoring groups' own population values."""
+    use, notebook 03's logistic log-OR truths (:func:`estimands.least_false_log_or`, all eligible
+    persons), plus the km / competing and monitoring groups' own population values."""
     settings, sc = task
     o = settings.params["outcomes"]
-    keep = [*o["covariates"], "true_risk", "time_days", "event", "t_death_days", "t0_year"]
+    keep = [*o["covariates"], "true_risk", "lp", "time_days", "event", "t_death_days", "t0_year"]
     clinical = settings.params["imaging_analysis"]["clinical_terms"]
     keep_imaging = sorted({c for t in clinical for c in t.split(":")}
                           | {*estimands.PSEUDO_TRAITS, "time_days", "event", "t_death_days"})
@@ -111,6 +112,9 @@ def scenario_truth(task: tuple) -> dict:
                                  sc.heterogeneity, sc.image_signal, settings.truth_n_persons,
                                  float(settings.params["treatment"]["horizon_days"]),
                                  cox_terms=cox_terms if cox_truth else None)
+    if "calibration" in groups:  # notebook 03's logistic log-ORs: least-false values on all eligible persons
+        pop["logistic_log_or"] = estimands.least_false_log_or(pop["population"], list(o["covariates"]),
+                                                              list(o["interactions"]), float(o["horizon_days"]))
     pop["imaging_population"] = pop["population"].loc[: IMAGING_POPULATION - 1, keep_imaging].astype(float)
     pop["population"] = pop["population"].loc[: CALIBRATION_POPULATION - 1, keep].astype(float)
     return {**out, **pop}
