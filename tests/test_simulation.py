@@ -308,3 +308,26 @@ def test_complete_case_apparent_c_and_paired_difference_rows(small_run):
                 assert 0 <= rows.loc[f"sensitivity at threshold {m}", "true"] <= 1
                 if f"PPV at threshold {m}" in rows.index:  # else no one flagged
                     assert np.isfinite(rows.loc[f"PPV at threshold {m}", ["estimate", "true"]].astype(float)).all()
+
+
+def test_integrated_brier_and_logistic_odds_ratio_rows(small_run):
+    """calibration: per replicate the Cox integrated Brier score row (truth: the fold models'
+    uncensored IBS, in (0, 0.25) and within 0.05 of the estimate) and one log-OR row per term of
+    the logistic model, whose truth is the scenario's least-false log-OR (the same in both
+    replicates, equal to the population truth), Wald SE = CI width / 3.92, 'reject' = CI
+    excludes 0."""
+    settings, result, _ = small_run
+    table = result["table"]
+    terms = [*settings.params["outcomes"]["covariates"], *settings.params["outcomes"]["interactions"]]
+    truth = result["truths"]["small"]["logistic_log_or"]
+    assert list(truth) == terms
+    for r in (0, 1):
+        rows = table[(table["replicate"] == r) & (table["group"] == "calibration")].set_index("estimand")
+        ibs = rows.loc["integrated Brier score cox"]
+        assert 0 < ibs["true"] < 0.25 and abs(ibs["estimate"] - ibs["true"]) < 0.05
+        assert ibs["ci_low"] <= ibs["estimate"] <= ibs["ci_high"]
+        ors = rows[rows.index.str.startswith("log-OR ")]
+        assert list(ors.index) == [f"log-OR {t} (logistic)" for t in terms]
+        assert np.allclose(ors["true"], [truth[t] for t in terms])
+        assert np.allclose(ors["se"], (ors["ci_high"] - ors["ci_low"]) / (2 * 1.959963984540054))
+        assert (ors["reject"] == ((ors["ci_low"] > 0) | (ors["ci_high"] < 0))).all()

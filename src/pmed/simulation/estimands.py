@@ -24,11 +24,16 @@ table (:data:`ROW_FIELDS`): estimate, model SE, 95% CI, truth and the test decis
 - ``calibration`` (03_outcomes): repeated-CV calibration slope and intercept per test fold,
   averaged over the R x k folds, and Harrell's C, Uno's C, the Brier score, IPA, O/E, the smoothed
   calibration errors ICI, E50, E90, sensitivity / PPV / net benefit at the high-risk threshold
-  of the pooled out-of-fold risks, paired model differences (gbm - cox, logistic - cox) (bootstrap CI over people,
+  of the pooled out-of-fold risks, paired model differences (gbm - cox, logistic - cox), the Cox
+  model's integrated Brier score (bootstrap CI over people,
   fold models fixed); truth = mean over the replicate's fold models of the same measure in the
   population sample given the cohort's missingness and imputed by PMM
   (:func:`population_discrimination`; slope / intercept against the true 365-day risk; ICI etc.
-  of the pooled fold-model risks against E[true risk | p], :func:`true_calibration_errors`).
+  of the pooled fold-model risks against E[true risk | p], :func:`true_calibration_errors`; IBS
+  from the true survival curves, :func:`true_integrated_brier`). Also the log odds ratios of the
+  full-data IPCW logistic model (one PMM imputation, robust HC0 Wald CI); truth = the least-false
+  log-OR of that model on the population's TRUE covariates and uncensored status
+  (:func:`least_false_log_or`).
 - ``subgroups`` (03_outcomes): Harrell's C, calibration intercept and O/E of the Cox model's
   out-of-fold risks by sex, age band and arm (small groups suppressed and skipped); truth =
   :func:`subgroup_truth` of the pooled fold-model risks in the population's subgroup.
