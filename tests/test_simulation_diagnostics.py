@@ -5,6 +5,8 @@ Unseeded random draws (a new sample every run); tolerances are several standard 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,7 @@ from pmed import config
 from pmed import survival as sv
 from pmed.demo import model
 from pmed.imaging.stability import ICC_TYPES, icc, icc_ci
-from pmed.simulation import design
+from pmed.simulation import design, study
 from pmed.simulation import estimands_diagnostics as ed
 
 
@@ -117,3 +119,18 @@ def test_run_ph_remedy_rows(params):
     assert "remedy log-HR copd" not in rows.index
     fitted = rows[rows["ci_kind"] == "Rubin"]
     assert len(fitted) == len(terms) - 1 + 2 and (fitted["ci_low"] < fitted["ci_high"]).all()
+
+
+def test_study_dispatches_both_groups_with_the_remedy_truth_hook(params):
+    p = {**params, "survival": {**params["survival"], "n_imputations": 2, "mice_max_iter": 2}}
+    p["simulation"] = {**params["simulation"], "replicates": 1, "n_persons": 800, "truth_n_persons": 20_000,
+                       "workers": 1, "scenarios": {"s": {"heterogeneity": True, "image_signal": True,
+                                                         "estimands": ["ph_remedy", "icc"]}}}
+    result = study.run(study.Settings.from_params(p), log=io.StringIO())
+    assert result["failures"].empty
+    table = result["table"]
+    assert set(table["group"]) == {"ph_remedy", "icc"}
+    truth = result["truths"]["s"]["ph_remedy"]  # the hook's least-false values reach the rows
+    lab = ed.remedy_labels("albumin_g_dl", p["survival"]["ph_cut_days"])
+    late = table.set_index("estimand").loc[lab["late"]]
+    assert late["true"] == pytest.approx(truth["albumin_g_dl:late_total"])
