@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from pmed.parallel import iter_tasks
-from pmed.simulation import design, estimands, estimands_monitoring, estimands_survival, truth
+from pmed.simulation import (
+    design,
+    estimands,
+    estimands_diagnostics,
+    estimands_monitoring,
+    estimands_survival,
+    truth,
+)
 from pmed.simulation.design import Scenario
 from pmed.simulation.performance import summarise
 
@@ -81,7 +88,7 @@ def population_truths(settings: Settings) -> dict[str, dict]:
 def _needs_population(settings: Settings, sc: Scenario) -> bool:
     groups = set(settings.groups(sc))
     return bool({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging", "km", "competing",
-                 "monitoring"} & groups or ("cox_mi" in groups and sc.image_signal))
+                 "monitoring"} & groups or ({"cox_mi", "ph_remedy"} & groups and sc.image_signal))
 
 
 def scenario_truth(task: tuple) -> dict:
@@ -105,6 +112,9 @@ def scenario_truth(task: tuple) -> dict:
         out.update(estimands_survival.population_truths(settings.params, settings.seed, sc.heterogeneity,
                                                         sc.image_signal,
                                                         estimands_survival.TRUTH_SCALE * settings.truth_n_persons))
+    if "ph_remedy" in groups and sc.image_signal:  # least-false remedy log-HRs (without: PH holds, conditional)
+        out["ph_remedy"] = estimands_diagnostics.population_remedy_truth(settings.params, settings.seed, sc,
+                                                                         settings.truth_n_persons)
     if not ({"iptw", "matched", "calibration", "subgroups", "temporal", "imaging"} & groups or cox_truth):
         return out
     pop = truth.population_truth(design.truth_rng(settings.seed), settings.params["demo"]["rates"],
@@ -151,6 +161,10 @@ def run_replicate(task: tuple) -> dict:
                 rows += estimands_survival.run_competing(cohort, params, pop)
             elif g == "monitoring":
                 rows += estimands_monitoring.run_monitoring(cohort, traj[0], seed, params, pop["monitoring"])
+            elif g == "ph_remedy":
+                rows += estimands_diagnostics.run_ph_remedy(cohort, seed, params, scenario, (pop or {}).get("ph_remedy"))
+            elif g == "icc":
+                rows += estimands_diagnostics.run_icc(seed, params)
         except Exception as err:  # noqa: BLE001 - a failing method is a result of the study
             failures.append({"scenario": scenario.name, "replicate": r, "group": g,
                              "error": f"{type(err).__name__}: {str(err)[:300]}"})
