@@ -212,7 +212,7 @@ def fit_slope_model(
         # boundary); Powell is tried first and L-BFGS only if Powell does not converge.
         with threadpool_limits(limits=1):  # small dense algebra: threaded BLAS is slower here
             res = model.fit(reml=True, method=["powell", "lbfgs"])
-    params, cov = res.fe_params, robust_cov(res)
+            params, cov = res.fe_params, robust_cov(res)
     z = float(np.abs(np.sqrt(2) * erfinv(level)))
 
     def lin(weights: dict) -> dict:
