@@ -21,6 +21,8 @@ from pmed import config
 from pmed.cohort import (
     CohortError,
     contract,
+    engine,
+    extract,
     extract_cohort,
     parse_definition,
     quality,
@@ -521,6 +523,27 @@ def test_quality_counts(fixture_result):
     assert q[("unknown_gender", "person", "gender_concept_id")] == 1                 # 5
     assert q[("value_via_descendant", "measurement", "stage")] == 1                  # 7
     assert q[("value_via_descendant", "observation", "smoking")] == 0
+
+
+def test_duplicates_counted_in_person_parts_equal_one_pass(fixture_result, monkeypatch):
+    folder, d, res = fixture_result
+    monkeypatch.setattr(engine.DuckDBEngine, "max_group_rows", 7)  # several parts per table
+    eng = extract.open_cdm(folder, d, memory_limit="1GB", threads=1)
+    try:
+        extract.load_rule_tables(eng, d)
+        parts = quality.duplicate_parts(eng, ["condition_occurrence", "measurement"])
+        assert min(parts.values()) > 1
+        pd.testing.assert_frame_equal(quality.run_quality(eng, d), res.quality)
+    finally:
+        eng.close()
+    con = duckdb.connect()  # negative and missing person_ids fall in exactly one part
+    con.execute("CREATE TABLE t AS SELECT * FROM (VALUES (-3, 1), (-3, 1), (NULL, 2), (NULL, 2), "
+                "(NULL, 2), (4, 5), (4, 6), (7, 8), (7, 8)) AS v(person_id, x)")
+    whole = con.execute(quality.duplicate_query("t", ["person_id", "x"])).fetchall()[0][-1]
+    for k in (2, 3, 5):
+        got = sum(con.execute(quality.duplicate_query("t", ["person_id", "x"], (j, k))).fetchall()[0][-1]
+                  for j in range(k))
+        assert whole == got == 4
 
 
 def test_unit_drops_reported_per_unit_with_its_name(fixture_result):

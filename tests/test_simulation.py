@@ -136,6 +136,9 @@ def test_study_report_equals_hand_computation_from_replicate_table(small_run):
         assert m["coverage"] == pytest.approx(cover, rel=1e-5) and m["bias"] == pytest.approx(bias, rel=1e-5)
         assert f"{bias:.4g}" in page
     assert metrics["design"] == {"replicates": 2}
+    group_cpu = metrics["runtime"]["group_cpu_s"]  # every group run is timed, within the tasks' CPU time
+    assert set(group_cpu) == {g for sc in settings.scenarios for g in settings.groups(sc)}
+    assert 0 < sum(group_cpu.values()) <= metrics["runtime"]["task_cpu_s"] + 1
     again, text = read_run(paths["replicates"].parent)  # --from-run: the same summary from the files
     assert text == {"replicates": 2}
     pd.testing.assert_frame_equal(again["summary"], perf, check_dtype=False, rtol=1e-9)

@@ -53,7 +53,7 @@ NORMALISATIONS = ("none", "zscore_roi", "zscore_body")  # pmed.imaging.preproces
 ICC_TYPES = ("3,1", "2,1")
 ENCODINGS = ("utf-8", "utf8", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf16")
 SIM_ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "subgroups", "temporal", "imaging", "km",
-                 "competing", "monitoring")  # pmed.simulation.design.ESTIMANDS
+                 "competing", "monitoring", "ph_remedy", "icc")  # pmed.simulation.design.ESTIMANDS
 OUTCOME_TABLES = ("condition_occurrence", "procedure_occurrence", "measurement", "observation",
                   "visit_occurrence")
 VALUE_TABLES = ("measurement", "observation")

@@ -66,12 +66,27 @@ _NO_ITEM = "CAST(NULL AS VARCHAR) AS item, CAST(NULL AS BIGINT) AS concept_id, "
     "CAST(NULL AS VARCHAR) AS kind"
 
 
-def duplicate_query(table: str, columns: list[str]) -> str:
+def duplicate_query(table: str, columns: list[str], part: tuple[int, int] | None = None) -> str:
     """Number of surplus exact-duplicate rows of ``table`` over ``columns``: one aggregation
-    (GROUP BY treats NULLs as equal, as DISTINCT does)."""
+    (GROUP BY treats NULLs as equal, as DISTINCT does). ``part`` = (j, k): only the persons
+    with person_id mod k = j (rows without person_id in part 0); duplicates share the
+    person_id, so the k parts' counts add up to the whole table's."""
     cols = ", ".join(columns)
+    where = ""
+    if part is not None:
+        j, k = part
+        where = f" WHERE ((person_id % {k}) + {k}) % {k} = {j}" + (" OR person_id IS NULL" if j == 0 else "")
     return (f"SELECT {_NO_ITEM}, CAST(COALESCE(SUM(k - 1), 0) AS BIGINT) AS n FROM "
-            f"(SELECT COUNT(*) AS k FROM {table} GROUP BY {cols}) AS g")
+            f"(SELECT COUNT(*) AS k FROM {table}{where} GROUP BY {cols}) AS g")
+
+
+def duplicate_parts(eng: Engine, tables: list[str]) -> dict[str, int]:
+    """Per table, in how many person_id parts its duplicate check runs: one, unless the engine
+    caps the rows of one aggregation (:attr:`pmed.cohort.engine.Engine.max_group_rows`)."""
+    cap = eng.max_group_rows
+    if cap is None:
+        return dict.fromkeys(tables, 1)
+    return {t: max(1, -(-int(eng.rows(f"SELECT COUNT(*) FROM {t}")[0][0]) // cap)) for t in tables}
 
 
 def outside_observation_query(table: str, date_column: str) -> str:
@@ -166,7 +181,7 @@ def quality_queries(d: CohortDefinition, content: dict[str, list[str]],
     """
     checks = []
     for table, cols in content.items():
-        checks.append({"check": "duplicate", "table": table, "column": "",
+        checks.append({"check": "duplicate", "table": table, "column": "", "columns": cols,
                        "rule": RULE_DUPLICATE, "sql": duplicate_query(table, cols)})
     for table, (_, date_col) in CLINICAL_TABLES.items():
         checks.append({"check": "outside_observation", "table": table, "column": date_col,
@@ -250,7 +265,15 @@ def run_quality(con, d: CohortDefinition) -> pd.DataFrame:
     # One statement per check: one UNION ALL of all checks took 1.6-2x as long on Spark and
     # no less on DuckDB (100,000 persons; benchmarks/bench_engines.py --quality-plans).
     checks = quality_queries(d, content_columns(eng), date_columns(eng))
-    found = {i: [tuple(r) for r in eng.rows(c["sql"])] for i, c in enumerate(checks)}
+    parts = duplicate_parts(eng, [c["table"] for c in checks if c["check"] == "duplicate"])
+
+    def run(c: dict) -> list[tuple]:
+        k = parts.get(c["table"], 1) if c["check"] == "duplicate" else 1
+        if k == 1:
+            return [tuple(r) for r in eng.rows(c["sql"])]
+        return [tuple(r) for j in range(k) for r in eng.rows(duplicate_query(c["table"], c["columns"], (j, k)))]
+
+    found = {i: run(c) for i, c in enumerate(checks)}
     bad_units = sorted({int(unit) for rs in found.values() for _, unit, kind, n in rs
                         if kind == "unknown_unit" and n})
     names = concept_names(eng, bad_units)

@@ -25,13 +25,14 @@ from pmed.demo.generate import generate, latent_chunk
 SIZE_NAME = "simulation"  # demo size entry added (in a copy of the demo params) for a replicate
 TRUTH_KEY = 1_000_000  # spawn key of the population-truth stream (never a replicate index)
 ESTIMANDS = ("cox_mi", "iptw", "matched", "policy", "calibration", "subgroups", "temporal", "imaging", "km",
-             "competing", "monitoring")
+             "competing", "monitoring", "ph_remedy", "icc")
 """Estimand groups: main Cox log-HRs (MI), IPTW marginal HR and 365-day survival difference
 per arm, matched HR (io vs chemo), policy value of the recommendations (+ heterogeneity test),
 outcomes-stage calibration, C, Brier, ICI/E50/E90, its subgroup performance (sex, age band,
 arm) and temporal validation (later t0 years), imaging delta C / C / td-AUC per model / LR test
 (feature level), KM median OS per arm, competing risks (cause-specific and Fine-Gray log-HRs,
-CIF per arm), lab-trajectory slopes and the early-response landmark HR (monitoring)."""
+CIF per arm), lab-trajectory slopes and the early-response landmark HR (monitoring), the PH-remedy
+Cox model's early/late log-HRs and the PH rule's flags (ph_remedy), ICC CIs of feature stability (icc)."""
 
 
 @dataclass(frozen=True)

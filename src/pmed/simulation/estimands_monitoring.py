@@ -5,7 +5,7 @@ the monitored lab's trajectories (loaded from the replicate's OMOP files by
 :func:`pmed.simulation.design.simulate_cohort` with ``with_trajectories``), one PMM imputation
 of the slope-model covariates (seed + 405), at most ``max_persons`` persons (seed + 406), the
 MixedLM of log(lab) (:func:`pmed.longitudinal.fit_slope_model`: slope per arm and slope
-difference vs the reference, log scale per 30 days, Wald CIs of the model SEs), and the
+difference vs the reference, log scale per 30 days, Wald CIs of robust (person-clustered) SEs), and the
 landmark Cox model of death, early responder vs not, adjusted for the arm
 (:func:`pmed.longitudinal.early_response`, :func:`pmed.longitudinal.landmark_analysis`).
 
@@ -19,11 +19,23 @@ lab slope independently of death given the baseline covariates, but the responde
 model adjusts for the arm only. Adjusted also for the baseline lab, the responder HR is 1
 (:func:`run_monitoring`'s null check).
 
-Finding (default scenario, R = 40): the slope CIs' model SEs are off in opposite directions
-by arm (chemo +82%, io -18%, chemo_io -14%; differences io 0%, chemo_io +32%). Cause: the
-model has one random-slope variance for all arms, but a raw-linear decline towards low values
-has a long-tailed slope on the log scale, so persons' log slopes vary more in the declining
-arms (per-person OLS SD about 0.036 io and 0.042 chemo_io vs 0.027 chemo, one replicate).
+Finding (default scenario, R = 65, the same 65 data sets before and after; coverage MC SE
+0.02-0.04). With the model-based SEs (one random-slope variance for all arms) the per-arm
+slope SEs were off in opposite directions: chemo coverage 0.969 (model SE 0.00240 vs
+empirical 0.00188, +28%), io 0.877 (0.00266 vs 0.00320, -17%), chemo_io 0.908 (-12%);
+differences io 0.938 (-7%), chemo_io 0.969 (+8%). Cause: a raw-linear decline towards low
+values has a long-tailed slope on the log scale, so persons' log slopes vary more in the
+declining arms (per-person OLS SD about 0.036 io and 0.042 chemo_io vs 0.027 chemo, one
+replicate): the variance model is misspecified by arm. Remedy: robust (person-clustered,
+sandwich) SEs (:func:`pmed.longitudinal.robust_cov`). With them: chemo 0.923 (robust SE
+0.00173 vs 0.00188, -8%), chemo_io 0.908 (-1%; SD of (estimate - truth) / SE 1.03: the SE is
+right, 6 misses of 65 where 3.3 are expected), difference chemo_io 0.969 (-2%); still short:
+io 0.862 (-15%) and difference io 0.908 (-15%), SD of the standardised error 1.18 / 1.16. Not
+explained yet: the sandwich is exact given the covariance parameters (tests), so the likely
+remaining source is the variation of the estimated covariance parameters, which moves the
+least-false GLS slope of a misspecified mean (log of a raw-linear decline, most curved in io)
+and which no SE conditional on them includes; a person-level bootstrap of the whole fit
+would include it (about 6 CPU-s per refit).
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def html_report(result: dict, settings_text: dict) -> str:
                  f"{runtime['task_cpu_s']:.0f} CPU s in the tasks; load average (1, 5, 15 min) at the end "
                  f"{', '.join(f'{x:.1f}' for x in runtime['load_average_1_5_15'])} on {runtime['cpu_count']} "
                  f"cores; mean cohort size {runtime['mean_cohort_size']:.0f}; tasks (scenario x replicate) "
-                 f"done {runtime.get('tasks_done', '?')} of {runtime.get('tasks_planned', '?')}.</p>")
+                 f"done {runtime.get('tasks_done', '?')} of {runtime.get('tasks_planned', '?')}; CPU s per group: "
+                 + ", ".join(f"{g} {sec:.0f}" for g, sec in runtime.get("group_cpu_s", {}).items()) + ".</p>")
     if len(summary):
         flagged = summary[summary["coverage_flag"]]
         parts.append("<h2>Coverage outside 95% +- 2 MC SE</h2>")
