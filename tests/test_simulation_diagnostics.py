@@ -49,7 +49,10 @@ def test_standardised_laws_have_mean_0_variance_1(law):
 def test_rating_generator_has_its_population_icc(distribution, value):
     rng = np.random.default_rng()
     x = ed.icc_ratings(rng, 40_000, 5, value, "3,1", distribution)  # many lesions: ICC(3,1) consistent
-    assert icc(x, "3,1") == pytest.approx(value, abs=0.02)
+    # SE of the estimate ~ ICC (1 - ICC) sqrt((excess kurtosis + 2) / n): about 0.002 (normal) and,
+    # with the log-normal lesion effect's excess kurtosis of 111, 0.053 ICC (1 - ICC) (0.013 at 0.5)
+    tol = 0.02 if distribution == "normal" else value * (1 - value) / 4  # >= 4.5 SE
+    assert icc(x, "3,1") == pytest.approx(value, abs=tol)
     if distribution == "normal":  # ICC(2,1) needs many raters too (the rater variance)
         y = ed.icc_ratings(rng, 2_000, 400, value, "2,1", distribution)
         assert icc(y, "2,1") == pytest.approx(value, abs=0.02)
